@@ -1,0 +1,27 @@
+# Two entry points: `make run` trains the flagship experiment, `make test` runs the test suite.
+# Each creates the virtual environment in .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m experiments.digits
+
+test: $(STAMP)
+	$(PY) -m ruff check fnn experiments tests
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check fnn experiments tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

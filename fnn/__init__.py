@@ -1,0 +1,47 @@
+"""fnn: a functional neural-network library on JAX.
+
+A model is an immutable layer description with two pure functions, ``init`` and
+``apply``; parameters and state are plain nested dicts; training is one compiled step.
+"""
+
+from fnn import data, initializers, losses, metrics
+from fnn.core import (
+    Fn,
+    Identity,
+    Layer,
+    LayerError,
+    Node,
+    Parallel,
+    Residual,
+    Serial,
+    ShapeError,
+    fan_in_concat,
+    fan_in_sum,
+    fan_out,
+    identity,
+    parallel,
+    residual,
+    serial,
+)
+from fnn.layers import *  # noqa: F403  (the catalogue's __all__)
+from fnn.layers import __all__ as _layers
+from fnn.summary import Summary, summary
+from fnn.train import (
+    TrainState,
+    evaluate,
+    fit,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+    per_example_grads,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Fn", "Identity", "Layer", "LayerError", "Node", "Parallel", "Residual", "Serial",
+    "ShapeError", "Summary", "TrainState", "data", "evaluate", "fan_in_concat", "fan_in_sum",
+    "fan_out", "fit", "identity", "init_train_state", "initializers", "losses",
+    "make_eval_step", "make_train_step", "metrics", "parallel", "per_example_grads",
+    "residual", "serial", "summary", *_layers,
+]

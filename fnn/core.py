@@ -1,0 +1,436 @@
+"""The layer contract and the combinators that build bigger layers from smaller ones.
+
+A layer is an immutable, hashable description (a frozen dataclass of hyperparameters)
+with two pure functions:
+
+* ``init(key, x) -> (params, state)`` builds parameters and state from an rng key and an
+  input *spec*: anything with ``.shape`` and ``.dtype`` (an array, a
+  ``jax.ShapeDtypeStruct``, or a tuple of them for layers that take several inputs).
+  It runs under ``jax.eval_shape``.
+* ``apply(params, state, x, *, key=None, train=False) -> (y, state)`` computes the
+  output. Randomness comes in as ``key``, the mode as ``train``, and state goes in and
+  comes out.
+
+A stateless model is also a plain function of its parameters: ``y = model(params, x)``.
+
+Example:
+    >>> import jax, jax.numpy as jnp, fnn
+    >>> model = fnn.serial(fnn.Dense(16), jax.nn.relu, fnn.Dense(3))
+    >>> params, state = model.init(jax.random.key(0), jax.ShapeDtypeStruct((4, 8), jnp.float32))
+    >>> sorted(params)
+    ['dense_0', 'dense_1']
+    >>> model(params, jnp.ones((4, 8))).shape
+    (4, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, Any]
+State = dict[str, Any]
+
+
+class LayerError(ValueError):
+    """A layer was misused: the message starts with the layer's path in the model.
+
+    The path is ``"dense_1"`` or ``"encoder/conv_0"``; combinators add their part of it
+    as the error passes up through them.
+    """
+
+    def __init__(self, message: str, path: tuple[str, ...] = ()):
+        self.message = message
+        self.path = path
+        where = "/".join(path) if path else "<model>"
+        super().__init__(f"{where}: {message}")
+
+    def within(self, name: str) -> LayerError:
+        """The same error, seen from the parent that holds this layer as ``name``."""
+        return type(self)(self.message, (name, *self.path))
+
+
+class ShapeError(LayerError):
+    """A layer got an input of a shape or dtype it cannot take; says what it expected."""
+
+
+def shape_str(x: Any) -> str:
+    """A short description of an input spec, for error messages: ``float32[8,28,28,1]``."""
+    if isinstance(x, tuple | list):
+        return "(" + ", ".join(shape_str(v) for v in x) + ")"
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"{jnp.dtype(x.dtype).name}[{','.join(str(d) for d in x.shape)}]"
+    return type(x).__name__
+
+
+def snake_case(name: str) -> str:
+    """``"BatchNorm"`` -> ``"batch_norm"``, ``"ConvTranspose"`` -> ``"conv_transpose"``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """Base class of every layer. Subclasses are frozen dataclasses of hyperparameters.
+
+    A subclass implements ``init`` and ``apply``; a layer without state may instead
+    implement the shorter pair ``init_params(key, x) -> params`` and
+    ``forward(params, x, *, key, train) -> y``, which the defaults below wrap.
+    """
+
+    def init(self, key: jax.Array, x: Any) -> tuple[Params, State]:
+        return self.init_params(key, x), {}
+
+    def apply(
+        self, params: Params, state: State, x: Any, *, key: jax.Array | None = None,
+        train: bool = False,
+    ) -> tuple[Any, State]:
+        return self.forward(params, x, key=key, train=train), state
+
+    def init_params(self, key: jax.Array, x: Any) -> Params:
+        return {}
+
+    def forward(self, params: Params, x: Any, *, key: jax.Array | None, train: bool) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} implements neither apply nor forward")
+
+    def __call__(
+        self, params: Params, x: Any, *, key: jax.Array | None = None, train: bool = False
+    ) -> Any:
+        """Apply a model that keeps no state: ``y = model(params, x)``."""
+        y, _ = self.apply(params, {}, x, key=key, train=train)
+        return y
+
+    @property
+    def name(self) -> str:
+        """The stem of this layer's key in its parent's parameter dict."""
+        return snake_case(type(self).__name__)
+
+    def output_spec(self, params: Params, state: State, x: Any) -> Any:
+        """The output's shape and dtype for input spec ``x``, computed without any FLOPs."""
+        return jax.eval_shape(lambda p, s, v: self.apply(p, s, v)[0], params, state, x)
+
+    def trace(self, params: Params, state: State, x: Any, path: tuple[str, ...] = ()) -> list[Node]:
+        """Every layer of this model with its path and output spec, outermost first."""
+        return [Node(path, self, self.output_spec(params, state, x), params)]
+
+
+class Node(NamedTuple):
+    """One layer of a model as ``fnn.summary`` lists it."""
+
+    path: tuple[str, ...]
+    layer: Layer
+    output: Any
+    params: Params
+
+
+@dataclasses.dataclass(frozen=True)
+class Fn(Layer):
+    """Any pure function of the input, used as a layer: ``Fn(jax.nn.relu)``.
+
+    Combinators wrap plain callables in ``Fn`` themselves, so
+    ``fnn.serial(fnn.Dense(8), jax.nn.relu)`` works as written.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> fnn.Fn(jnp.square)({}, jnp.array([1.0, 2.0]))
+        Array([1., 4.], dtype=float32)
+    """
+
+    fn: Callable[[Any], Any]
+    label: str | None = None
+
+    def forward(self, params, x, *, key=None, train=False):
+        return self.fn(x)
+
+    @property
+    def name(self) -> str:
+        return self.label or getattr(self.fn, "__name__", "fn").strip("<>")
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity(Layer):
+    """Returns its input unchanged."""
+
+    def forward(self, params, x, *, key=None, train=False):
+        return x
+
+
+def as_layer(layer: Layer | Callable[[Any], Any]) -> Layer:
+    """A layer as given, or a plain callable wrapped in ``Fn``."""
+    if isinstance(layer, Layer):
+        return layer
+    if callable(layer):
+        return Fn(layer)
+    raise TypeError(f"expected a fnn Layer or a callable, got {type(layer).__name__}: {layer!r}")
+
+
+def split_key(key: jax.Array | None, n: int) -> list[jax.Array | None]:
+    """``n`` independent keys, or ``n`` Nones when there is no key to split."""
+    if key is None:
+        return [None] * n
+    return list(jax.random.split(key, n))
+
+
+def _named(layers: Sequence[Any], named: dict[str, Any]) -> tuple[tuple[Layer, ...], tuple[str, ...]]:
+    """Children and their names: ``dense_0, dense_1, conv_0`` by type, or the names given."""
+    if layers and named:
+        raise TypeError("give the children either all by position or all by name, not both")
+    if named:
+        return tuple(as_layer(v) for v in named.values()), tuple(named)
+    children = tuple(as_layer(v) for v in layers)
+    counts: dict[str, int] = {}
+    names = []
+    for child in children:
+        index = counts.get(child.name, 0)
+        counts[child.name] = index + 1
+        names.append(f"{child.name}_{index}")
+    return children, tuple(names)
+
+
+def init_child(name: str, layer: Layer, key: jax.Array, x: Any) -> tuple[Params, State, Any]:
+    """Initialise one child and compute its output spec, naming it in any error."""
+    try:
+        params, state = layer.init(key, x)
+        return params, state, layer.output_spec(params, state, x)
+    except LayerError as error:
+        raise error.within(name) from None
+    except (TypeError, ValueError) as error:
+        message = f"{type(layer).__name__} cannot take input {shape_str(x)}: {error}"
+        raise ShapeError(message, (name,)) from error
+
+
+def apply_child(
+    name: str, layer: Layer, params: Params, state: State, x: Any, key: jax.Array | None,
+    train: bool,
+) -> tuple[Any, State]:
+    """Apply one child to its part of the parameters and state, naming it in any error."""
+    try:
+        return layer.apply(params.get(name, {}), state.get(name, {}), x, key=key, train=train)
+    except LayerError as error:
+        raise error.within(name) from None
+
+
+def _keep(tree: dict[str, Any]) -> dict[str, Any]:
+    """Drop the children that have nothing to hold, so trees list only what is there."""
+    return {name: value for name, value in tree.items() if value}
+
+
+@dataclasses.dataclass(frozen=True)
+class Serial(Layer):
+    """Layers applied one after another. Build it with ``fnn.serial``."""
+
+    layers: tuple[Layer, ...]
+    names: tuple[str, ...]
+
+    def init(self, key, x):
+        params, state = {}, {}
+        for name, layer, k in zip(self.names, self.layers, split_key(key, len(self.layers))):
+            params[name], state[name], x = init_child(name, layer, k, x)
+        return _keep(params), _keep(state)
+
+    def apply(self, params, state, x, *, key=None, train=False):
+        new_state = {}
+        for name, layer, k in zip(self.names, self.layers, split_key(key, len(self.layers))):
+            x, new_state[name] = apply_child(name, layer, params, state, x, k, train)
+        return x, _keep(new_state)
+
+    def trace(self, params, state, x, path=()):
+        nodes = [Node(path, self, self.output_spec(params, state, x), params)]
+        for name, layer in zip(self.names, self.layers):
+            p, s = params.get(name, {}), state.get(name, {})
+            nodes += layer.trace(p, s, x, (*path, name))
+            x = layer.output_spec(p, s, x)
+        return nodes
+
+
+def serial(*layers: Layer | Callable, **named: Layer | Callable) -> Serial:
+    """Compose layers in sequence; the result is itself a layer.
+
+    Children are named by type and position (``dense_0``, ``relu_0``, ``dense_1``) or
+    by the keywords given (``serial(encoder=..., head=...)``). Children without
+    parameters are left out of the parameter dict.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> mlp = fnn.serial(fnn.Dense(32), jax.nn.relu, fnn.Dense(10))
+        >>> params, _ = mlp.init(jax.random.key(0), jnp.zeros((1, 64)))
+        >>> jax.tree.map(jnp.shape, params)
+        {'dense_0': {'b': (32,), 'w': (64, 32)}, 'dense_1': {'b': (10,), 'w': (32, 10)}}
+    """
+    children, names = _named(layers, named)
+    return Serial(children, names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel(Layer):
+    """Child ``i`` applied to input ``i`` of a tuple. Build it with ``fnn.parallel``."""
+
+    layers: tuple[Layer, ...]
+    names: tuple[str, ...]
+
+    def _check(self, x):
+        if not isinstance(x, tuple | list) or len(x) != len(self.layers):
+            raise ShapeError(
+                f"parallel of {len(self.layers)} layers expected a tuple of "
+                f"{len(self.layers)} inputs, got {shape_str(x)}; use fnn.fan_out({len(self.layers)}) "
+                "before it to feed the same input to every branch"
+            )
+
+    def init(self, key, x):
+        self._check(x)
+        params, state = {}, {}
+        for name, layer, k, xi in zip(self.names, self.layers, split_key(key, len(x)), x):
+            params[name], state[name], _ = init_child(name, layer, k, xi)
+        return _keep(params), _keep(state)
+
+    def apply(self, params, state, x, *, key=None, train=False):
+        self._check(x)
+        ys, new_state = [], {}
+        for name, layer, k, xi in zip(self.names, self.layers, split_key(key, len(x)), x):
+            y, new_state[name] = apply_child(name, layer, params, state, xi, k, train)
+            ys.append(y)
+        return tuple(ys), _keep(new_state)
+
+    def trace(self, params, state, x, path=()):
+        nodes = [Node(path, self, self.output_spec(params, state, x), params)]
+        for name, layer, xi in zip(self.names, self.layers, x):
+            nodes += layer.trace(params.get(name, {}), state.get(name, {}), xi, (*path, name))
+        return nodes
+
+
+def parallel(*layers: Layer | Callable, **named: Layer | Callable) -> Parallel:
+    """Apply child ``i`` to element ``i`` of a tuple input; returns a tuple.
+
+    With ``fan_out`` before it and ``fan_in_concat`` or ``fan_in_sum`` after it, this
+    builds branching blocks.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> block = fnn.serial(fnn.fan_out(2), fnn.parallel(fnn.Dense(4), fnn.Dense(6)),
+        ...                    fnn.fan_in_concat())
+        >>> params, _ = block.init(jax.random.key(0), jnp.zeros((2, 3)))
+        >>> block(params, jnp.zeros((2, 3))).shape
+        (2, 10)
+    """
+    children, names = _named(layers, named)
+    return Parallel(children, names)
+
+
+@dataclasses.dataclass(frozen=True)
+class FanOut(Layer):
+    """Copies its input into a tuple of ``n``."""
+
+    n: int
+
+    def __post_init__(self):
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"FanOut: n must be a positive int, got {self.n!r}")
+
+    def forward(self, params, x, *, key=None, train=False):
+        return (x,) * self.n
+
+
+def _check_tuple(layer: Layer, x: Any) -> None:
+    if not isinstance(x, tuple | list) or not x:
+        raise ShapeError(f"{type(layer).__name__} expected a tuple of arrays, got {shape_str(x)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FanInConcat(Layer):
+    """Concatenates a tuple of arrays along ``axis`` (the feature axis by default)."""
+
+    axis: int = -1
+
+    def init_params(self, key, x):
+        _check_tuple(self, x)
+        ranks = {len(v.shape) for v in x}
+        axis = self.axis % max(ranks)
+        others = {tuple(d for i, d in enumerate(v.shape) if i != axis) for v in x}
+        if len(ranks) != 1 or len(others) != 1:
+            raise ShapeError(
+                f"FanInConcat(axis={self.axis}) needs inputs equal in all other axes, "
+                f"got {shape_str(x)}"
+            )
+        return {}
+
+    def forward(self, params, x, *, key=None, train=False):
+        return jnp.concatenate(x, axis=self.axis)
+
+
+@dataclasses.dataclass(frozen=True)
+class FanInSum(Layer):
+    """Sums a tuple of arrays of one shape."""
+
+    def init_params(self, key, x):
+        _check_tuple(self, x)
+        if len({tuple(v.shape) for v in x}) != 1:
+            raise ShapeError(f"FanInSum needs inputs of one shape, got {shape_str(x)}")
+        return {}
+
+    def forward(self, params, x, *, key=None, train=False):
+        total = x[0]
+        for v in x[1:]:
+            total = total + v
+        return total
+
+
+def fan_out(n: int) -> FanOut:
+    """``x -> (x,) * n``: feeds one input to ``n`` parallel branches."""
+    return FanOut(n)
+
+
+def fan_in_concat(axis: int = -1) -> FanInConcat:
+    """``(a, b, ...) -> concatenate([a, b, ...], axis)``."""
+    return FanInConcat(axis)
+
+
+def fan_in_sum() -> FanInSum:
+    """``(a, b, ...) -> a + b + ...``."""
+    return FanInSum()
+
+
+@dataclasses.dataclass(frozen=True)
+class Residual(Layer):
+    """``x + body(x)``. Build it with ``fnn.residual``; the parameters are the body's."""
+
+    body: Layer
+
+    def init(self, key, x):
+        params, state = self.body.init(key, x)
+        y = self.body.output_spec(params, state, x)
+        if (tuple(y.shape), y.dtype) != (tuple(x.shape), x.dtype):
+            raise ShapeError(
+                f"residual body must keep its input's shape and dtype: "
+                f"expected {shape_str(x)}, got {shape_str(y)}"
+            )
+        return params, state
+
+    def apply(self, params, state, x, *, key=None, train=False):
+        y, state = self.body.apply(params, state, x, key=key, train=train)
+        return x + y, state
+
+    def trace(self, params, state, x, path=()):
+        # The body shares this layer's path; list its inner layers, not the body itself.
+        inner = self.body.trace(params, state, x, path)[1:]
+        return [Node(path, self, self.output_spec(params, state, x), params), *inner]
+
+
+def residual(*layers: Layer | Callable) -> Residual:
+    """``x + f(x)`` where ``f`` is the given layer, or the ``serial`` of several.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> block = fnn.residual(fnn.Dense(8), jax.nn.relu, fnn.Dense(8))
+        >>> params, _ = block.init(jax.random.key(0), jnp.zeros((2, 8)))
+        >>> sorted(params)
+        ['dense_0', 'dense_1']
+    """
+    body = as_layer(layers[0]) if len(layers) == 1 else serial(*layers)
+    return Residual(body)
+
+
+identity = Identity()

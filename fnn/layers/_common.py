@@ -1,0 +1,74 @@
+"""Checks and parameter helpers shared by the layer families."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fnn import initializers
+from fnn.core import Layer, ShapeError, shape_str
+
+
+def require_float(layer: Layer, x: Any) -> None:
+    """Raise unless ``x`` is a floating-point array spec."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ShapeError(
+            f"{type(layer).__name__} expects floating-point input, got {shape_str(x)}"
+            + ("; embed integer ids with fnn.Embedding first" if jnp.issubdtype(x.dtype, jnp.integer) else "")
+        )
+
+
+def require_rank(layer: Layer, x: Any, rank: int, layout: str) -> None:
+    """Raise unless ``x`` has exactly ``rank`` axes, laid out as ``layout``."""
+    if len(x.shape) != rank:
+        raise ShapeError(
+            f"{type(layer).__name__} expects input of rank {rank} ({layout}), got {shape_str(x)}"
+        )
+
+
+def require_features(layer: Layer, x: Any, expected: int, axis: int = -1) -> None:
+    """Raise unless axis ``axis`` of ``x`` has ``expected`` entries (checked again at apply)."""
+    if x.shape[axis] != expected:
+        raise ShapeError(
+            f"{type(layer).__name__} expected {expected} features on axis {axis}, "
+            f"got input {shape_str(x)}"
+        )
+
+
+def positive_int(layer: Any, field: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{type(layer).__name__}: {field} must be a positive int, got {value!r}")
+
+
+def int_tuple(layer: Any, field: str, value: Any, n: int) -> tuple[int, ...]:
+    """``value`` as a tuple of ``n`` positive ints (an int is repeated ``n`` times)."""
+    items = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(items) != n or not all(isinstance(v, int) and v >= 1 for v in items):
+        raise ValueError(
+            f"{type(layer).__name__}: {field} must be a positive int or {n} positive ints, "
+            f"got {value!r}"
+        )
+    return items
+
+
+def freeze(layer: Any, field: str, value: Any) -> None:
+    """Set a field of a frozen dataclass during ``__post_init__`` (to normalise it)."""
+    object.__setattr__(layer, field, value)
+
+
+def compute_dtype(layer: Any, x: Any, *params: Any) -> Any:
+    """The dtype a layer computes in: its ``dtype`` field, else the inputs' promoted type."""
+    if getattr(layer, "dtype", None) is not None:
+        return layer.dtype
+    return jnp.result_type(x, *params)
+
+
+def weight_and_bias(layer: Any, key: jax.Array, w_shape: tuple[int, ...]) -> dict[str, jax.Array]:
+    """``{"w": w_init(w_shape)}`` plus ``"b": b_init([features])`` when the layer uses a bias."""
+    w_key, b_key = jax.random.split(key)
+    params = {"w": initializers.get(layer.w_init)(w_key, w_shape, layer.param_dtype)}
+    if layer.use_bias:
+        params["b"] = initializers.get(layer.b_init)(b_key, (layer.features,), layer.param_dtype)
+    return params

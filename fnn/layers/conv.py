@@ -1,0 +1,219 @@
+"""Convolutions over 1, 2 or 3 spatial axes, channels last: Conv and ConvTranspose.
+
+The number of spatial axes is the length of ``kernel_size``: ``(5,)`` for sequences
+``[batch, width, channels]``, ``(3, 3)`` for images ``[batch, height, width, channels]``,
+``(3, 3, 3)`` for volumes ``[batch, depth, height, width, channels]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fnn.core import Layer, ShapeError, shape_str
+from fnn.layers._common import (
+    compute_dtype,
+    freeze,
+    int_tuple,
+    positive_int,
+    require_float,
+    require_rank,
+    weight_and_bias,
+)
+
+_LAYOUTS = {1: ("NWC", "WIO"), 2: ("NHWC", "HWIO"), 3: ("NDHWC", "DHWIO")}
+
+
+def spatial_dims(layer: Any, field: str, value: Any) -> tuple[int, ...]:
+    """A window or kernel size: a tuple of 1 to 3 positive ints."""
+    if not isinstance(value, tuple | list) or len(value) not in _LAYOUTS:
+        raise ValueError(
+            f"{type(layer).__name__}: {field} must give one size per spatial axis, "
+            f"1 to 3 of them, e.g. (3, 3); got {value!r}"
+        )
+    return int_tuple(layer, field, value, len(value))
+
+
+def padding_spec(layer: Any, padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
+    """``"SAME"``/``"VALID"``, an int, ``n`` ints or ``n`` (low, high) pairs, normalised."""
+    if isinstance(padding, str) and padding.upper() in ("SAME", "VALID"):
+        return padding.upper()
+    if isinstance(padding, int) and padding >= 0:
+        return ((padding, padding),) * n
+    if isinstance(padding, tuple | list) and len(padding) == n:
+        pairs = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+        if all(len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p) for p in pairs):
+            return pairs
+    raise ValueError(
+        f"{type(layer).__name__}: padding must be 'SAME', 'VALID', an int, {n} ints or "
+        f"{n} (low, high) pairs, got {padding!r}"
+    )
+
+
+def layout(n: int) -> str:
+    return "batch, " + ", ".join(("depth", "height", "width")[3 - n :]) + ", channels"
+
+
+def require_nonempty(layer: Layer, x: Any, y: Any) -> None:
+    """Raise when the window leaves no output positions (e.g. a kernel larger than the input)."""
+    if any(d < 1 for d in y.shape[1:-1]):
+        raise ShapeError(
+            f"{type(layer).__name__} leaves no output positions for input {shape_str(x)} "
+            f"(output would be {tuple(y.shape)}); use a smaller window or 'SAME' padding"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv(Layer):
+    """An N-d convolution (N = 1, 2, 3) with stride, padding, dilation and groups.
+
+    Args:
+        features: output channels.
+        kernel_size: one size per spatial axis, e.g. ``(3, 3)``.
+        strides: an int or one per spatial axis.
+        padding: ``"SAME"``, ``"VALID"``, an int, or one int or (low, high) pair per axis.
+        dilation: kernel dilation, an int or one per spatial axis.
+        groups: split input and output channels into this many independent groups
+            (``groups == in_channels == features`` is a depthwise convolution).
+        use_bias, w_init, b_init, dtype, param_dtype: as for ``Dense``.
+
+    Shapes: ``x: [batch, *spatial, in]`` -> ``y: [batch, *spatial', features]``; params
+    ``w: [*kernel_size, in // groups, features]``, ``b: [features]``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> conv = fnn.Conv(8, (3, 3), strides=2)
+        >>> params, _ = conv.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+        >>> conv(params, jnp.zeros((1, 28, 28, 1))).shape
+        (1, 14, 14, 8)
+    """
+
+    features: int
+    kernel_size: tuple[int, ...]
+    strides: Any = 1
+    padding: Any = "SAME"
+    dilation: Any = 1
+    groups: int = 1
+    use_bias: bool = True
+    w_init: Any = "lecun_normal"
+    b_init: Any = "zeros"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        positive_int(self, "features", self.features)
+        positive_int(self, "groups", self.groups)
+        kernel = spatial_dims(self, "kernel_size", self.kernel_size)
+        n = len(kernel)
+        freeze(self, "kernel_size", kernel)
+        freeze(self, "strides", int_tuple(self, "strides", self.strides, n))
+        freeze(self, "dilation", int_tuple(self, "dilation", self.dilation, n))
+        freeze(self, "padding", padding_spec(self, self.padding, n))
+        if self.features % self.groups:
+            raise ValueError(f"Conv: features ({self.features}) must divide by groups ({self.groups})")
+
+    def _check(self, x: Any) -> None:
+        n = len(self.kernel_size)
+        require_float(self, x)
+        require_rank(self, x, n + 2, layout(n))
+        if x.shape[-1] % self.groups:
+            raise ShapeError(
+                f"Conv with groups={self.groups} needs input channels divisible by "
+                f"{self.groups}, got {shape_str(x)}"
+            )
+
+    def init_params(self, key, x):
+        self._check(x)
+        shape = (*self.kernel_size, x.shape[-1] // self.groups, self.features)
+        params = weight_and_bias(self, key, shape)
+        require_nonempty(self, x, jax.eval_shape(lambda p, v: self(p, v), params, x))
+        return params
+
+    def forward(self, params, x, *, key=None, train=False):
+        self._check(x)
+        w = params["w"]
+        if w.shape[-2] * self.groups != x.shape[-1]:
+            raise ShapeError(
+                f"Conv expected {w.shape[-2] * self.groups} input channels, got {shape_str(x)}"
+            )
+        dtype = compute_dtype(self, x, w)
+        lhs, rhs = _LAYOUTS[len(self.kernel_size)]
+        y = lax.conv_general_dilated(
+            x.astype(dtype), w.astype(dtype), window_strides=self.strides, padding=self.padding,
+            rhs_dilation=self.dilation, dimension_numbers=(lhs, rhs, lhs),
+            feature_group_count=self.groups,
+        )
+        return y + params["b"].astype(dtype) if self.use_bias else y
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvTranspose(Layer):
+    """The transpose (gradient) of a convolution, for upsampling, on 1 to 3 spatial axes.
+
+    Args:
+        features: output channels.
+        kernel_size: one size per spatial axis.
+        strides: upsampling factor per axis (an int or one per axis).
+        padding: ``"SAME"`` (output = input * stride), ``"VALID"``, or (low, high) pairs
+            applied to the stride-dilated input as in ``jax.lax.conv_transpose``.
+        dilation: kernel dilation.
+        use_bias, w_init, b_init, dtype, param_dtype: as for ``Dense``.
+
+    Shapes: ``x: [batch, *spatial, in]`` -> ``y: [batch, *spatial', features]``; params
+    ``w: [*kernel_size, in, features]``, ``b: [features]``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> up = fnn.ConvTranspose(4, (2, 2), strides=2)
+        >>> params, _ = up.init(jax.random.key(0), jnp.zeros((1, 7, 7, 8)))
+        >>> up(params, jnp.zeros((1, 7, 7, 8))).shape
+        (1, 14, 14, 4)
+    """
+
+    features: int
+    kernel_size: tuple[int, ...]
+    strides: Any = 1
+    padding: Any = "SAME"
+    dilation: Any = 1
+    use_bias: bool = True
+    w_init: Any = "lecun_normal"
+    b_init: Any = "zeros"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        positive_int(self, "features", self.features)
+        kernel = spatial_dims(self, "kernel_size", self.kernel_size)
+        n = len(kernel)
+        freeze(self, "kernel_size", kernel)
+        freeze(self, "strides", int_tuple(self, "strides", self.strides, n))
+        freeze(self, "dilation", int_tuple(self, "dilation", self.dilation, n))
+        freeze(self, "padding", padding_spec(self, self.padding, n))
+
+    def _check(self, x: Any) -> None:
+        n = len(self.kernel_size)
+        require_float(self, x)
+        require_rank(self, x, n + 2, layout(n))
+
+    def init_params(self, key, x):
+        self._check(x)
+        params = weight_and_bias(self, key, (*self.kernel_size, x.shape[-1], self.features))
+        require_nonempty(self, x, jax.eval_shape(lambda p, v: self(p, v), params, x))
+        return params
+
+    def forward(self, params, x, *, key=None, train=False):
+        self._check(x)
+        w = params["w"]
+        if w.shape[-2] != x.shape[-1]:
+            raise ShapeError(f"ConvTranspose expected {w.shape[-2]} input channels, got {shape_str(x)}")
+        dtype = compute_dtype(self, x, w)
+        lhs, rhs = _LAYOUTS[len(self.kernel_size)]
+        y = lax.conv_transpose(
+            x.astype(dtype), w.astype(dtype), strides=self.strides, padding=self.padding,
+            rhs_dilation=self.dilation, dimension_numbers=(lhs, rhs, lhs),
+        )
+        return y + params["b"].astype(dtype) if self.use_bias else y

@@ -1,0 +1,113 @@
+"""Dense (fully connected) and Embedding layers."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fnn import initializers
+from fnn.core import Layer, ShapeError, shape_str
+from fnn.layers._common import (
+    compute_dtype,
+    positive_int,
+    require_features,
+    require_float,
+    weight_and_bias,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense(Layer):
+    """A fully connected layer: ``y = x @ w + b`` on the last axis.
+
+    Args:
+        features: size of the output's last axis.
+        use_bias: add the bias ``b``.
+        w_init, b_init: initializer functions or names (see ``fnn.initializers``).
+        dtype: dtype to compute in (``None``: the inputs' promoted dtype).
+        param_dtype: dtype the parameters are stored in.
+
+    Shapes: ``x: [..., in]`` -> ``y: [..., features]``; params ``w: [in, features]``,
+    ``b: [features]``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> layer = fnn.Dense(4)
+        >>> params, _ = layer.init(jax.random.key(0), jnp.zeros((2, 3)))
+        >>> layer(params, jnp.ones((2, 3))).shape
+        (2, 4)
+    """
+
+    features: int
+    use_bias: bool = True
+    w_init: Any = "lecun_normal"
+    b_init: Any = "zeros"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        positive_int(self, "features", self.features)
+
+    def init_params(self, key, x):
+        require_float(self, x)
+        if not x.shape:
+            raise ShapeError(f"Dense expects input with a feature axis, got {shape_str(x)}")
+        return weight_and_bias(self, key, (x.shape[-1], self.features))
+
+    def forward(self, params, x, *, key=None, train=False):
+        w = params["w"]
+        require_features(self, x, w.shape[0])
+        dtype = compute_dtype(self, x, w)
+        y = jnp.matmul(x.astype(dtype), w.astype(dtype))
+        return y + params["b"].astype(dtype) if self.use_bias else y
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedding(Layer):
+    """A lookup table from integer ids to vectors.
+
+    Args:
+        num_embeddings: number of ids (the vocabulary size).
+        features: size of each vector.
+        w_init: initializer of the table (default: standard normal).
+        dtype, param_dtype: computation and storage dtypes.
+
+    Shapes: ``ids: int[...]`` -> ``y: [..., features]``; params ``w: [num_embeddings,
+    features]``. Use ``attend`` to score vectors against the table (tied output layers).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> layer = fnn.Embedding(100, 8)
+        >>> params, _ = layer.init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32))
+        >>> layer(params, jnp.array([[1, 2, 3, 4, 5]])).shape
+        (1, 5, 8)
+    """
+
+    num_embeddings: int
+    features: int
+    w_init: Any = jax.nn.initializers.normal(1.0)
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        positive_int(self, "num_embeddings", self.num_embeddings)
+        positive_int(self, "features", self.features)
+
+    def init_params(self, key, x):
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise ShapeError(f"Embedding expects integer ids, got {shape_str(x)}")
+        init = initializers.get(self.w_init)
+        return {"w": init(key, (self.num_embeddings, self.features), self.param_dtype)}
+
+    def forward(self, params, x, *, key=None, train=False):
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise ShapeError(f"Embedding expects integer ids, got {shape_str(x)}")
+        table = params["w"]
+        return jnp.take(table, x, axis=0).astype(self.dtype or table.dtype)
+
+    def attend(self, params, x):
+        """Scores ``x: [..., features]`` against every embedding: ``[..., num_embeddings]``."""
+        return x @ params["w"].T

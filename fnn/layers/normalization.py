@@ -1,0 +1,229 @@
+"""Normalisation layers: BatchNorm (running statistics as state), LayerNorm, GroupNorm, RMSNorm.
+
+Statistics are computed in at least float32 whatever the input dtype, and the output
+has the input's dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fnn.core import Layer, LayerError, ShapeError, shape_str
+from fnn.layers._common import positive_int, require_float
+
+
+def _check_epsilon(layer: Any) -> None:
+    if not isinstance(layer.epsilon, int | float) or layer.epsilon <= 0:
+        raise ValueError(f"{type(layer).__name__}: epsilon must be > 0, got {layer.epsilon!r}")
+
+
+def _scale_and_bias(layer: Any, features: int) -> dict[str, jax.Array]:
+    params = {}
+    if layer.use_scale:
+        params["scale"] = jnp.ones((features,), jnp.float32)
+    if getattr(layer, "use_bias", False):
+        params["bias"] = jnp.zeros((features,), jnp.float32)
+    return params
+
+
+def _affine(params: dict, y: jax.Array, axis: int = -1) -> jax.Array:
+    """``y * scale + bias``, each present only if the layer learns it, broadcast along ``axis``."""
+    shape = [1] * y.ndim
+    shape[axis] = y.shape[axis]
+    if "scale" in params:
+        y = y * params["scale"].reshape(shape)
+    if "bias" in params:
+        y = y + params["bias"].reshape(shape)
+    return y
+
+
+def _normalize(
+    layer: Any, params: dict, x: jax.Array, mean: jax.Array, var: jax.Array, axis: int = -1
+) -> jax.Array:
+    """``(x - mean) / sqrt(var + eps) * scale + bias``, in the statistics' dtype, cast back."""
+    y = (x.astype(mean.dtype) - mean) * jax.lax.rsqrt(var + layer.epsilon)
+    return _affine(params, y, axis).astype(x.dtype)
+
+
+def _stats_dtype(x: jax.Array) -> Any:
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNorm(Layer):
+    """Normalises each feature over the batch (and spatial axes) while training; uses the
+    running statistics, kept as state, in evaluation.
+
+    Args:
+        momentum: running statistic update ``r = momentum * r + (1 - momentum) * batch``.
+        epsilon: added to the variance.
+        axis: the feature axis (default: last, for channels-last layouts).
+        use_scale, use_bias: learn a per-feature scale and bias.
+
+    Params ``scale, bias: [features]``; state ``mean, var: [features]``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> bn = fnn.BatchNorm()
+        >>> params, state = bn.init(jax.random.key(0), jnp.zeros((8, 3)))
+        >>> y, state = bn.apply(params, state, jnp.arange(24.0).reshape(8, 3), train=True)
+        >>> [round(float(v), 3) for v in state["mean"]]
+        [0.105, 0.115, 0.125]
+    """
+
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    axis: int = -1
+    use_scale: bool = True
+    use_bias: bool = True
+
+    def __post_init__(self):
+        _check_epsilon(self)
+        if not isinstance(self.momentum, int | float) or not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {self.momentum!r}")
+
+    def init(self, key, x):
+        require_float(self, x)
+        if len(x.shape) < 2:
+            raise ShapeError(f"BatchNorm expects a batch axis and a feature axis, got {shape_str(x)}")
+        features = x.shape[self.axis]
+        state = {"mean": jnp.zeros((features,), jnp.float32), "var": jnp.ones((features,), jnp.float32)}
+        return _scale_and_bias(self, features), state
+
+    def apply(self, params, state, x, *, key=None, train=False):
+        if not state:
+            raise LayerError(
+                "BatchNorm keeps running statistics as state: call "
+                "model.apply(params, state, x, train=...) with the state from model.init"
+            )
+        axis = self.axis % x.ndim
+        if x.shape[axis] != state["mean"].shape[0]:
+            raise ShapeError(
+                f"BatchNorm expected {state['mean'].shape[0]} features on axis {self.axis}, "
+                f"got {shape_str(x)}"
+            )
+        if not train:
+            return _normalize(self, params, x, state["mean"], state["var"], axis), state
+        reduce = tuple(i for i in range(x.ndim) if i != axis)
+        x32 = x.astype(_stats_dtype(x))
+        mean, var = jnp.mean(x32, reduce), jnp.var(x32, reduce)
+        m = self.momentum
+        new_state = {
+            "mean": m * state["mean"] + (1 - m) * mean,
+            "var": m * state["var"] + (1 - m) * var,
+        }
+        return _normalize(self, params, x, mean, var, axis), new_state
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNorm(Layer):
+    """Normalises each example over its last axis, then applies a learned scale and bias.
+
+    Params ``scale, bias: [features]``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> ln = fnn.LayerNorm()
+        >>> params, _ = ln.init(jax.random.key(0), jnp.zeros((2, 4)))
+        >>> ln(params, jnp.array([[1.0, 2.0, 3.0, 4.0]])).mean()
+        Array(0., dtype=float32)
+    """
+
+    epsilon: float = 1e-6
+    use_scale: bool = True
+    use_bias: bool = True
+
+    def __post_init__(self):
+        _check_epsilon(self)
+
+    def init_params(self, key, x):
+        require_float(self, x)
+        if not x.shape:
+            raise ShapeError(f"LayerNorm expects a feature axis, got {shape_str(x)}")
+        return _scale_and_bias(self, x.shape[-1])
+
+    def forward(self, params, x, *, key=None, train=False):
+        x32 = x.astype(_stats_dtype(x))
+        mean = jnp.mean(x32, -1, keepdims=True)
+        var = jnp.var(x32, -1, keepdims=True)
+        return _normalize(self, params, x, mean, var)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupNorm(Layer):
+    """Splits the channels into ``num_groups`` groups and normalises each group of each
+    example over its channels and spatial positions.
+
+    Shapes: ``x: [batch, ..., channels]`` with ``channels % num_groups == 0``; params
+    ``scale, bias: [channels]``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> gn = fnn.GroupNorm(num_groups=2)
+        >>> params, _ = gn.init(jax.random.key(0), jnp.zeros((1, 4, 4, 6)))
+        >>> gn(params, jnp.ones((1, 4, 4, 6))).shape
+        (1, 4, 4, 6)
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+    use_scale: bool = True
+    use_bias: bool = True
+
+    def __post_init__(self):
+        positive_int(self, "num_groups", self.num_groups)
+        _check_epsilon(self)
+
+    def init_params(self, key, x):
+        require_float(self, x)
+        if len(x.shape) < 2 or x.shape[-1] % self.num_groups:
+            raise ShapeError(
+                f"GroupNorm(num_groups={self.num_groups}) expects [batch, ..., channels] with "
+                f"channels divisible by {self.num_groups}, got {shape_str(x)}"
+            )
+        return _scale_and_bias(self, x.shape[-1])
+
+    def forward(self, params, x, *, key=None, train=False):
+        groups = x.reshape(*x.shape[:-1], self.num_groups, x.shape[-1] // self.num_groups)
+        g32 = groups.astype(_stats_dtype(x))
+        reduce = (*range(1, x.ndim - 1), x.ndim)
+        mean = jnp.mean(g32, reduce, keepdims=True)
+        var = jnp.var(g32, reduce, keepdims=True)
+        normed = ((g32 - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        return _affine(params, normed).astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class RMSNorm(Layer):
+    """Scales each example by the inverse root-mean-square of its last axis.
+
+    ``y = x / sqrt(mean(x**2) + epsilon) * scale``; params ``scale: [features]``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> rms = fnn.RMSNorm()
+        >>> params, _ = rms.init(jax.random.key(0), jnp.zeros((1, 2)))
+        >>> [round(float(v), 3) for v in rms(params, jnp.array([[3.0, 4.0]]))[0]]
+        [0.849, 1.131]
+    """
+
+    epsilon: float = 1e-6
+    use_scale: bool = True
+
+    def __post_init__(self):
+        _check_epsilon(self)
+
+    def init_params(self, key, x):
+        require_float(self, x)
+        if not x.shape:
+            raise ShapeError(f"RMSNorm expects a feature axis, got {shape_str(x)}")
+        return _scale_and_bias(self, x.shape[-1])
+
+    def forward(self, params, x, *, key=None, train=False):
+        x32 = x.astype(_stats_dtype(x))
+        mean_square = jnp.mean(jnp.square(x32), -1, keepdims=True)
+        return _normalize(self, params, x, jnp.zeros((), x32.dtype), mean_square)

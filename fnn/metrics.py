@@ -1,0 +1,62 @@
+"""Classification metrics. Each is a pure function of outputs and integer labels."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fnn.core import shape_str
+
+
+def _check_labels(name: str, logits: jax.Array, labels: jax.Array) -> None:
+    if labels.shape != logits.shape[:-1] or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(
+            f"{name}: expected integer labels of shape logits.shape[:-1], got logits "
+            f"{shape_str(logits)} and labels {shape_str(labels)}"
+        )
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Fraction of examples whose highest-scoring class is the label.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> fnn.metrics.accuracy(jnp.array([[2.0, 1.0], [0.0, 1.0]]), jnp.array([0, 0]))
+        Array(0.5, dtype=float32)
+    """
+    _check_labels("accuracy", logits, labels)
+    return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def top_k_accuracy(logits: jax.Array, labels: jax.Array, k: int = 5) -> jax.Array:
+    """Fraction of examples whose label is among the ``k`` highest-scoring classes.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> fnn.metrics.top_k_accuracy(jnp.array([[3.0, 2.0, 1.0]]), jnp.array([1]), k=2)
+        Array(1., dtype=float32)
+    """
+    _check_labels("top_k_accuracy", logits, labels)
+    if not 1 <= k <= logits.shape[-1]:
+        raise ValueError(f"top_k_accuracy: k must be in [1, {logits.shape[-1]}], got {k}")
+    _, top = jax.lax.top_k(logits, k)
+    return jnp.mean(jnp.any(top == labels[..., None], axis=-1))
+
+
+def confusion_matrix(predictions: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+    """``m[i, j]`` = number of examples of true class ``i`` predicted as class ``j``.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> fnn.metrics.confusion_matrix(jnp.array([0, 1, 1]), jnp.array([0, 0, 1]), 2)
+        Array([[1, 1],
+               [0, 1]], dtype=int32)
+    """
+    if predictions.shape != labels.shape:
+        raise ValueError(
+            f"confusion_matrix: predictions {shape_str(predictions)} and labels "
+            f"{shape_str(labels)} must have one shape"
+        )
+    index = labels.reshape(-1) * num_classes + predictions.reshape(-1)
+    counts = jnp.bincount(index, length=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).astype(jnp.int32)
