@@ -1,0 +1,65 @@
+"""Losses and metrics against plain NumPy maths."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fnn
+
+rng = np.random.default_rng(0)
+LOGITS = rng.normal(size=(6, 4)).astype(np.float32)
+LABELS = np.array([0, 1, 2, 3, 1, 2], np.int32)
+
+
+def np_log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_softmax_cross_entropy_integer_and_one_hot_labels():
+    expected = -np_log_softmax(LOGITS)[np.arange(6), LABELS].mean()
+    np.testing.assert_allclose(fnn.losses.softmax_cross_entropy(LOGITS, LABELS), expected, rtol=1e-6)
+    one_hot = np.eye(4, dtype=np.float32)[LABELS]
+    np.testing.assert_allclose(fnn.losses.softmax_cross_entropy(LOGITS, one_hot), expected, rtol=1e-6)
+
+
+def test_sigmoid_binary_cross_entropy_and_mse():
+    z = LOGITS[:, 0]
+    t = (LABELS % 2).astype(np.float32)
+    p = 1 / (1 + np.exp(-z))
+    expected = -(t * np.log(p) + (1 - t) * np.log(1 - p)).mean()
+    np.testing.assert_allclose(fnn.losses.sigmoid_binary_cross_entropy(z, t), expected, rtol=1e-5)
+    np.testing.assert_allclose(fnn.losses.mean_squared_error(LOGITS, 2 * LOGITS), (LOGITS**2).mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: fnn.losses.softmax_cross_entropy(LOGITS, LABELS[:5]), "labels of shape logits.shape"),
+        (lambda: fnn.losses.softmax_cross_entropy(LOGITS, np.ones((6, 3), np.float32)), "one-hot labels"),
+        (lambda: fnn.losses.sigmoid_binary_cross_entropy(LOGITS, LABELS), "labels of the logits' shape"),
+        (lambda: fnn.losses.mean_squared_error(LOGITS, LOGITS[:, :1]), r"got outputs float32\[6,4\]"),
+        (lambda: fnn.metrics.accuracy(LOGITS, LABELS.astype(np.float32)), "integer labels"),
+        (lambda: fnn.metrics.top_k_accuracy(LOGITS, LABELS, k=9), r"k must be in \[1, 4\]"),
+        (lambda: fnn.metrics.confusion_matrix(LABELS, LABELS[:2], 4), "must have one shape"),
+    ],
+)
+def test_shape_mismatches_are_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_accuracy_top_k_and_confusion_matrix():
+    predictions = LOGITS.argmax(-1)
+    np.testing.assert_allclose(fnn.metrics.accuracy(LOGITS, LABELS), (predictions == LABELS).mean())
+    top2 = np.argsort(-LOGITS, -1)[:, :2]
+    expected = np.mean([LABELS[i] in top2[i] for i in range(6)])
+    np.testing.assert_allclose(fnn.metrics.top_k_accuracy(LOGITS, LABELS, k=2), expected)
+    np.testing.assert_allclose(fnn.metrics.top_k_accuracy(LOGITS, LABELS, k=4), 1.0)
+    matrix = np.zeros((4, 4), np.int32)
+    for t, p in zip(LABELS, predictions):
+        matrix[t, p] += 1
+    np.testing.assert_array_equal(fnn.metrics.confusion_matrix(jnp.asarray(predictions), LABELS, 4), matrix)
+    jitted = jax.jit(fnn.metrics.confusion_matrix, static_argnums=2)
+    np.testing.assert_array_equal(jitted(predictions, LABELS, 4), matrix)

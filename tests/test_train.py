@@ -1,0 +1,134 @@
+"""The train state, the compiled train and evaluation steps, fit, and per-example gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fnn
+
+KEY = jax.random.key(0)
+
+
+def regression_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], np.float32) + 0.3).astype(np.float32)
+    return x, y
+
+
+MLP = fnn.serial(fnn.Dense(16), fnn.tanh, fnn.Dense(1))
+
+
+@pytest.mark.parametrize(
+    "optimizer", [optax.sgd(0.05, momentum=0.9), optax.adam(1e-2), optax.rmsprop(1e-2)],
+    ids=["sgd", "adam", "rmsprop"],
+)
+def test_train_step_lowers_the_loss_with_each_optimizer(optimizer):
+    x, y = regression_data()
+    state = fnn.init_train_state(MLP, optimizer, KEY, x)
+    step = fnn.make_train_step(MLP, optimizer, fnn.losses.mean_squared_error)
+    first = None
+    for _ in range(150):
+        state, metrics = step(state, (x, y))
+        first = float(metrics["loss"]) if first is None else first
+    assert int(state.step) == 150
+    assert float(metrics["loss"]) < 0.1 * first
+
+
+def test_train_step_equals_a_hand_written_jax_step():
+    x, y = regression_data()
+    optimizer = optax.adam(1e-2)
+    state = fnn.init_train_state(MLP, optimizer, KEY, x)
+    params, opt_state = state.params, state.opt_state
+
+    def loss(p):
+        h = jnp.tanh(x @ p["dense_0"]["w"] + p["dense_0"]["b"])
+        return jnp.mean((h @ p["dense_1"]["w"] + p["dense_1"]["b"] - y) ** 2)
+
+    value, grads = jax.value_and_grad(loss)(params)
+    updates, _ = optimizer.update(grads, opt_state, params)
+    expected = optax.apply_updates(params, updates)
+    step = fnn.make_train_step(MLP, optimizer, fnn.losses.mean_squared_error, donate=False)
+    new_state, metrics = step(state, (x, y))
+    np.testing.assert_allclose(metrics["loss"], value, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), new_state.params, expected)
+
+
+def test_train_step_donates_the_old_state_and_makes_no_host_transfer():
+    x, y = regression_data()
+    optimizer = optax.adam(1e-3)
+    state = fnn.init_train_state(MLP, optimizer, KEY, x)
+    step = fnn.make_train_step(MLP, optimizer, fnn.losses.mean_squared_error)
+    batch = jax.device_put((x, y))
+    state, _ = step(state, batch)  # compile
+    old = state
+    with jax.transfer_guard("disallow"):
+        state, metrics = step(state, batch)
+    assert old.params["dense_0"]["w"].is_deleted()
+    assert isinstance(metrics["loss"], jax.Array)
+
+
+def test_model_state_and_dropout_keys_flow_through_the_step():
+    model = fnn.serial(fnn.Dense(8), fnn.BatchNorm(momentum=0.5), fnn.relu, fnn.Dropout(0.5), fnn.Dense(1))
+    x, y = regression_data()
+    optimizer = optax.sgd(0.01)
+    state = fnn.init_train_state(model, optimizer, KEY, x)
+    step = fnn.make_train_step(model, optimizer, fnn.losses.mean_squared_error, donate=False)
+    s1, m1 = step(state, (x, y))
+    s2, m2 = step(s1, (x, y))
+    assert not np.allclose(s1.model_state["batch_norm_0"]["mean"], 0.0)
+    # Each step draws a fresh dropout key from (rng, step); re-running a step reproduces it.
+    again, m1_again = step(state, (x, y))
+    assert float(m1["loss"]) == float(m1_again["loss"])
+    assert float(m1["loss"]) != float(m2["loss"])
+
+
+def test_eval_step_uses_evaluation_mode_and_evaluate_weights_batches():
+    model = fnn.serial(fnn.Dense(4), fnn.Dropout(0.9), fnn.Dense(2))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 10).astype(np.int32)
+    state = fnn.init_train_state(model, optax.sgd(0.1), KEY, x)
+    eval_step = fnn.make_eval_step(model, fnn.losses.softmax_cross_entropy,
+                                   metrics={"accuracy": fnn.metrics.accuracy})
+    whole = eval_step(state, (x, y))
+    logits = model(state.params, x)
+    np.testing.assert_allclose(whole["accuracy"], fnn.metrics.accuracy(logits, y))
+    batched = fnn.evaluate(eval_step, state, fnn.data.batches((x, y), 4, drop_remainder=False))
+    np.testing.assert_allclose(batched["accuracy"], float(whole["accuracy"]), rtol=1e-6)
+    np.testing.assert_allclose(batched["loss"], float(whole["loss"]), rtol=1e-5)
+    with pytest.raises(ValueError, match="no batches"):
+        fnn.evaluate(eval_step, state, [])
+
+
+def test_fit_logs_means_and_stops_on_a_non_finite_loss():
+    x, y = regression_data()
+    optimizer = optax.sgd(0.01)
+    state = fnn.init_train_state(MLP, optimizer, KEY, x)
+    step = fnn.make_train_step(MLP, optimizer, fnn.losses.mean_squared_error)
+    seen = []
+    state, history = fnn.fit(step, state, [(x, y)] * 25, log_every=10, log=seen.append)
+    assert [r["step"] for r in history] == [10, 20, 25] and seen == history
+    assert history[-1]["loss"] < history[0]["loss"]
+    bad_y = y.copy()
+    bad_y[3] = np.nan
+    state = fnn.init_train_state(MLP, optimizer, KEY, x)
+    with pytest.raises(FloatingPointError, match="loss became nan .* up to step 5"):
+        fnn.fit(step, state, [(x, bad_y)] * 5, log_every=5)
+
+
+def test_per_example_grads_equal_a_loop_over_single_examples():
+    model = fnn.serial(fnn.Conv(3, (3, 3)), fnn.relu, fnn.Flatten(), fnn.Dense(4))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 6, 6, 2)).astype(np.float32)
+    y = rng.integers(0, 4, 5).astype(np.int32)
+    params, state = model.init(KEY, x)
+    loss = fnn.losses.softmax_cross_entropy
+    grads = fnn.per_example_grads(model, loss, params, state, (x, y))
+    for i in range(len(x)):
+        single = jax.grad(lambda p: loss(model(p, x[i : i + 1]), y[i : i + 1]))(params)
+        jax.tree.map(lambda g, s: np.testing.assert_allclose(g[i], s, rtol=1e-4, atol=1e-6), grads, single)
+    mean = jax.grad(lambda p: loss(model(p, x), y))(params)
+    jax.tree.map(lambda g, m: np.testing.assert_allclose(g.mean(0), m, rtol=1e-4, atol=1e-6), grads, mean)
