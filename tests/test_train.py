@@ -128,7 +128,9 @@ def test_per_example_grads_equal_a_loop_over_single_examples():
     loss = fnn.losses.softmax_cross_entropy
     grads = fnn.per_example_grads(model, loss, params, state, (x, y))
     for i in range(len(x)):
-        single = jax.grad(lambda p: loss(model(p, x[i : i + 1]), y[i : i + 1]))(params)
-        jax.tree.map(lambda g, s: np.testing.assert_allclose(g[i], s, rtol=1e-4, atol=1e-6), grads, single)
+        xi, yi = x[i : i + 1], y[i : i + 1]
+        single = jax.grad(lambda p, xi=xi, yi=yi: loss(model(p, xi), yi))(params)
+        per_example = jax.tree.map(lambda g, i=i: g[i], grads)
+        jax.tree.map(lambda g, s: np.testing.assert_allclose(g, s, rtol=1e-4, atol=1e-6), per_example, single)
     mean = jax.grad(lambda p: loss(model(p, x), y))(params)
     jax.tree.map(lambda g, m: np.testing.assert_allclose(g.mean(0), m, rtol=1e-4, atol=1e-6), grads, mean)
