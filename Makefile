@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,14 @@ run: $(STAMP)
 	$(PY) -m experiments.digits
 
 test: $(STAMP)
-	$(PY) -m ruff check fnn experiments tests
+	$(PY) -m ruff check fnn experiments tests benchmarks
 	$(PY) -m pytest
 
+bench: $(STAMP)
+	$(PY) -m benchmarks.train_step
+
 lint: $(STAMP)
-	$(PY) -m ruff check fnn experiments tests
+	$(PY) -m ruff check fnn experiments tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
