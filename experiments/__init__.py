@@ -1,0 +1,1 @@
+"""Experiments: small, single-file research scripts that train models with fnn."""
