@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -63,6 +64,24 @@ def compute_dtype(layer: Any, x: Any, *params: Any) -> Any:
     if getattr(layer, "dtype", None) is not None:
         return layer.dtype
     return jnp.result_type(x, *params)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WeightOptions:
+    """Keyword-only options of the layers with a weight ``w`` and a bias ``b``.
+
+    Args:
+        use_bias: add the bias ``b``.
+        w_init, b_init: initializer functions or names (see ``fnn.initializers``).
+        dtype: dtype to compute in (``None``: the inputs' promoted dtype).
+        param_dtype: dtype the parameters are stored in.
+    """
+
+    use_bias: bool = True
+    w_init: Any = "lecun_normal"
+    b_init: Any = "zeros"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
 
 def weight_and_bias(layer: Any, key: jax.Array, w_shape: tuple[int, ...]) -> dict[str, jax.Array]:

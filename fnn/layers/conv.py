@@ -11,11 +11,11 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
 from fnn.core import Layer, ShapeError, shape_str
 from fnn.layers._common import (
+    WeightOptions,
     compute_dtype,
     freeze,
     int_tuple,
@@ -68,7 +68,53 @@ def require_nonempty(layer: Layer, x: Any, y: Any) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Conv(Layer):
+class _ConvBase(WeightOptions, Layer):
+    """The fields, their checks and the input checks that Conv and ConvTranspose share."""
+
+    features: int
+    kernel_size: tuple[int, ...]
+    strides: Any = 1
+    padding: Any = "SAME"
+    dilation: Any = 1
+
+    def __post_init__(self):
+        positive_int(self, "features", self.features)
+        kernel = spatial_dims(self, "kernel_size", self.kernel_size)
+        n = len(kernel)
+        freeze(self, "kernel_size", kernel)
+        freeze(self, "strides", int_tuple(self, "strides", self.strides, n))
+        freeze(self, "dilation", int_tuple(self, "dilation", self.dilation, n))
+        freeze(self, "padding", padding_spec(self, self.padding, n))
+
+    def _check(self, x: Any, in_channels: int | None = None) -> None:
+        """Float input of the right rank; with ``in_channels``, that many channels."""
+        n = len(self.kernel_size)
+        require_float(self, x)
+        require_rank(self, x, n + 2, layout(n))
+        if in_channels is not None and x.shape[-1] != in_channels:
+            raise ShapeError(
+                f"{type(self).__name__} expected {in_channels} input channels, got {shape_str(x)}"
+            )
+
+    def _init_weights(self, key: jax.Array, x: Any, in_per_group: int) -> dict[str, jax.Array]:
+        params = weight_and_bias(self, key, (*self.kernel_size, in_per_group, self.features))
+        require_nonempty(self, x, jax.eval_shape(lambda p, v: self(p, v), params, x))
+        return params
+
+    def _convolve(self, params: dict, x: jax.Array, conv: Any, **options: Any) -> jax.Array:
+        """``conv(x, w, ...)`` in the compute dtype, channels last, plus the bias."""
+        w = params["w"]
+        dtype = compute_dtype(self, x, w)
+        lhs, rhs = _LAYOUTS[len(self.kernel_size)]
+        y = conv(
+            x.astype(dtype), w.astype(dtype), padding=self.padding, rhs_dilation=self.dilation,
+            dimension_numbers=(lhs, rhs, lhs), **options,
+        )
+        return y + params["b"].astype(dtype) if self.use_bias else y
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv(_ConvBase):
     """An N-d convolution (N = 1, 2, 3) with stride, padding, dilation and groups.
 
     Args:
@@ -79,7 +125,7 @@ class Conv(Layer):
         dilation: kernel dilation, an int or one per spatial axis.
         groups: split input and output channels into this many independent groups
             (``groups == in_channels == features`` is a depthwise convolution).
-        use_bias, w_init, b_init, dtype, param_dtype: as for ``Dense``.
+        use_bias, w_init, b_init, dtype, param_dtype: keyword-only, see ``WeightOptions``.
 
     Shapes: ``x: [batch, *spatial, in]`` -> ``y: [batch, *spatial', features]``; params
     ``w: [*kernel_size, in // groups, features]``, ``b: [features]``.
@@ -92,66 +138,32 @@ class Conv(Layer):
         (1, 14, 14, 8)
     """
 
-    features: int
-    kernel_size: tuple[int, ...]
-    strides: Any = 1
-    padding: Any = "SAME"
-    dilation: Any = 1
     groups: int = 1
-    use_bias: bool = True
-    w_init: Any = "lecun_normal"
-    b_init: Any = "zeros"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     def __post_init__(self):
-        positive_int(self, "features", self.features)
+        super().__post_init__()
         positive_int(self, "groups", self.groups)
-        kernel = spatial_dims(self, "kernel_size", self.kernel_size)
-        n = len(kernel)
-        freeze(self, "kernel_size", kernel)
-        freeze(self, "strides", int_tuple(self, "strides", self.strides, n))
-        freeze(self, "dilation", int_tuple(self, "dilation", self.dilation, n))
-        freeze(self, "padding", padding_spec(self, self.padding, n))
         if self.features % self.groups:
             raise ValueError(f"Conv: features ({self.features}) must divide by groups ({self.groups})")
 
-    def _check(self, x: Any) -> None:
-        n = len(self.kernel_size)
-        require_float(self, x)
-        require_rank(self, x, n + 2, layout(n))
+    def init_params(self, key, x):
+        self._check(x)
         if x.shape[-1] % self.groups:
             raise ShapeError(
                 f"Conv with groups={self.groups} needs input channels divisible by "
                 f"{self.groups}, got {shape_str(x)}"
             )
-
-    def init_params(self, key, x):
-        self._check(x)
-        shape = (*self.kernel_size, x.shape[-1] // self.groups, self.features)
-        params = weight_and_bias(self, key, shape)
-        require_nonempty(self, x, jax.eval_shape(lambda p, v: self(p, v), params, x))
-        return params
+        return self._init_weights(key, x, x.shape[-1] // self.groups)
 
     def forward(self, params, x, *, key=None, train=False):
-        self._check(x)
-        w = params["w"]
-        if w.shape[-2] * self.groups != x.shape[-1]:
-            raise ShapeError(
-                f"Conv expected {w.shape[-2] * self.groups} input channels, got {shape_str(x)}"
-            )
-        dtype = compute_dtype(self, x, w)
-        lhs, rhs = _LAYOUTS[len(self.kernel_size)]
-        y = lax.conv_general_dilated(
-            x.astype(dtype), w.astype(dtype), window_strides=self.strides, padding=self.padding,
-            rhs_dilation=self.dilation, dimension_numbers=(lhs, rhs, lhs),
-            feature_group_count=self.groups,
+        self._check(x, params["w"].shape[-2] * self.groups)
+        return self._convolve(
+            params, x, lax.conv_general_dilated, window_strides=self.strides, feature_group_count=self.groups
         )
-        return y + params["b"].astype(dtype) if self.use_bias else y
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvTranspose(Layer):
+class ConvTranspose(_ConvBase):
     """The transpose (gradient) of a convolution, for upsampling, on 1 to 3 spatial axes.
 
     Args:
@@ -161,7 +173,7 @@ class ConvTranspose(Layer):
         padding: ``"SAME"`` (output = input * stride), ``"VALID"``, or (low, high) pairs
             applied to the stride-dilated input as in ``jax.lax.conv_transpose``.
         dilation: kernel dilation.
-        use_bias, w_init, b_init, dtype, param_dtype: as for ``Dense``.
+        use_bias, w_init, b_init, dtype, param_dtype: keyword-only, see ``WeightOptions``.
 
     Shapes: ``x: [batch, *spatial, in]`` -> ``y: [batch, *spatial', features]``; params
     ``w: [*kernel_size, in, features]``, ``b: [features]``.
@@ -174,46 +186,10 @@ class ConvTranspose(Layer):
         (1, 14, 14, 4)
     """
 
-    features: int
-    kernel_size: tuple[int, ...]
-    strides: Any = 1
-    padding: Any = "SAME"
-    dilation: Any = 1
-    use_bias: bool = True
-    w_init: Any = "lecun_normal"
-    b_init: Any = "zeros"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-
-    def __post_init__(self):
-        positive_int(self, "features", self.features)
-        kernel = spatial_dims(self, "kernel_size", self.kernel_size)
-        n = len(kernel)
-        freeze(self, "kernel_size", kernel)
-        freeze(self, "strides", int_tuple(self, "strides", self.strides, n))
-        freeze(self, "dilation", int_tuple(self, "dilation", self.dilation, n))
-        freeze(self, "padding", padding_spec(self, self.padding, n))
-
-    def _check(self, x: Any) -> None:
-        n = len(self.kernel_size)
-        require_float(self, x)
-        require_rank(self, x, n + 2, layout(n))
-
     def init_params(self, key, x):
         self._check(x)
-        params = weight_and_bias(self, key, (*self.kernel_size, x.shape[-1], self.features))
-        require_nonempty(self, x, jax.eval_shape(lambda p, v: self(p, v), params, x))
-        return params
+        return self._init_weights(key, x, x.shape[-1])
 
     def forward(self, params, x, *, key=None, train=False):
-        self._check(x)
-        w = params["w"]
-        if w.shape[-2] != x.shape[-1]:
-            raise ShapeError(f"ConvTranspose expected {w.shape[-2]} input channels, got {shape_str(x)}")
-        dtype = compute_dtype(self, x, w)
-        lhs, rhs = _LAYOUTS[len(self.kernel_size)]
-        y = lax.conv_transpose(
-            x.astype(dtype), w.astype(dtype), strides=self.strides, padding=self.padding,
-            rhs_dilation=self.dilation, dimension_numbers=(lhs, rhs, lhs),
-        )
-        return y + params["b"].astype(dtype) if self.use_bias else y
+        self._check(x, params["w"].shape[-2])
+        return self._convolve(params, x, lax.conv_transpose, strides=self.strides)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from fnn import initializers
 from fnn.core import Layer, ShapeError, shape_str
 from fnn.layers._common import (
+    WeightOptions,
     compute_dtype,
     positive_int,
     require_features,
@@ -20,15 +21,12 @@ from fnn.layers._common import (
 
 
 @dataclasses.dataclass(frozen=True)
-class Dense(Layer):
+class Dense(WeightOptions, Layer):
     """A fully connected layer: ``y = x @ w + b`` on the last axis.
 
     Args:
         features: size of the output's last axis.
-        use_bias: add the bias ``b``.
-        w_init, b_init: initializer functions or names (see ``fnn.initializers``).
-        dtype: dtype to compute in (``None``: the inputs' promoted dtype).
-        param_dtype: dtype the parameters are stored in.
+        use_bias, w_init, b_init, dtype, param_dtype: keyword-only, see ``WeightOptions``.
 
     Shapes: ``x: [..., in]`` -> ``y: [..., features]``; params ``w: [in, features]``,
     ``b: [features]``.
@@ -42,11 +40,6 @@ class Dense(Layer):
     """
 
     features: int
-    use_bias: bool = True
-    w_init: Any = "lecun_normal"
-    b_init: Any = "zeros"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     def __post_init__(self):
         positive_int(self, "features", self.features)
