@@ -34,7 +34,6 @@ Run: python -m experiments.digits [--model cnn|mlp] [--optimizer adam|sgd|rmspro
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 
@@ -44,13 +43,14 @@ import numpy as np
 import optax
 
 import fnn
+from experiments.cli import parse_config
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    model: str = "cnn"  # "cnn" or "mlp"
-    optimizer: str = "adam"  # "adam", "sgd" (with momentum) or "rmsprop"
-    activation: str = "relu"  # "relu", "tanh" or "sigmoid"
+    model: str = dataclasses.field(default="cnn", metadata={"choices": ("cnn", "mlp")})
+    optimizer: str = dataclasses.field(default="adam", metadata={"choices": ("adam", "sgd", "rmsprop")})
+    activation: str = dataclasses.field(default="relu", metadata={"choices": ("relu", "tanh", "sigmoid")})
     learning_rate: float | None = None  # None: the optimizer's default below
     epochs: int = 20
     batch_size: int = 64
@@ -161,21 +161,7 @@ def run(config: Config, *, verbose: bool = False) -> dict:
 
 
 def main() -> None:
-    defaults = Config()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["cnn", "mlp"], default=defaults.model)
-    parser.add_argument("--optimizer", choices=list(LEARNING_RATES), default=defaults.optimizer)
-    parser.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], default=defaults.activation)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--width", type=int, default=defaults.width)
-    parser.add_argument("--dropout", type=float, default=defaults.dropout)
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment)
-    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--print-every", type=int, default=defaults.print_every)
-    config = Config(**vars(parser.parse_args()))
+    config = parse_config(Config, __doc__.splitlines()[0])
 
     lr = config.learning_rate or LEARNING_RATES[config.optimizer]
     print(f"digits: {config.model}, {config.optimizer} (lr {lr:g}), {config.activation}, "

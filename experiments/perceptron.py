@@ -31,7 +31,6 @@ Run: python -m experiments.perceptron [--points 200] [--margin 0.1] [--seed 0]
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 
@@ -39,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from experiments.cli import parse_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,14 +124,7 @@ def run(config: Config) -> dict:
 
 
 def main() -> None:
-    defaults = Config()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=defaults.points)
-    parser.add_argument("--margin", type=float, default=defaults.margin)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    config = Config(**vars(parser.parse_args()))
+    config = parse_config(Config, __doc__.splitlines()[0])
 
     start = time.perf_counter()
     result = run(config)

@@ -26,7 +26,6 @@ Run: python -m experiments.xor [--hidden 4] [--steps 1000] [--learning-rate 0.5]
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 
@@ -35,6 +34,7 @@ import numpy as np
 import optax
 
 import fnn
+from experiments.cli import parse_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +73,7 @@ def run(config: Config) -> dict:
 
 
 def main() -> None:
-    defaults = Config()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=defaults.hidden)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--momentum", type=float, default=defaults.momentum)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    config = Config(**vars(parser.parse_args()))
+    config = parse_config(Config, __doc__.splitlines()[0])
 
     start = time.perf_counter()
     result = run(config)
