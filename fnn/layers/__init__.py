@@ -19,11 +19,14 @@ from fnn.layers.dropout import Dropout
 from fnn.layers.linear import Dense, Embedding
 from fnn.layers.normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from fnn.layers.pooling import AvgPool, GlobalAvgPool, GlobalMaxPool, MaxPool
+from fnn.layers.recurrent import GRU, LSTM, Bidirectional, Cell, Recurrent, SimpleRNN
 from fnn.layers.reshape import Flatten, Reshape
+from fnn.layers.sequence import KeepMask, SequencePool, lengths_to_mask
 
 __all__ = [
-    "ACTIVATIONS", "AvgPool", "BatchNorm", "Conv", "ConvTranspose", "Dense", "Dropout",
-    "Embedding", "Flatten", "GlobalAvgPool", "GlobalMaxPool", "GroupNorm", "LayerNorm",
-    "MaxPool", "RMSNorm", "Reshape", "activation", "elu", "gelu", "leaky_relu", "log_softmax",
-    "relu", "sigmoid", "silu", "softmax", "softplus", "tanh",
+    "ACTIVATIONS", "AvgPool", "BatchNorm", "Bidirectional", "Cell", "Conv", "ConvTranspose",
+    "Dense", "Dropout", "Embedding", "Flatten", "GRU", "GlobalAvgPool", "GlobalMaxPool",
+    "GroupNorm", "KeepMask", "LSTM", "LayerNorm", "MaxPool", "RMSNorm", "Recurrent", "Reshape",
+    "SequencePool", "SimpleRNN", "activation", "elu", "gelu", "leaky_relu", "lengths_to_mask",
+    "log_softmax", "relu", "sigmoid", "silu", "softmax", "softplus", "tanh",
 ]

@@ -1,0 +1,405 @@
+"""Recurrent networks: Elman, LSTM and GRU cells, run over time by ``Recurrent``.
+
+A cell is a layer for ONE time step with an explicit carry: its input is the pair
+``(carry, x_t)`` and its output the pair ``(carry', y_t)``. ``Recurrent(cell)`` runs
+it over a sequence with ``jax.lax.scan``, so the gradient of anything computed from
+its outputs is backpropagation through time. ``Bidirectional`` runs one cell forward
+and one backward and concatenates their outputs; stack layers with ``fnn.serial``.
+
+The input-to-hidden products of all steps are one matrix product before the scan;
+only the hidden-to-hidden product stays inside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fnn import initializers
+from fnn.core import Layer, LayerError, ShapeError, init_child, shape_str
+from fnn.layers._common import compute_dtype, positive_int, require_float, require_rank
+from fnn.layers.sequence import join_mask, split_mask
+
+Carry = Any
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _CellOptions:
+    """Keyword-only options every cell shares.
+
+    Args:
+        w_init: initializer of the input-to-hidden weights.
+        recurrent_init: initializer of the hidden-to-hidden weights (orthogonal keeps
+            the recurrence's gain near 1 at the start).
+        b_init: initializer of the biases.
+        dtype: dtype to compute in (``None``: the inputs' promoted dtype).
+        param_dtype: dtype the parameters are stored in.
+    """
+
+    w_init: Any = "glorot_uniform"
+    recurrent_init: Any = "orthogonal"
+    b_init: Any = "zeros"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell(_CellOptions, Layer):
+    """Base of the recurrent cells: ``(carry, x_t) -> (carry', y_t)`` for one step.
+
+    A subclass sets ``gates`` (how many ``hidden``-wide blocks the input projection
+    has) and implements ``initial_carry`` and ``recur``. Params are
+    ``{"input": {"w": [in, gates * hidden], "b": [gates * hidden]},
+    "hidden": {"w": [hidden, gates * hidden], ...}}``.
+    """
+
+    hidden: int
+    gates = 1
+
+    def __post_init__(self):
+        positive_int(self, "hidden", self.hidden)
+
+    def initial_carry(self, batch_shape: tuple[int, ...], dtype: Any = jnp.float32) -> Carry:
+        """The all-zero carry for a batch of this shape."""
+        return jnp.zeros((*batch_shape, self.hidden), dtype)
+
+    def _check_carry(self, carry: Carry, x_t: Any) -> None:
+        expected = jax.tree.map(lambda a: a.shape, self.initial_carry(x_t.shape[:-1]))
+        got = jax.tree.map(lambda a: tuple(a.shape), carry)
+        if got != expected:
+            raise ShapeError(
+                f"{type(self).__name__} expects a carry of shapes {expected} for a step "
+                f"input {shape_str(x_t)}, got {shape_str(carry)}"
+            )
+
+    def _split(self, x: Any) -> tuple[Carry, Any]:
+        if not isinstance(x, tuple | list) or len(x) != 2:
+            raise ShapeError(
+                f"{type(self).__name__} is one time step: it takes (carry, x_t), got {shape_str(x)}; "
+                "run it over a sequence with fnn.Recurrent"
+            )
+        carry, x_t = x
+        require_float(self, x_t)
+        if len(x_t.shape) < 1:
+            raise ShapeError(f"{type(self).__name__} expects x_t [..., features], got {shape_str(x_t)}")
+        self._check_carry(carry, x_t)
+        return carry, x_t
+
+    def init_params(self, key, x):
+        _, x_t = self._split(x)
+        k_in, k_hidden, k_b = jax.random.split(key, 3)
+        width = self.gates * self.hidden
+        make = lambda init, k, shape: initializers.get(init)(k, shape, self.param_dtype)  # noqa: E731
+        blocks = jax.random.split(k_hidden, self.gates)  # orthogonal per gate: each its own map
+        recurrent = jnp.concatenate([make(self.recurrent_init, k, (self.hidden,) * 2) for k in blocks], 1)
+        return {
+            "input": {"w": make(self.w_init, k_in, (x_t.shape[-1], width)), "b": self.initial_bias(k_b)},
+            "hidden": {"w": recurrent},
+        }
+
+    def initial_bias(self, key: jax.Array) -> jax.Array:
+        return initializers.get(self.b_init)(key, (self.gates * self.hidden,), self.param_dtype)
+
+    def project(self, params, x: jax.Array) -> jax.Array:
+        """The input-to-hidden part ``x @ W + b`` for any number of leading axes."""
+        w = params["input"]["w"]
+        if x.shape[-1] != w.shape[0]:
+            raise ShapeError(
+                f"{type(self).__name__} expected {w.shape[0]} input features, got {shape_str(x)}"
+            )
+        dtype = compute_dtype(self, x, w)
+        return x.astype(dtype) @ w.astype(dtype) + params["input"]["b"].astype(dtype)
+
+    def recur(self, params, carry: Carry, projected: jax.Array) -> tuple[Carry, jax.Array]:
+        """One step from the projected input: ``(carry', y_t)``."""
+        raise NotImplementedError
+
+    def _hidden(self, params, h: jax.Array, dtype: Any) -> jax.Array:
+        return h.astype(dtype) @ params["hidden"]["w"].astype(dtype)
+
+    def forward(self, params, x, *, key=None, train=False):
+        carry, x_t = self._split(x)
+        return self.recur(params, carry, self.project(params, x_t))
+
+
+@dataclasses.dataclass(frozen=True)
+class SimpleRNN(Cell):
+    """Elman's simple recurrent cell: ``h' = activation(x W + b + h U)``; ``y = h'``.
+
+    Args:
+        hidden: size of the hidden state.
+        activation: a ``jax.nn``-style function (default ``tanh``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> cell = fnn.SimpleRNN(4)
+        >>> h, x_t = cell.initial_carry((2,)), jnp.ones((2, 3))
+        >>> params, _ = cell.init(jax.random.key(0), (h, x_t))
+        >>> h, y = cell(params, (h, x_t))
+        >>> h.shape, bool((h == y).all())
+        ((2, 4), True)
+    """
+
+    activation: Any = jnp.tanh
+
+    def recur(self, params, carry, projected):
+        h = self.activation(projected + self._hidden(params, carry, projected.dtype))
+        return h, h
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTM(Cell):
+    """Long short-term memory (Hochreiter and Schmidhuber, 1997, with the forget gate of
+    Gers et al., 2000). Carry ``(c, h)``; output ``h``.
+
+    ``i, f, o = sigmoid(.)``, ``g = tanh(.)`` from ``x W + b + h U`` (gate order i, f, g, o),
+    ``c' = f * c + i * g``, ``h' = o * tanh(c')``.
+
+    Args:
+        hidden: size of ``c`` and ``h``.
+        forget_bias: initial bias of the forget gate (1 lets memories last at the start).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> cell = fnn.LSTM(4)
+        >>> carry, x_t = cell.initial_carry((2,)), jnp.ones((2, 3))
+        >>> params, _ = cell.init(jax.random.key(0), (carry, x_t))
+        >>> (c, h), y = cell(params, (carry, x_t))
+        >>> c.shape, h.shape, y.shape
+        ((2, 4), (2, 4), (2, 4))
+    """
+
+    forget_bias: float = 1.0
+    gates = 4
+
+    def initial_carry(self, batch_shape, dtype=jnp.float32):
+        return (jnp.zeros((*batch_shape, self.hidden), dtype), jnp.zeros((*batch_shape, self.hidden), dtype))
+
+    def initial_bias(self, key):
+        b = super().initial_bias(key)
+        return b.at[self.hidden : 2 * self.hidden].add(self.forget_bias)
+
+    def recur(self, params, carry, projected):
+        c, h = carry
+        z = projected + self._hidden(params, h, projected.dtype)
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (c, h), h
+
+
+@dataclasses.dataclass(frozen=True)
+class GRU(Cell):
+    """Gated recurrent unit (Cho et al., 2014). Carry and output ``h``.
+
+    ``r = sigmoid(x W_r + b_r + h U_r)``, ``z = sigmoid(x W_z + b_z + h U_z)``,
+    ``n = tanh(x W_n + b_n + r * (h U_n + b_hn))``, ``h' = (1 - z) * n + z * h``.
+    Params as for every cell, plus ``hidden/b: [hidden]`` (the ``b_hn`` inside ``r *``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> cell = fnn.GRU(4)
+        >>> h, x_t = cell.initial_carry((2,)), jnp.ones((2, 3))
+        >>> params, _ = cell.init(jax.random.key(0), (h, x_t))
+        >>> cell(params, (h, x_t))[0].shape
+        (2, 4)
+    """
+
+    gates = 3
+
+    def init_params(self, key, x):
+        params = super().init_params(key, x)
+        b_init = initializers.get(self.b_init)
+        params["hidden"]["b"] = b_init(jax.random.fold_in(key, 1), (self.hidden,), self.param_dtype)
+        return params
+
+    def recur(self, params, carry, projected):
+        h = carry
+        x_r, x_z, x_n = jnp.split(projected, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(self._hidden(params, h, projected.dtype), 3, axis=-1)
+        r = jax.nn.sigmoid(x_r + h_r)
+        z = jax.nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + r * (h_n + params["hidden"]["b"].astype(projected.dtype)))
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+
+def _as_cell(layer: Recurrent | Bidirectional, cell: Any) -> Cell:
+    if not isinstance(cell, Cell):
+        raise TypeError(
+            f"{type(layer).__name__} runs a recurrent cell (fnn.SimpleRNN, fnn.LSTM, fnn.GRU or a "
+            f"fnn.Cell subclass), got {type(cell).__name__}"
+        )
+    return cell
+
+
+@dataclasses.dataclass(frozen=True)
+class Recurrent(Layer):
+    """Runs a cell over time with ``jax.lax.scan``: ``[batch, time, in] -> [batch, time, hidden]``.
+
+    Args:
+        cell: the recurrent cell.
+        reverse: run from the last step to the first.
+        stateful: keep the final carry as model state and start the next call from it:
+            truncated backpropagation through time over consecutive batches of one long
+            stream (the gradient stops at the batch boundary). State ``{"carry": ...}``;
+            reset it by replacing it with ``layer.init``'s.
+        remat: recompute each step's activations in the backward pass instead of storing
+            them (``jax.checkpoint``), for long sequences.
+        unroll: steps per iteration of the compiled loop (``lax.scan``'s ``unroll``).
+
+    Masked sequences ``(x, mask)`` skip padded steps: there the carry stays as it was
+    and the output is zero, so the final carry of a padded sequence equals that of the
+    unpadded one, in either direction. Use ``scan`` for an explicit initial carry in
+    and the final carry out.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> rnn = fnn.Recurrent(fnn.LSTM(8))
+        >>> x = jnp.ones((2, 5, 3))
+        >>> params, _ = rnn.init(jax.random.key(0), x)
+        >>> rnn(params, x).shape
+        (2, 5, 8)
+        >>> ys, (c, h) = rnn.scan(params, x)
+        >>> bool(jnp.allclose(h, ys[:, -1]))
+        True
+    """
+
+    cell: Any
+    reverse: bool = False
+    stateful: bool = False
+    remat: bool = False
+    unroll: int = 1
+
+    def __post_init__(self):
+        _as_cell(self, self.cell)
+        positive_int(self, "unroll", self.unroll)
+
+    @property
+    def name(self) -> str:
+        return f"{'reverse_' if self.reverse else ''}{self.cell.name}"
+
+    def _check(self, x: Any) -> tuple[Any, Any]:
+        x, mask = split_mask(self, x)
+        require_float(self, x)
+        require_rank(self, x, 3, "batch, time, features")
+        return x, mask
+
+    def init(self, key, x):
+        x, _ = self._check(x)
+        carry = self.cell.initial_carry(x.shape[:1], x.dtype)
+        step_input = jax.ShapeDtypeStruct((x.shape[0], x.shape[2]), x.dtype)
+        params, _, _ = init_child(self.cell.name, self.cell, key, (carry, step_input))
+        return params, ({"carry": carry} if self.stateful else {})
+
+    def scan(
+        self, params, x: Any, carry: Carry | None = None, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, Carry]:
+        """``(ys [batch, time, hidden], final carry)`` from ``carry`` (default: zeros).
+
+        ``x`` may be a masked pair instead of passing ``mask``.
+        """
+        x, pair_mask = self._check(x)
+        mask = pair_mask if mask is None else split_mask(self, (x, mask))[1]
+        batch, time, _ = x.shape
+        if carry is None:
+            carry = self.cell.initial_carry((batch,), x.dtype)
+        cell = self.cell
+        try:
+            cell._check_carry(carry, x[:, 0])
+            projected = cell.project(params, x)  # [batch, time, gates * hidden]: one matmul
+        except LayerError as error:
+            raise error.within(cell.name) from None
+
+        def step(carry, inputs):
+            z_t, m_t = inputs
+            new_carry, y_t = cell.recur(params, carry, z_t)
+            if m_t is not None:  # padding: keep the carry, output zeros
+                keep = m_t[:, None]
+                new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
+                y_t = jnp.where(keep, y_t, 0)
+            return new_carry, y_t
+
+        if self.remat:
+            step = jax.checkpoint(step)
+        time_major = (jnp.swapaxes(projected, 0, 1), None if mask is None else mask.T)
+        carry, ys = lax.scan(step, carry, time_major, reverse=self.reverse, unroll=self.unroll)
+        return jnp.swapaxes(ys, 0, 1), carry
+
+    def apply(self, params, state, x, *, key=None, train=False):
+        values, mask = self._check(x)
+        carry = state.get("carry") if self.stateful else None
+        if carry is not None and jax.tree.leaves(carry)[0].shape[0] != values.shape[0]:
+            raise ShapeError(
+                f"Recurrent(stateful=True) holds a carry for batch {jax.tree.leaves(carry)[0].shape[0]}, "
+                f"got input {shape_str(values)}; re-initialise the state for a new batch size"
+            )
+        ys, carry = self.scan(params, values, carry, mask)
+        if self.stateful:
+            state = {"carry": jax.tree.map(lax.stop_gradient, carry)}
+        return join_mask(ys, mask), state
+
+
+@dataclasses.dataclass(frozen=True)
+class Bidirectional(Layer):
+    """One cell run forward and one backward over the sequence, outputs concatenated.
+
+    Args:
+        cell: the forward cell.
+        backward_cell: the backward cell (default: a cell like ``cell``, with its own
+            parameters).
+        remat, unroll: as for ``Recurrent``.
+
+    Shapes: ``[batch, time, in] -> [batch, time, hidden_fwd + hidden_bwd]`` (masked pairs
+    too). Params ``{"forward": ..., "backward": ...}``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> birnn = fnn.Bidirectional(fnn.GRU(8))
+        >>> params, _ = birnn.init(jax.random.key(0), jnp.ones((2, 5, 3)))
+        >>> birnn(params, jnp.ones((2, 5, 3))).shape
+        (2, 5, 16)
+    """
+
+    cell: Any
+    backward_cell: Any = None
+    remat: bool = False
+    unroll: int = 1
+
+    def __post_init__(self):
+        _as_cell(self, self.cell)
+        if self.backward_cell is not None:
+            _as_cell(self, self.backward_cell)
+
+    @property
+    def directions(self) -> dict[str, Recurrent]:
+        backward = self.cell if self.backward_cell is None else self.backward_cell
+        options = {"remat": self.remat, "unroll": self.unroll}
+        return {
+            "forward": Recurrent(self.cell, **options),
+            "backward": Recurrent(backward, reverse=True, **options),
+        }
+
+    def init(self, key, x):
+        keys = jax.random.split(key)
+        params = {}
+        for k, (name, rnn) in zip(keys, self.directions.items()):
+            params[name], _, _ = init_child(name, rnn, k, x)
+        return params, {}
+
+    def scan(self, params, x: Any, carry: tuple[Carry, Carry] | None = None, mask: jax.Array | None = None):
+        """``(ys, (forward final carry, backward final carry))``; ``carry`` as such a pair."""
+        carries = (None, None) if carry is None else carry
+        directions = self.directions.items()
+        outputs = [rnn.scan(params[name], x, c, mask) for (name, rnn), c in zip(directions, carries)]
+        return jnp.concatenate([ys for ys, _ in outputs], axis=-1), tuple(c for _, c in outputs)
+
+    def apply(self, params, state, x, *, key=None, train=False):
+        values, mask = split_mask(self, x)
+        ys, _ = self.scan(params, values, mask=mask)
+        return join_mask(ys, mask), state
+

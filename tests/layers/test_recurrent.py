@@ -1,0 +1,356 @@
+"""Recurrent cells, Recurrent, Bidirectional, SequencePool and KeepMask."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import fnn
+
+B, T, F, H = 3, 6, 4, 5
+KEY = jax.random.key(0)
+
+
+def sequence(batch=B, time=T, features=F, seed=1):
+    return jax.random.normal(jax.random.key(seed), (batch, time, features))
+
+
+def init_cell(cell, batch=B, features=F):
+    carry = cell.initial_carry((batch,))
+    params, _ = cell.init(KEY, (carry, jnp.zeros((batch, features))))
+    return params
+
+
+# ---- cells against flax's, weights copied ------------------------------------------------
+
+
+def concat(p, names, part="kernel"):
+    return jnp.concatenate([p[n][part] for n in names], axis=-1)
+
+
+def copy_from_flax(cell, p):
+    """fnn params for ``cell`` holding the weights ``p`` of the matching flax cell."""
+    if isinstance(cell, fnn.LSTM):
+        gates = ("i", "f", "g", "o")
+        return {
+            "input": {"w": concat(p, [f"i{g}" for g in gates]), "b": concat(p, [f"h{g}" for g in gates], "bias")},
+            "hidden": {"w": concat(p, [f"h{g}" for g in gates])},
+        }
+    if isinstance(cell, fnn.GRU):
+        return {
+            "input": {"w": concat(p, ["ir", "iz", "in"]), "b": concat(p, ["ir", "iz", "in"], "bias")},
+            "hidden": {"w": concat(p, ["hr", "hz", "hn"]), "b": p["hn"]["bias"]},
+        }
+    return {"input": {"w": p["i"]["kernel"], "b": p["i"]["bias"]}, "hidden": {"w": p["h"]["kernel"]}}
+
+
+@pytest.mark.parametrize(
+    "cell, flax_cell",
+    [(fnn.SimpleRNN(H), nn.SimpleCell(H)), (fnn.LSTM(H), nn.LSTMCell(H)), (fnn.GRU(H), nn.GRUCell(H))],
+    ids=["simple_rnn", "lstm", "gru"],
+)
+def test_cell_matches_flax_over_a_sequence(cell, flax_cell):
+    flax_p = flax_cell.init(jax.random.key(5), flax_cell.initialize_carry(KEY, (B, F)), jnp.zeros((B, F)))
+    params = copy_from_flax(cell, flax_p["params"])
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, init_cell(cell))
+
+    x = sequence()
+    ours = fnn.Recurrent(cell)
+    ys, carry = ours.scan(params, x)
+    ref_carry = flax_cell.initialize_carry(jax.random.key(0), (B, F))
+    ref_ys = []
+    for t in range(T):
+        ref_carry, y = flax_cell.apply(flax_p, ref_carry, x[:, t])
+        ref_ys.append(y)
+    np.testing.assert_allclose(ys, jnp.stack(ref_ys, 1), rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_lstm_equations_in_numpy():
+    cell = fnn.LSTM(H)
+    params = jax.tree.map(np.asarray, init_cell(cell))
+    x = np.asarray(sequence())
+    c = h = np.zeros((B, H), np.float32)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    for t in range(T):
+        z = x[:, t] @ params["input"]["w"] + params["input"]["b"] + h @ params["hidden"]["w"]
+        i, f, g, o = np.split(z, 4, axis=-1)
+        c = sig(f) * c + sig(i) * np.tanh(g)
+        h = sig(o) * np.tanh(c)
+    _, (c_ours, h_ours) = fnn.Recurrent(cell).scan(params, x)
+    np.testing.assert_allclose(c_ours, c, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(h_ours, h, rtol=1e-5, atol=1e-5)
+
+
+def test_lstm_forget_bias_and_orthogonal_recurrent_init():
+    params = init_cell(fnn.LSTM(H, forget_bias=1.0))
+    b = params["input"]["b"]
+    np.testing.assert_array_equal(b[H : 2 * H], 1.0)
+    np.testing.assert_array_equal(jnp.concatenate([b[:H], b[2 * H :]]), 0.0)
+    u = params["hidden"]["w"]
+    for block in jnp.split(u, 4, axis=1):
+        np.testing.assert_allclose(block.T @ block, jnp.eye(H), atol=1e-5)
+
+
+# ---- backpropagation through time --------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", [fnn.SimpleRNN(H), fnn.LSTM(H), fnn.GRU(H)], ids=["rnn", "lstm", "gru"])
+def test_scan_gradient_equals_gradient_of_a_python_unroll(cell):
+    params = init_cell(cell)
+    x = sequence()
+    target = jax.random.normal(jax.random.key(2), (B, T, H))
+
+    def scanned(p):
+        ys, _ = fnn.Recurrent(cell).scan(p, x)
+        return jnp.mean((ys - target) ** 2)
+
+    def unrolled(p):
+        carry, ys = cell.initial_carry((B,)), []
+        for t in range(T):
+            carry, y = cell(p, (carry, x[:, t]))
+            ys.append(y)
+        return jnp.mean((jnp.stack(ys, 1) - target) ** 2)
+
+    np.testing.assert_allclose(scanned(params), unrolled(params), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(jax.grad(scanned)(params)), jax.tree.leaves(jax.grad(unrolled)(params))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_reaches_the_first_step():
+    rnn = fnn.Recurrent(fnn.LSTM(H))
+    params, _ = rnn.init(KEY, sequence())
+    grad_x = jax.grad(lambda x: rnn(params, x)[:, -1].sum())(sequence())
+    assert jnp.abs(grad_x[:, 0]).sum() > 0  # the last output depends on the first input
+
+
+def test_check_grads_order_two():
+    rnn = fnn.Recurrent(fnn.GRU(3))
+    x = sequence(2, 3, 2)
+    params, _ = rnn.init(KEY, x)
+    check_grads(lambda p, v: rnn(p, v), (params, x), order=2, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-3)
+
+
+@pytest.mark.parametrize("rnn", [fnn.Recurrent(fnn.LSTM(H), remat=True), fnn.Recurrent(fnn.LSTM(H), unroll=3)])
+def test_remat_and_unroll_change_nothing_but_speed(rnn):
+    x = sequence()
+    params, _ = rnn.init(KEY, x)
+    plain = fnn.Recurrent(fnn.LSTM(H))
+    np.testing.assert_allclose(rnn(params, x), plain(params, x), rtol=1e-6)
+    g1 = jax.grad(lambda p: rnn(p, x).sum())(params)
+    g2 = jax.grad(lambda p: plain(p, x).sum())(params)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_jit_equals_eager():
+    rnn = fnn.Bidirectional(fnn.LSTM(H))
+    x = sequence()
+    params, _ = rnn.init(KEY, x)
+    np.testing.assert_allclose(jax.jit(rnn)(params, x), rnn(params, x), rtol=1e-6)
+
+
+# ---- carries, direction and masks ---------------------------------------------------------
+
+
+def test_carry_in_and_out_splits_a_sequence_exactly():
+    rnn = fnn.Recurrent(fnn.LSTM(H))
+    x = sequence()
+    params, _ = rnn.init(KEY, x)
+    ys, final = rnn.scan(params, x)
+    ys_1, carry = rnn.scan(params, x[:, :2])
+    ys_2, final_2 = rnn.scan(params, x[:, 2:], carry)
+    np.testing.assert_allclose(jnp.concatenate([ys_1, ys_2], 1), ys, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(final_2), jax.tree.leaves(final)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_stateful_layer_continues_across_batches_and_stops_the_gradient():
+    rnn = fnn.Recurrent(fnn.GRU(H), stateful=True)
+    x = sequence()
+    params, state = rnn.init(KEY, x[:, :3])
+    np.testing.assert_array_equal(state["carry"], 0.0)
+    y1, state = rnn.apply(params, state, x[:, :3])
+    y2, state = rnn.apply(params, state, x[:, 3:])
+    full = fnn.Recurrent(fnn.GRU(H))(params, x)
+    np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), full, rtol=1e-6)
+    np.testing.assert_allclose(state["carry"], full[:, -1], rtol=1e-6)
+
+    def loss(p, s):  # the second batch's loss does not reach back into the first batch
+        _, s = rnn.apply(p, s, x[:, :3])
+        y, _ = rnn.apply(p, jax.lax.stop_gradient(s), x[:, 3:])
+        return y.sum()
+
+    _, s0 = rnn.init(KEY, x[:, :3])
+    _, s1 = rnn.apply(params, s0, x[:, :3])
+    g = jax.grad(loss)(params, s0)
+    g_truncated = jax.grad(lambda p: rnn.apply(p, s1, x[:, 3:])[0].sum())(params)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_truncated)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_reverse_equals_forward_on_the_flipped_sequence():
+    cell = fnn.LSTM(H)
+    x = sequence()
+    params, _ = fnn.Recurrent(cell).init(KEY, x)
+    backward = fnn.Recurrent(cell, reverse=True)(params, x)
+    forward_on_flipped = fnn.Recurrent(cell)(params, x[:, ::-1])
+    np.testing.assert_allclose(backward, forward_on_flipped[:, ::-1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", [fnn.SimpleRNN(H), fnn.LSTM(H), fnn.GRU(H)], ids=["rnn", "lstm", "gru"])
+def test_padding_changes_nothing_at_real_steps(cell, reverse):
+    rnn = fnn.Recurrent(cell, reverse=reverse)
+    lengths = np.array([6, 2, 4])
+    x = sequence()
+    mask = fnn.lengths_to_mask(lengths, T)
+    garbage = jnp.where(mask[..., None], x, 1e3)  # what the padding holds must not matter
+    params, _ = rnn.init(KEY, (garbage, mask))
+    ys, carry = rnn.scan(params, garbage, mask=mask)
+    (ys_pair, mask_out) = rnn(params, (garbage, mask))
+    np.testing.assert_array_equal(mask_out, mask)
+    np.testing.assert_allclose(ys_pair, ys)
+    for b, n in enumerate(lengths):
+        alone, alone_carry = rnn.scan(params, x[b : b + 1, :n])
+        np.testing.assert_allclose(ys[b, :n], alone[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(ys[b, n:], 0.0)
+        for a, c in zip(jax.tree.leaves(carry), jax.tree.leaves(alone_carry)):
+            np.testing.assert_allclose(a[b], c[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bidirectional_concatenates_a_forward_and_a_backward_pass():
+    birnn = fnn.Bidirectional(fnn.LSTM(H), fnn.GRU(3))
+    x = sequence()
+    mask = fnn.lengths_to_mask(np.array([6, 3, 1]), T)
+    params, state = birnn.init(KEY, (x, mask))
+    assert set(params) == {"forward", "backward"} and state == {}
+    (y, _) = birnn(params, (x, mask))
+    assert y.shape == (B, T, H + 3)
+    fwd, _ = fnn.Recurrent(fnn.LSTM(H)).scan(params["forward"], x, mask=mask)
+    bwd, _ = fnn.Recurrent(fnn.GRU(3), reverse=True).scan(params["backward"], x, mask=mask)
+    np.testing.assert_allclose(y, jnp.concatenate([fwd, bwd], -1), rtol=1e-6)
+    ys, (carry_f, carry_b) = birnn.scan(params, x, mask=mask)
+    np.testing.assert_allclose(carry_b, bwd[:, 0], rtol=1e-6)  # the backward pass ends at step 0
+
+
+def test_stacked_layers_pass_the_mask_along_and_summarise():
+    model = fnn.serial(
+        fnn.KeepMask(fnn.Embedding(20, 8)),
+        fnn.Bidirectional(fnn.LSTM(H)),
+        fnn.Recurrent(fnn.GRU(H)),
+        fnn.SequencePool("last"),
+        fnn.Dense(2),
+    )
+    ids = jax.random.randint(KEY, (B, T), 0, 20)
+    mask = fnn.lengths_to_mask(np.array([6, 2, 4]), T)
+    params, _ = model.init(KEY, (ids, mask))
+    assert list(params) == ["embedding_0", "bidirectional_0", "gru_0", "dense_0"]
+    assert model(params, (ids, mask)).shape == (B, 2)
+    # the prediction for row 1 ignores its padded ids
+    other = ids.at[1, 2:].set(7)
+    np.testing.assert_allclose(model(params, (other, mask))[1], model(params, (ids, mask))[1], rtol=1e-6)
+    table = str(fnn.summary(model, (ids, mask)))
+    assert "bidirectional_0" in table and "gru_0" in table
+
+
+def test_lstm_learns_to_remember_the_first_input():
+    """Output at the last step the sign of the first input, ten steps back: needs memory."""
+    model = fnn.serial(fnn.Recurrent(fnn.LSTM(16)), fnn.SequencePool("last"), fnn.Dense(1))
+    x = jax.random.normal(jax.random.key(3), (256, 10, 1))
+    y = (x[:, 0] > 0).astype(jnp.float32)
+    optimizer = optax.adam(1e-2)
+    state = fnn.init_train_state(model, optimizer, KEY, x)
+    step = fnn.make_train_step(model, optimizer, fnn.losses.sigmoid_binary_cross_entropy)
+    state, _ = fnn.fit(step, state, [(x, y)] * 300)
+    accuracy = jnp.mean((model(state.params, x) > 0) == (y > 0))
+    assert accuracy > 0.95
+
+
+# ---- SequencePool and KeepMask --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["mean", "max", "last", "first"])
+def test_sequence_pool_against_numpy(mode):
+    x = np.asarray(sequence())
+    lengths = np.array([6, 1, 3])
+    mask = np.array(fnn.lengths_to_mask(lengths, T))
+    mask[2, 0] = False  # a hole at the start of row 2: its first real step is 1
+    got = fnn.SequencePool(mode)({}, (x, mask))
+    for b in range(B):
+        real = x[b][mask[b]]
+        want = {"mean": real.mean(0), "max": real.max(0), "last": real[-1], "first": real[0]}[mode]
+        np.testing.assert_allclose(got[b], want, rtol=1e-6)
+    np.testing.assert_allclose(fnn.SequencePool(mode)({}, x)[0],
+                               {"mean": x[0].mean(0), "max": x[0].max(0), "last": x[0, -1], "first": x[0, 0]}[mode],
+                               rtol=1e-6)
+
+
+def test_sequence_pool_of_an_all_padding_row_is_zero():
+    x = sequence()
+    mask = jnp.zeros((B, T), bool).at[0].set(True)
+    for mode in ["mean", "max", "last", "first"]:
+        out = fnn.SequencePool(mode)({}, (x, mask))
+        assert jnp.isfinite(out).all()
+        np.testing.assert_array_equal(out[1:], 0.0)
+
+
+def test_keep_mask_applies_the_layer_and_passes_the_mask():
+    layer = fnn.KeepMask(fnn.Dense(3))
+    x, mask = sequence(), jnp.ones((B, T), bool)
+    params, _ = layer.init(KEY, (x, mask))
+    y, m = layer(params, (x, mask))
+    np.testing.assert_allclose(y, fnn.Dense(3)(params, x))
+    assert m is mask
+    np.testing.assert_allclose(layer(params, x), y)
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="LSTM: hidden must be a positive int, got 0"):
+        fnn.LSTM(0)
+    with pytest.raises(TypeError, match=r"Recurrent runs a recurrent cell .* got Dense"):
+        fnn.Recurrent(fnn.Dense(3))
+    with pytest.raises(ValueError, match="Recurrent: unroll must be a positive int"):
+        fnn.Recurrent(fnn.GRU(3), unroll=0)
+    with pytest.raises(ValueError, match="SequencePool: mode must be one of mean, max, last, first, got 'sum'"):
+        fnn.SequencePool("sum")
+
+
+def test_shape_errors_name_the_layer():
+    model = fnn.serial(first=fnn.Identity(), rnn=fnn.Recurrent(fnn.LSTM(H)))
+    with pytest.raises(fnn.ShapeError, match=r"rnn: Recurrent expects input of rank 3 \(batch, time, features\)"):
+        model.init(KEY, jnp.zeros((B, F)))
+    with pytest.raises(fnn.ShapeError, match=r"rnn: Recurrent expects a mask bool\[3,6\] .* got int32\[3,6\]"):
+        model.init(KEY, (sequence(), jnp.ones((B, T), jnp.int32)))
+    with pytest.raises(fnn.ShapeError, match=r"rnn: Recurrent got an empty batch float32\[3,0,4\]"):
+        model.init(KEY, sequence(time=0))
+    with pytest.raises(fnn.ShapeError, match=r"Recurrent expects floating-point input, got int32"):
+        fnn.Recurrent(fnn.LSTM(H)).init(KEY, jnp.zeros((B, T, F), jnp.int32))
+
+
+def test_a_cell_given_a_whole_sequence_points_to_recurrent():
+    with pytest.raises(fnn.ShapeError, match=r"cell: LSTM is one time step: it takes \(carry, x_t\).*fnn.Recurrent"):
+        fnn.serial(cell=fnn.LSTM(H)).init(KEY, sequence())
+
+
+def test_wrong_carry_and_wrong_features_at_apply():
+    rnn = fnn.Recurrent(fnn.LSTM(H))
+    params, _ = rnn.init(KEY, sequence())
+    with pytest.raises(fnn.ShapeError, match=r"lstm: LSTM expects a carry of shapes \(\(3, 5\), \(3, 5\)\)"):
+        rnn.scan(params, sequence(), carry=jnp.zeros((B, H)))
+    with pytest.raises(fnn.ShapeError, match="lstm: LSTM expected 4 input features, got float32"):
+        rnn(params, sequence(features=7))
+
+
+def test_stateful_layer_rejects_another_batch_size():
+    rnn = fnn.Recurrent(fnn.GRU(H), stateful=True)
+    params, state = rnn.init(KEY, sequence())
+    with pytest.raises(fnn.ShapeError, match="holds a carry for batch 3, got input float32"):
+        rnn.apply(params, state, sequence(batch=5))
