@@ -173,7 +173,8 @@ def fit(
         if not np.isfinite(record["loss"]):
             raise FloatingPointError(
                 f"training loss became {record['loss']} in the {log_every} steps up to step "
-                f"{record['step']}; lower the learning rate or check the data for NaNs"
+                f"{record['step']}; lower the learning rate, check the data for NaNs, "
+                "or check that token ids are within the embedding's range"
             )
         history.append(record)
         if log is not None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn import initializers
 from fnn.core import Layer, ShapeError, shape_str
@@ -70,6 +71,8 @@ class Embedding(Layer):
 
     Shapes: ``ids: int[...]`` -> ``y: [..., features]``; params ``w: [num_embeddings,
     features]``. Use ``attend`` to score vectors against the table (tied output layers).
+    An id outside ``[0, num_embeddings)`` is a ``ShapeError`` when the ids are concrete;
+    under ``jit`` it cannot raise, and its row comes out NaN instead.
 
     Example:
         >>> import jax, jax.numpy as jnp, fnn
@@ -99,7 +102,19 @@ class Embedding(Layer):
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise ShapeError(f"Embedding expects integer ids, got {shape_str(x)}")
         table = params["w"]
-        return jnp.take(table, x, axis=0).astype(self.dtype or table.dtype)
+        n = table.shape[0]
+        if not isinstance(x, jax.core.Tracer):  # concrete ids: check them here
+            bad = np.flatnonzero((np.asarray(x) < 0) | (np.asarray(x) >= n))
+            if bad.size:
+                where = np.unravel_index(bad[0], x.shape)
+                raise ShapeError(
+                    f"Embedding has ids 0 to {n - 1}, got {int(np.asarray(x)[where])} at index "
+                    f"{tuple(int(i) for i in where)} of ids {shape_str(x)} ({bad.size} out of range)"
+                )
+        # Traced ids cannot raise: an out-of-range id (negative too) gives a row of NaN, so
+        # the loss is NaN and fnn.fit stops, rather than a silently wrong lookup.
+        rows = jnp.take(table, jnp.where(x < 0, n, x), axis=0, mode="fill", fill_value=jnp.nan)
+        return rows.astype(self.dtype or table.dtype)
 
     def attend(self, params, x):
         """Scores ``x: [..., features]`` against every embedding: ``[..., num_embeddings]``."""
