@@ -4,7 +4,7 @@ A model is an immutable layer description with two pure functions, ``init`` and
 ``apply``; parameters and state are plain nested dicts; training is one compiled step.
 """
 
-from fnn import data, initializers, losses, metrics
+from fnn import data, initializers, losses, metrics, text
 from fnn.core import (
     Fn,
     Identity,
@@ -43,5 +43,5 @@ __all__ = [
     "ShapeError", "Summary", "TrainState", "data", "evaluate", "fan_in_concat", "fan_in_sum",
     "fan_out", "fit", "identity", "init_train_state", "initializers", "losses",
     "make_eval_step", "make_train_step", "metrics", "parallel", "per_example_grads",
-    "residual", "serial", "summary", *_layers,
+    "residual", "serial", "summary", "text", *_layers,
 ]

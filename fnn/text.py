@@ -1,0 +1,201 @@
+"""Text to ids and back: character, byte and word vocabularies; padded and LM batches.
+
+Everything here is NumPy on the host: tokenising happens once, before training, and
+the batches that come out are plain arrays for the compiled step.
+
+Example:
+    >>> import fnn
+    >>> vocab = fnn.text.CharVocab.from_text("hello world")
+    >>> vocab.decode(vocab.encode("hold"))
+    'hold'
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+
+def _check_ids(ids: Iterable[int], size: int, what: str) -> np.ndarray:
+    """``ids`` as a flat integer array, each in ``[0, size)``."""
+    ids = np.asarray(ids if hasattr(ids, "__len__") else list(ids)).reshape(-1)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{what}: ids must be integers, got {ids.dtype}")
+    bad = (ids < 0) | (ids >= size)
+    if bad.any():
+        raise ValueError(
+            f"{what}: ids must be in [0, {size}), got {ids[bad][0]} ({int(bad.sum())} out of range)"
+        )
+    return ids
+
+
+@dataclasses.dataclass(frozen=True)
+class CharVocab:
+    """One id per character seen in a text, in sorted order.
+
+    A character not in the vocabulary is an error naming it, unless the vocabulary
+    has an ``unknown`` character to map it to.
+    """
+
+    chars: str
+    unknown: str | None = None
+
+    def __post_init__(self):
+        if len(set(self.chars)) != len(self.chars):
+            raise ValueError("CharVocab: chars must not repeat")
+        if self.unknown is not None and self.unknown not in self.chars:
+            raise ValueError(f"CharVocab: the unknown character {self.unknown!r} must be one of chars")
+
+    @classmethod
+    def from_text(cls, text: str, unknown: str | None = None) -> CharVocab:
+        chars = set(text) | ({unknown} if unknown else set())
+        if not chars:
+            raise ValueError("CharVocab.from_text: the text is empty")
+        return cls("".join(sorted(chars)), unknown)
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        """``int32[len(text)]``."""
+        index = {c: i for i, c in enumerate(self.chars)}
+        fallback = index.get(self.unknown) if self.unknown is not None else None
+        ids = np.empty(len(text), np.int32)
+        for position, char in enumerate(text):
+            i = index.get(char, fallback)
+            if i is None:
+                raise ValueError(
+                    f"CharVocab: character {char!r} at position {position} is not in the vocabulary"
+                )
+            ids[position] = i
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[i] for i in _check_ids(ids, self.size, "CharVocab"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteVocab:
+    """The 256 byte values of a UTF-8 encoding: every text encodes, nothing is unknown."""
+
+    size: int = 256
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(_check_ids(ids, 256, "ByteVocab").astype(np.uint8)).decode("utf-8", errors="replace")
+
+
+WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words (with inner apostrophes) and punctuation marks, in order.
+
+    Example:
+        >>> words("Don't panic, Arthur!")
+        ["don't", 'panic', ',', 'arthur', '!']
+    """
+    return WORD.findall(text.lower())
+
+
+PAD, UNKNOWN = "<pad>", "<unk>"
+
+
+@dataclasses.dataclass(frozen=True)
+class WordVocab:
+    """The most frequent words of a corpus; id 0 is padding, id 1 any other word."""
+
+    tokens: tuple[str, ...]
+
+    def __post_init__(self):
+        if self.tokens[:2] != (PAD, UNKNOWN):
+            raise ValueError(f"WordVocab: tokens must start with {PAD!r}, {UNKNOWN!r}")
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], max_size: int = 10_000, min_count: int = 1) -> WordVocab:
+        """Words ordered by frequency (ties alphabetically), at most ``max_size`` ids in all."""
+        if max_size < 3:
+            raise ValueError(f"WordVocab: max_size must be >= 3 (padding, unknown, one word), got {max_size}")
+        counts = collections.Counter(w for text in texts for w in words(text))
+        ranked = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        return cls((PAD, UNKNOWN, *ranked[: max_size - 2]))
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> np.ndarray:
+        index = {w: i for i, w in enumerate(self.tokens)}
+        return np.array([index.get(w, 1) for w in words(text)], np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(self.tokens[i] for i in _check_ids(ids, self.size, "WordVocab") if i != 0)
+
+
+def pad(
+    sequences: Sequence[np.ndarray], length: int | None = None, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids int32[n, length], mask bool[n, length])``: right-padded, longer ones cut.
+
+    ``length`` defaults to the longest sequence. Empty sequences are an error: they
+    have no step to predict from.
+
+    Example:
+        >>> ids, mask = pad([np.array([5, 6, 7]), np.array([8])])
+        >>> ids.tolist(), mask.sum(1).tolist()
+        ([[5, 6, 7], [8, 0, 0]], [3, 1])
+    """
+    if not len(sequences):
+        raise ValueError("pad: no sequences")
+    lengths = np.array([len(s) for s in sequences])
+    if (lengths == 0).any():
+        raise ValueError(f"pad: sequence {int(np.argmin(lengths))} is empty")
+    length = int(lengths.max()) if length is None else length
+    ids = np.full((len(sequences), length), pad_id, np.int32)
+    for row, s in enumerate(sequences):
+        ids[row, : min(len(s), length)] = s[:length]
+    return ids, np.arange(length) < lengths[:, None]
+
+
+def lm_windows(
+    ids: np.ndarray, batch_size: int, length: int, *, seed: int = 0, steps: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Random windows of a token stream for next-token prediction: ``(x, y)``, both
+    ``int32[batch_size, length]`` with ``y[:, t] = x[:, t + 1]`` in the stream.
+
+    Yields ``steps`` batches, or forever when ``steps`` is None.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or len(ids) < length + 1:
+        raise ValueError(f"lm_windows: need a 1-d stream of at least {length + 1} ids, got shape {ids.shape}")
+    rng = np.random.default_rng(seed)
+    offsets = np.arange(length + 1)
+    count = 0
+    while steps is None or count < steps:
+        starts = rng.integers(0, len(ids) - length, batch_size)
+        window = ids[starts[:, None] + offsets]
+        yield window[:, :-1].astype(np.int32), window[:, 1:].astype(np.int32)
+        count += 1
+
+
+def lm_streams(ids: np.ndarray, batch_size: int, length: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Consecutive windows of ``batch_size`` parallel streams, for truncated backpropagation
+    through time: row ``b`` of batch ``k + 1`` continues row ``b`` of batch ``k``.
+
+    The stream is cut into ``batch_size`` equal parts (the remainder dropped); one pass.
+    """
+    ids = np.asarray(ids)
+    per_stream = (len(ids) - 1) // batch_size
+    if per_stream < length:
+        raise ValueError(f"lm_streams: {len(ids)} ids are too few for {batch_size} streams of {length} steps")
+    x = ids[: batch_size * per_stream].reshape(batch_size, per_stream)
+    y = ids[1 : batch_size * per_stream + 1].reshape(batch_size, per_stream)
+    for start in range(0, per_stream - length + 1, length):
+        yield x[:, start : start + length].astype(np.int32), y[:, start : start + length].astype(np.int32)

@@ -1,0 +1,81 @@
+"""fnn.text: vocabularies, padding and language-model batches."""
+
+import numpy as np
+import pytest
+
+from fnn import text
+
+
+def test_char_vocab_round_trip_and_order():
+    vocab = text.CharVocab.from_text("banana split")
+    assert vocab.chars == " abilnpst"
+    ids = vocab.encode("a plant")
+    assert ids.dtype == np.int32 and ids.tolist() == [1, 0, 6, 4, 1, 5, 8]
+    assert vocab.decode(ids) == "a plant"
+    assert vocab.decode(iter(ids.tolist())) == "a plant"
+
+
+def test_char_vocab_unknown_characters():
+    vocab = text.CharVocab.from_text("abc")
+    with pytest.raises(ValueError, match=r"character 'z' at position 2 is not in the vocabulary"):
+        vocab.encode("abz")
+    with_unknown = text.CharVocab.from_text("abc", unknown="?")
+    assert with_unknown.decode(with_unknown.encode("abz")) == "ab?"
+    with pytest.raises(ValueError, match="the text is empty"):
+        text.CharVocab.from_text("")
+    with pytest.raises(ValueError, match=r"ids must be in \[0, 3\), got 7"):
+        vocab.decode([0, 7])
+
+
+def test_byte_vocab_encodes_any_text():
+    vocab = text.ByteVocab()
+    ids = vocab.encode("naïve ✓")
+    assert ids.max() < 256 and len(ids) == len("naïve ✓".encode())
+    assert vocab.decode(ids) == "naïve ✓"
+
+
+def test_words_and_word_vocab():
+    assert text.words("It's 5 o'clock, Mr. Holmes!") == ["it's", "5", "o'clock", ",", "mr", ".", "holmes", "!"]
+    vocab = text.WordVocab.from_texts(["the cat sat", "the dog sat", "a cat"], max_size=5)
+    assert vocab.tokens == ("<pad>", "<unk>", "cat", "sat", "the")  # by count, ties alphabetical
+    assert vocab.encode("the bird sat").tolist() == [4, 1, 3]
+    assert vocab.decode([4, 1, 3, 0, 0]) == "the <unk> sat"
+    assert text.WordVocab.from_texts(["a a b"], min_count=2).tokens == ("<pad>", "<unk>", "a")
+    with pytest.raises(ValueError, match="max_size must be >= 3"):
+        text.WordVocab.from_texts(["a"], max_size=2)
+
+
+def test_pad_makes_ids_and_mask():
+    ids, mask = text.pad([np.array([1, 2, 3]), np.array([4]), np.array([5, 6])])
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0], [5, 6, 0]]
+    assert mask.tolist() == [[True, True, True], [True, False, False], [True, True, False]]
+    cut, cut_mask = text.pad([np.array([1, 2, 3])], length=2)
+    assert cut.tolist() == [[1, 2]] and cut_mask.all()
+    with pytest.raises(ValueError, match="sequence 1 is empty"):
+        text.pad([np.array([1]), np.array([], np.int32)])
+
+
+def test_lm_windows_are_shifted_by_one_and_seeded():
+    stream = np.arange(100)
+    batches = list(text.lm_windows(stream, 4, 8, seed=3, steps=5))
+    assert len(batches) == 5
+    for x, y in batches:
+        assert x.shape == y.shape == (4, 8) and x.dtype == np.int32
+        np.testing.assert_array_equal(y, x + 1)  # the next id of the stream
+        np.testing.assert_array_equal(x[:, 1:], x[:, :-1] + 1)  # contiguous windows
+    again = list(text.lm_windows(stream, 4, 8, seed=3, steps=5))
+    assert all((a[0] == b[0]).all() for a, b in zip(batches, again))
+    with pytest.raises(ValueError, match="at least 9 ids"):
+        next(text.lm_windows(np.arange(8), 2, 8))
+
+
+def test_lm_streams_continue_row_by_row():
+    stream = np.arange(101)
+    batches = list(text.lm_streams(stream, 2, 10))
+    assert len(batches) == 5  # 2 streams of 50 steps, windows of 10
+    for (x1, _), (x2, _) in zip(batches, batches[1:]):
+        np.testing.assert_array_equal(x2[:, 0], x1[:, -1] + 1)
+    x, y = batches[0]
+    assert x[1, 0] == 50 and (y == x + 1).all()
+    with pytest.raises(ValueError, match="too few"):
+        list(text.lm_streams(np.arange(10), 4, 5))
