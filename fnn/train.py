@@ -139,7 +139,7 @@ def evaluate(
     totals: dict[str, jax.Array] | None = None
     count = 0
     for batch in batches:
-        size = len(batch[0])
+        size = jax.tree.leaves(batch[0])[0].shape[0]  # x may be a pytree, e.g. (ids, mask)
         weighted = {name: value * size for name, value in eval_step(state, batch).items()}
         totals = weighted if totals is None else jax.tree.map(jnp.add, totals, weighted)
         count += size

@@ -134,3 +134,15 @@ def test_per_example_grads_equal_a_loop_over_single_examples():
         jax.tree.map(lambda g, s: np.testing.assert_allclose(g, s, rtol=1e-4, atol=1e-6), per_example, single)
     mean = jax.grad(lambda p: loss(model(p, x), y))(params)
     jax.tree.map(lambda g, m: np.testing.assert_allclose(g.mean(0), m, rtol=1e-4, atol=1e-6), grads, mean)
+
+
+def test_evaluate_weights_batches_whose_inputs_are_masked_pairs():
+    model = fnn.serial(fnn.KeepMask(fnn.Embedding(7, 4)), fnn.SequencePool("mean"), fnn.Dense(2))
+    ids = jax.random.randint(jax.random.key(1), (10, 5), 0, 7)
+    mask = fnn.lengths_to_mask(jnp.arange(10) % 5 + 1, 5)
+    y = jnp.arange(10) % 2
+    state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), (ids, mask))
+    eval_step = fnn.make_eval_step(model, fnn.losses.softmax_cross_entropy)
+    whole = eval_step(state, ((ids, mask), y))["loss"]
+    parts = [((ids[:7], mask[:7]), y[:7]), ((ids[7:], mask[7:]), y[7:])]  # sizes 7 and 3, not 2 and 2
+    np.testing.assert_allclose(fnn.evaluate(eval_step, state, parts)["loss"], whole, rtol=1e-6)
