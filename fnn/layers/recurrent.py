@@ -289,9 +289,13 @@ class Recurrent(Layer):
         require_rank(self, x, 3, "batch, time, features")
         return x, mask
 
+    def _carry_dtype(self, x: Any) -> Any:
+        """The dtype the cell computes in, and so the carry's: as ``compute_dtype``."""
+        return self.cell.dtype or jnp.result_type(x.dtype, self.cell.param_dtype)
+
     def init(self, key, x):
         x, _ = self._check(x)
-        carry = self.cell.initial_carry(x.shape[:1], x.dtype)
+        carry = self.cell.initial_carry(x.shape[:1], self._carry_dtype(x))
         step_input = jax.ShapeDtypeStruct((x.shape[0], x.shape[2]), x.dtype)
         params, _, _ = init_child(self.cell.name, self.cell, key, (carry, step_input))
         return params, ({"carry": carry} if self.stateful else {})
@@ -305,15 +309,15 @@ class Recurrent(Layer):
         """
         x, pair_mask = self._check(x)
         mask = pair_mask if mask is None else split_mask(self, (x, mask))[1]
-        batch, time, _ = x.shape
-        if carry is None:
-            carry = self.cell.initial_carry((batch,), x.dtype)
         cell = self.cell
+        if carry is None:
+            carry = cell.initial_carry(x.shape[:1], self._carry_dtype(x))
         try:
             cell._check_carry(carry, x[:, 0])
             projected = cell.project(params, x)  # [batch, time, gates * hidden]: one matmul
         except LayerError as error:
             raise error.within(cell.name) from None
+        carry = jax.tree.map(lambda c: c.astype(projected.dtype), carry)
 
         def step(carry, inputs):
             z_t, m_t = inputs
