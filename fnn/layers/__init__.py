@@ -14,6 +14,17 @@ from fnn.layers.activations import (
     softplus,
     tanh,
 )
+from fnn.layers.attention import (
+    LearnedPositions,
+    MultiHeadAttention,
+    SinusoidalPositions,
+    TransformerBlock,
+    TransformerLM,
+    dot_product_attention,
+    rotary,
+    sample,
+    sinusoids,
+)
 from fnn.layers.conv import Conv, ConvTranspose
 from fnn.layers.dropout import Dropout
 from fnn.layers.linear import Dense, Embedding
@@ -26,7 +37,9 @@ from fnn.layers.sequence import KeepMask, SequencePool, lengths_to_mask
 __all__ = [
     "ACTIVATIONS", "AvgPool", "BatchNorm", "Bidirectional", "Cell", "Conv", "ConvTranspose",
     "Dense", "Dropout", "Embedding", "Flatten", "GRU", "GlobalAvgPool", "GlobalMaxPool",
-    "GroupNorm", "KeepMask", "LSTM", "LayerNorm", "MaxPool", "RMSNorm", "Recurrent", "Reshape",
-    "SequencePool", "SimpleRNN", "activation", "elu", "gelu", "leaky_relu", "lengths_to_mask",
-    "log_softmax", "relu", "sigmoid", "silu", "softmax", "softplus", "tanh",
+    "GroupNorm", "KeepMask", "LSTM", "LayerNorm", "LearnedPositions", "MaxPool",
+    "MultiHeadAttention", "RMSNorm", "Recurrent", "Reshape", "SequencePool", "SimpleRNN",
+    "SinusoidalPositions", "TransformerBlock", "TransformerLM", "activation",
+    "dot_product_attention", "elu", "gelu", "leaky_relu", "lengths_to_mask", "log_softmax", "relu",
+    "rotary", "sample", "sigmoid", "silu", "sinusoids", "softmax", "softplus", "tanh",
 ]
