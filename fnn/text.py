@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -61,19 +62,27 @@ class CharVocab:
     def size(self) -> int:
         return len(self.chars)
 
+    @functools.cached_property
+    def _table(self) -> tuple[np.ndarray, np.ndarray]:
+        """The code points in increasing order, and each one's id."""
+        codes = np.array([ord(c) for c in self.chars], np.int64)
+        order = np.argsort(codes)
+        return codes[order], order.astype(np.int32)
+
     def encode(self, text: str) -> np.ndarray:
         """``int32[len(text)]``."""
-        index = {c: i for i, c in enumerate(self.chars)}
-        fallback = index.get(self.unknown) if self.unknown is not None else None
-        ids = np.empty(len(text), np.int32)
-        for position, char in enumerate(text):
-            i = index.get(char, fallback)
-            if i is None:
+        codes = np.frombuffer(text.encode("utf-32-le"), np.uint32).astype(np.int64)
+        sorted_codes, ids = self._table
+        slot = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
+        known = sorted_codes[slot] == codes
+        if not known.all():
+            if self.unknown is None:
+                position = int(np.argmin(known))
                 raise ValueError(
-                    f"CharVocab: character {char!r} at position {position} is not in the vocabulary"
+                    f"CharVocab: character {text[position]!r} at position {position} is not in the vocabulary"
                 )
-            ids[position] = i
-        return ids
+            return np.where(known, ids[slot], self.chars.index(self.unknown)).astype(np.int32)
+        return ids[slot]
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in _check_ids(ids, self.size, "CharVocab"))
@@ -131,8 +140,12 @@ class WordVocab:
     def size(self) -> int:
         return len(self.tokens)
 
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        return {w: i for i, w in enumerate(self.tokens)}
+
     def encode(self, text: str) -> np.ndarray:
-        index = {w: i for i, w in enumerate(self.tokens)}
+        index = self.index
         return np.array([index.get(w, 1) for w in words(text)], np.int32)
 
     def decode(self, ids: Iterable[int]) -> str:
