@@ -19,7 +19,14 @@ from jax import lax
 
 from fnn import initializers
 from fnn.core import Layer, LayerError, ShapeError, apply_child, init_child, shape_str
-from fnn.layers._common import WeightOptions, compute_dtype, positive_int, require_float
+from fnn.layers._common import (
+    WeightOptions,
+    compute_dtype,
+    positive_int,
+    require_features,
+    require_float,
+    require_rank,
+)
 from fnn.layers.dropout import Dropout
 from fnn.layers.linear import Dense, Embedding
 from fnn.layers.normalization import LayerNorm, RMSNorm
@@ -45,6 +52,8 @@ def dot_product_attention(
         dropout_rate, key: dropout on the attention weights (needs ``key``).
 
     Returns ``[batch, tq, heads, head_dim]``; a query that sees no key at all gives zeros.
+    Without dropout this is ``jax.nn.dot_product_attention`` (softmax in float32), so a
+    backend's fused attention applies; with dropout, the same maths written out.
 
     Example:
         >>> import jax.numpy as jnp, fnn
@@ -52,19 +61,55 @@ def dot_product_attention(
         >>> fnn.dot_product_attention(q, k, v, causal=True).shape
         (1, 3, 2, 4)
     """
+    _check_attention_inputs(q, k, v, mask)
+    dtype = jnp.result_type(q, k, v)
+    q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
     tq, tk = q.shape[1], k.shape[1]
-    visible = jnp.ones((1, 1, tq, tk), bool) if mask is None else mask
-    if causal:
-        visible = visible & (jnp.arange(tk)[None, :] <= jnp.arange(tq)[:, None] + (tk - tq))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
-    scores = jnp.where(visible, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1)
-    weights = jnp.where(visible.any(-1, keepdims=True), weights, 0.0).astype(v.dtype)
+    visible = None if mask is None else jnp.reshape(mask, (1,) * (4 - len(mask.shape)) + tuple(mask.shape))
+    if causal:  # aligned to the last key, unlike jax.nn's is_causal when tq != tk
+        now = jnp.arange(tk)[None, :] <= jnp.arange(tq)[:, None] + (tk - tq)
+        visible = now[None, None] if visible is None else visible & now
     if dropout_rate > 0.0:
-        if key is None:
-            raise LayerError("attention dropout needs an rng key when train=True: pass key=...")
-        keep = jax.random.bernoulli(key, 1.0 - dropout_rate, weights.shape)
-        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+        out = _attention_with_dropout(q, k, v, visible, dropout_rate, key)
+    else:
+        out = jax.nn.dot_product_attention(q, k, v, mask=visible)
+    if visible is None:
+        return out
+    # jax.nn gives a query that sees no key the mean of all values; give it zeros instead
+    sees_a_key = jnp.swapaxes(visible.any(-1), 1, 2)[..., None]  # [batch|1, tq, heads|1, 1]
+    return jnp.where(sees_a_key, out, 0.0)
+
+
+def _check_attention_inputs(q: Any, k: Any, v: Any, mask: Any) -> None:
+    heads_and_batch = [(a.shape[0], *a.shape[2:]) if len(a.shape) == 4 else None for a in (q, k, v)]
+    if None in heads_and_batch or len(set(heads_and_batch)) != 1 or k.shape[1] != v.shape[1]:
+        raise ShapeError(
+            "dot_product_attention expects q [batch, tq, heads, head_dim] and k, v [batch, tk, heads, "
+            f"head_dim], got q {shape_str(q)}, k {shape_str(k)}, v {shape_str(v)}"
+        )
+    if mask is None:
+        return
+    expected = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+    try:
+        fits = len(mask.shape) <= 4 and jnp.broadcast_shapes(mask.shape, expected) == expected
+    except ValueError:
+        fits = False
+    if not fits or mask.dtype != jnp.bool_:
+        raise ShapeError(
+            "dot_product_attention expects a bool mask broadcastable to [batch, heads, tq, tk] = "
+            f"[{','.join(map(str, expected))}], got {shape_str(mask)}"
+        )
+
+
+def _attention_with_dropout(q, k, v, visible, rate, key):
+    if key is None:
+        raise LayerError("attention dropout needs an rng key when train=True: pass key=...")
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+    if visible is not None:
+        scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1)
+    keep = jax.random.bernoulli(key, 1.0 - rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - rate), 0.0).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
@@ -73,6 +118,12 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Arr
     by ``position * base ** (-2i / d)``, so ``q . k`` depends on the relative position.
 
     Shapes: ``x: [batch, time, heads, head_dim]`` (head_dim even), ``positions: int[time]``.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> x = jnp.array([[[[1.0, 0.0]]]])  # one step, one head: the pair (1, 0)
+        >>> [round(v, 3) for v in fnn.rotary(x, jnp.array([2]))[0, 0, 0].tolist()]  # by 2 radians
+        [-0.416, 0.909]
     """
     half = x.shape[-1] // 2
     frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
@@ -147,8 +198,7 @@ class MultiHeadAttention(WeightOptions, Layer):
     def init_params(self, key, x):
         x, _ = split_mask(self, x)
         require_float(self, x)
-        if len(x.shape) != 3:
-            raise ShapeError(f"MultiHeadAttention expects [batch, time, d_model], got {shape_str(x)}")
+        require_rank(self, x, 3, "batch, time, d_model")
         d = x.shape[-1]
         shape = (self.num_heads, self._head_dim(d))
         out = self.out_features or d
@@ -236,6 +286,16 @@ def _check_length(layer: Any, time: int, max_len: int) -> None:
         )
 
 
+def _check_positions_input(layer: Any, x: Any, max_len: int | None) -> tuple[Any, Any]:
+    """``(values, mask)`` of a float ``[batch, time, d_model]`` sequence of at most ``max_len``."""
+    values, mask = split_mask(layer, x)
+    require_rank(layer, values, 3, "batch, time, d_model")
+    require_float(layer, values)
+    if max_len is not None:
+        _check_length(layer, values.shape[1], max_len)
+    return values, mask
+
+
 @dataclasses.dataclass(frozen=True)
 class LearnedPositions(Layer):
     """Adds a learned vector per position: ``x + w[:time]``; params ``w: [max_len, d_model]``.
@@ -255,22 +315,27 @@ class LearnedPositions(Layer):
         positive_int(self, "max_len", self.max_len)
 
     def init_params(self, key, x):
-        x, _ = split_mask(self, x)
-        _check_length(self, x.shape[1], self.max_len)
+        x, _ = _check_positions_input(self, x, self.max_len)
         return {"w": initializers.get(self.w_init)(key, (self.max_len, x.shape[-1]), jnp.float32)}
 
     def table(self, params, d_model: int) -> jax.Array:
         return params["w"]
 
     def forward(self, params, x, *, key=None, train=False):
-        x, mask = split_mask(self, x)
-        _check_length(self, x.shape[1], self.max_len)
+        x, mask = _check_positions_input(self, x, self.max_len)
+        require_features(self, x, params["w"].shape[1])
         return join_mask(x + params["w"][: x.shape[1]].astype(x.dtype), mask)
 
 
 def sinusoids(length: int, d_model: int) -> jax.Array:
     """The fixed encoding of Vaswani et al. (2017): ``[length, d_model]`` with
-    ``PE[p, 2i] = sin(p / 10000^(2i/d))`` and ``PE[p, 2i+1] = cos(p / 10000^(2i/d))``."""
+    ``PE[p, 2i] = sin(p / 10000^(2i/d))`` and ``PE[p, 2i+1] = cos(p / 10000^(2i/d))``.
+
+    Example:
+        >>> import fnn
+        >>> [round(v, 3) for v in fnn.sinusoids(3, 2)[2].tolist()]  # (sin 2, cos 2)
+        [0.909, -0.416]
+    """
     position = jnp.arange(length, dtype=jnp.float32)[:, None]
     rates = 10000.0 ** (-jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
     table = jnp.zeros((length, d_model), jnp.float32)
@@ -300,10 +365,12 @@ class SinusoidalPositions(Layer):
     def table(self, params, d_model: int) -> jax.Array:
         return sinusoids(self.max_len, d_model)
 
+    def init_params(self, key, x):
+        _check_positions_input(self, x, self.max_len)
+        return {}
+
     def forward(self, params, x, *, key=None, train=False):
-        x, mask = split_mask(self, x)
-        if self.max_len is not None:
-            _check_length(self, x.shape[1], self.max_len)
+        x, mask = _check_positions_input(self, x, self.max_len)
         return join_mask(x + sinusoids(x.shape[1], x.shape[-1]).astype(x.dtype), mask)
 
 
@@ -373,8 +440,7 @@ class TransformerBlock(Layer):
 
     def init_params(self, key, x):
         values, _ = split_mask(self, x)
-        if len(values.shape) != 3:
-            raise ShapeError(f"TransformerBlock expects [batch, time, d_model], got {shape_str(values)}")
+        require_rank(self, values, 3, "batch, time, d_model")
         params = {}
         for k, (name, child) in zip(jax.random.split(key, 4), self._children(values.shape[-1]).items()):
             params[name], _, _ = init_child(name, child, k, x if name == "attention" else values)
@@ -560,11 +626,17 @@ class TransformerLM(Layer):
     def decode(self, params, cache, ids_t: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
         """Logits ``[batch, vocab]`` for one new token per sequence ``ids_t: int[batch]``, and
         the cache with it added. Under ``jit`` a position past ``max_len`` cannot raise; its
-        keys are dropped and the logits are NaN."""
+        logits come out NaN instead."""
         index = cache["index"]
         if not isinstance(index, jax.core.Tracer) and int(index) >= self.max_len:
             raise ShapeError(f"TransformerLM: the cache holds max_len {self.max_len} tokens and is full")
-        h = self.embed(params["embed"], ids_t[:, None])
+        batch = cache["block_0"]["key"].shape[0]
+        if tuple(ids_t.shape) != (batch,) or not jnp.issubdtype(ids_t.dtype, jnp.integer):
+            raise ShapeError(
+                f"TransformerLM.decode expects one id per sequence of the cache, int[{batch}], "
+                f"got {shape_str(ids_t)}"
+            )
+        h, _ = apply_child("embed", self.embed, params, {}, ids_t[:, None], None, False)
         if self.position_layer is not None:
             table = self.position_layer.table(params.get("positions", {}), self.d_model)
             h = h + lax.dynamic_slice_in_dim(table, jnp.minimum(index, self.max_len - 1), 1)[None].astype(
