@@ -1,0 +1,203 @@
+"""Character-level language models: an LSTM and a small transformer, in bits per character.
+
+CORPUS_DOC
+
+A language model gives the probability of each next character given the ones before;
+its quality on held-out text is the cross-entropy in bits per character (bpc): the
+number of bits an ideal coder driven by the model would spend per character. A
+unigram model, which knows only how often each character occurs, is the baseline.
+
+Two models, chosen with ``--model``:
+
+* ``lstm``: embedding -> LSTM (Hochreiter and Schmidhuber, 1997) -> linear readout,
+  trained by backpropagation through time over windows of ``length`` characters.
+* ``transformer``: a decoder-only transformer (Vaswani et al., 2017) with causal
+  self-attention, pre-norm blocks and learned positions.
+
+Both train with Adam on random windows of the training text, are evaluated on every
+window of the held-out text, and then continue a prompt by sampling, so you can read
+what they learned.
+
+Run: python -m experiments.char_lm [--model transformer|lstm] [--steps N] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import fnn
+from experiments import corpus
+from experiments.cli import parse_config
+
+__doc__ = __doc__.replace("CORPUS_DOC", corpus.DESCRIPTION)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: str = dataclasses.field(default="transformer", metadata={"choices": ("transformer", "lstm")})
+    steps: int = 2000
+    batch_size: int = 32
+    length: int = 128  # characters per training window
+    learning_rate: float = 2e-3
+    width: int = 256  # LSTM hidden size, or the transformer's d_model
+    layers: int = 2  # transformer blocks
+    heads: int = 4
+    dropout: float = 0.1
+    held_out_every: int = 10  # every 10th address is held-out text, never trained on
+    eval_every: int = 500
+    eval_windows: int = 1024  # held-out windows scored at each evaluation (spread over all of it)
+    sample_length: int = 300
+    prompt: str = "The "
+    temperature: float = 0.8
+    seed: int = 0
+
+
+def make_model(config: Config, vocab_size: int) -> fnn.Layer:
+    if config.model == "lstm":
+        return fnn.serial(
+            fnn.Embedding(vocab_size, 64), fnn.Recurrent(fnn.LSTM(config.width)), fnn.Dense(vocab_size)
+        )
+    return fnn.TransformerLM(
+        vocab_size,
+        config.width,
+        config.heads,
+        config.layers,
+        max_len=config.length,
+        dropout=config.dropout,
+    )
+
+
+def unigram_bits(train: np.ndarray, valid: np.ndarray, vocab_size: int) -> float:
+    """Bits per character of the add-one smoothed character frequencies of ``train`` on ``valid``."""
+    counts = np.bincount(train, minlength=vocab_size) + 1.0
+    return float(-np.mean(np.log2(counts[valid] / counts.sum())))
+
+
+def eval_windows(ids: np.ndarray, length: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` windows spread evenly over ``ids`` (all of them if fewer fit), as ``(x, y)``
+    with ``y`` shifted by one: the same held-out characters at every evaluation."""
+    starts = np.unique(np.linspace(0, len(ids) - length - 1, count).astype(int))
+    window = ids[starts[:, None] + np.arange(length + 1)]
+    return window[:, :-1], window[:, 1:]
+
+
+def generate(model: fnn.Layer, params, prompt: np.ndarray, config: Config, key: jax.Array) -> np.ndarray:
+    """``prompt`` continued by ``config.sample_length`` sampled characters.
+
+    The models were trained on windows of ``config.length`` characters, so the text is
+    written in rounds: each continues the last ``length // 2`` characters (its context)
+    by up to ``length // 2`` more, never asking a model about a position it was not
+    trained on.
+    """
+    if not 1 <= len(prompt) <= config.length // 2:
+        raise ValueError(f"the prompt must have 1 to {config.length // 2} characters, got {len(prompt)}")
+    tokens = np.asarray(prompt)
+    while len(tokens) < len(prompt) + config.sample_length:
+        context = tokens[-(config.length // 2) :]
+        steps = min(config.length - len(context), len(prompt) + config.sample_length - len(tokens))
+        out = fnn.sample(
+            model,
+            params,
+            context[None],
+            steps,
+            key=jax.random.fold_in(key, len(tokens)),
+            temperature=config.temperature,
+            use_cache=isinstance(model, fnn.TransformerLM),
+        )
+        tokens = np.concatenate([tokens, np.asarray(out[0, len(context) :])])
+    return tokens
+
+
+def run(config: Config, *, verbose: bool = False) -> dict:
+    """Train, evaluate in bits per character, and sample; return the figures."""
+    say = print if verbose else (lambda *args: None)
+    kept, held_out = corpus.split(corpus.speeches(), config.held_out_every)
+    train_text = "\n\n".join(s.text for s in kept)
+    valid_text = "\n\n".join(s.text for s in held_out)
+    vocab = fnn.text.CharVocab.from_text(train_text + valid_text)
+    train, valid = vocab.encode(train_text), vocab.encode(valid_text)
+    baseline = unigram_bits(train, valid, vocab.size)
+    say(
+        f"{len(kept)} addresses ({len(train):,} characters) to train on, {len(held_out)} held out "
+        f"({len(valid):,}); {vocab.size} distinct characters"
+    )
+    say(f"unigram baseline: {baseline:.3f} bits/char on the held-out text\n")
+
+    model = make_model(config, vocab.size)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, 100, config.steps, config.learning_rate / 10
+    )
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+    loss = fnn.losses.softmax_cross_entropy
+    x_spec = jax.ShapeDtypeStruct((config.batch_size, config.length), jnp.int32)
+    state = fnn.init_train_state(model, optimizer, jax.random.key(config.seed), x_spec)
+    if verbose:
+        say(fnn.summary(model, x_spec))
+        say()
+    train_step = fnn.make_train_step(model, optimizer, loss)
+    eval_step = fnn.make_eval_step(model, loss)
+
+    valid_x, valid_y = eval_windows(valid, config.length, config.eval_windows)
+
+    def bits(state) -> float:
+        held_out = fnn.data.batches((valid_x, valid_y), 128, drop_remainder=False)
+        return fnn.evaluate(eval_step, state, held_out)["loss"] / math.log(2)
+
+    batches = fnn.text.lm_windows(
+        train, config.batch_size, config.length, seed=config.seed, steps=config.steps
+    )
+    curve = []
+    start = time.perf_counter()
+    for done in range(0, config.steps, config.eval_every):  # train a stretch, then evaluate
+        n = min(config.eval_every, config.steps - done)
+        state, history = fnn.fit(train_step, state, itertools.islice(batches, n), log_every=n)
+        record = {
+            "step": history[-1]["step"],
+            "train_bits_per_char": history[-1]["loss"] / math.log(2),
+            "valid_bits_per_char": bits(state),
+        }
+        curve.append(record)
+        say(
+            f"step {record['step']:5d}  train {record['train_bits_per_char']:.3f} bits/char  "
+            f"held-out {record['valid_bits_per_char']:.3f}"
+        )
+    seconds = time.perf_counter() - start
+
+    tokens = generate(
+        model, state.params, vocab.encode(config.prompt), config, jax.random.key(config.seed + 1)
+    )
+    return {
+        "valid_bits_per_char": curve[-1]["valid_bits_per_char"],
+        "unigram_bits_per_char": baseline,
+        "curve": curve,
+        "sample": vocab.decode(tokens),
+        "seconds": seconds,
+        "parameters": fnn.summary(model, x_spec).total_params,
+    }
+
+
+def main() -> None:
+    config = parse_config(Config, __doc__.splitlines()[0])
+    print(
+        f"char_lm: {config.model}, {config.steps} steps of {config.batch_size} x {config.length} characters, "
+        f"seed {config.seed}\n"
+    )
+    result = run(config, verbose=True)
+    print(
+        f"\nheld-out {result['valid_bits_per_char']:.3f} bits/char against the unigram baseline's "
+        f"{result['unigram_bits_per_char']:.3f}; {result['parameters']:,} parameters, "
+        f"trained in {result['seconds']:.0f} s"
+    )
+    print(f"\nsample (temperature {config.temperature}):\n{result['sample']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The language experiments on a reduced budget: they learn, well past their baselines."""
+
+import numpy as np
+import pytest
+
+from experiments import char_lm, text_classify
+
+TINY_LM = dict(steps=150, batch_size=16, length=64, width=64, layers=1, heads=2, dropout=0.0,
+               eval_every=75, eval_windows=128, sample_length=40, learning_rate=5e-3)
+
+
+@pytest.mark.parametrize("model", ["transformer", "lstm"])
+def test_char_models_beat_the_unigram_baseline_and_write_text(model):
+    result = char_lm.run(char_lm.Config(model=model, **TINY_LM))
+    assert result["unigram_bits_per_char"] == pytest.approx(4.37, abs=0.01)
+    assert result["valid_bits_per_char"] < result["unigram_bits_per_char"] - 0.8
+    assert [r["step"] for r in result["curve"]] == [75, 150]
+    assert result["curve"][1]["valid_bits_per_char"] < result["curve"][0]["valid_bits_per_char"]
+    assert result["sample"].startswith("The ") and len(result["sample"]) == 44
+
+
+def test_unigram_bits_is_the_cross_entropy_of_smoothed_counts():
+    train, valid = np.array([0, 0, 0, 1]), np.array([0, 1])
+    p = np.array([4, 2, 1]) / 7  # add-one counts over a vocabulary of 3
+    assert char_lm.unigram_bits(train, valid, 3) == pytest.approx(-(np.log2(p[0]) + np.log2(p[1])) / 2)
+
+
+def test_eval_windows_are_spread_and_shifted():
+    x, y = char_lm.eval_windows(np.arange(1000), 10, 5)
+    assert x.shape == y.shape == (5, 10)
+    np.testing.assert_array_equal(y, x + 1)
+    assert x[0, 0] == 0 and x[-1, -1] == 998  # the last window ends where the last target is the last id
+
+
+def test_generate_rejects_a_prompt_longer_than_half_a_window():
+    with pytest.raises(ValueError, match="the prompt must have 1 to 32 characters, got 40"):
+        char_lm.generate(None, None, np.zeros(40, np.int32), char_lm.Config(length=64), None)
+
+
+@pytest.mark.parametrize(
+    "options, margin",
+    [
+        (dict(model="bag", epochs=2), 0.25),
+        (dict(model="rnn", epochs=1, max_words=60, hidden=32), 0.15),
+        (dict(model="bag", epochs=2, label="party"), 0.05),
+    ],
+    ids=["era-bag", "era-rnn", "party-bag"],
+)
+def test_classifiers_beat_the_majority_baseline_on_unseen_addresses(options, margin):
+    result = text_classify.run(text_classify.Config(**options))
+    assert 0.45 < result["majority_baseline"] < 0.55
+    assert result["test_accuracy"] > result["majority_baseline"] + margin
