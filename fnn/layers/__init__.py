@@ -18,11 +18,8 @@ from fnn.layers.attention import (
     LearnedPositions,
     MultiHeadAttention,
     SinusoidalPositions,
-    TransformerBlock,
-    TransformerLM,
     dot_product_attention,
     rotary,
-    sample,
     sinusoids,
 )
 from fnn.layers.conv import Conv, ConvTranspose
@@ -33,6 +30,7 @@ from fnn.layers.pooling import AvgPool, GlobalAvgPool, GlobalMaxPool, MaxPool
 from fnn.layers.recurrent import GRU, LSTM, Bidirectional, Cell, Recurrent, SimpleRNN
 from fnn.layers.reshape import Flatten, Reshape
 from fnn.layers.sequence import KeepMask, SequencePool, lengths_to_mask
+from fnn.layers.transformer import TransformerBlock, TransformerLM, sample
 
 __all__ = [
     "ACTIVATIONS", "AvgPool", "BatchNorm", "Bidirectional", "Cell", "Conv", "ConvTranspose",
