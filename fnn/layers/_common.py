@@ -31,7 +31,7 @@ def require_rank(layer: Layer, x: Any, rank: int, layout: str) -> None:
 
 def require_features(layer: Layer, x: Any, expected: int, axis: int = -1) -> None:
     """Raise unless axis ``axis`` of ``x`` has ``expected`` entries (checked again at apply)."""
-    if x.shape[axis] != expected:
+    if not -len(x.shape) <= axis < len(x.shape) or x.shape[axis] != expected:
         raise ShapeError(
             f"{type(layer).__name__} expected {expected} features on axis {axis}, "
             f"got input {shape_str(x)}"
@@ -43,15 +43,19 @@ def positive_int(layer: Any, field: str, value: Any) -> None:
         raise ValueError(f"{type(layer).__name__}: {field} must be a positive int, got {value!r}")
 
 
+def _positive(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
 def int_tuple(layer: Any, field: str, value: Any, n: int) -> tuple[int, ...]:
     """``value`` as a tuple of ``n`` positive ints (an int is repeated ``n`` times)."""
-    items = (value,) * n if isinstance(value, int) else tuple(value)
-    if len(items) != n or not all(isinstance(v, int) and v >= 1 for v in items):
+    items = (value,) * n if isinstance(value, int) else value
+    if not isinstance(items, tuple | list) or len(items) != n or not all(_positive(v) for v in items):
         raise ValueError(
             f"{type(layer).__name__}: {field} must be a positive int or {n} positive ints, "
             f"got {value!r}"
         )
-    return items
+    return tuple(items)
 
 
 def freeze(layer: Any, field: str, value: Any) -> None:

@@ -38,16 +38,21 @@ def spatial_dims(layer: Any, field: str, value: Any) -> tuple[int, ...]:
     return int_tuple(layer, field, value, len(value))
 
 
+def _natural(v: Any) -> bool:
+    """An int >= 0 (and not a bool)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def padding_spec(layer: Any, padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
     """``"SAME"``/``"VALID"``, an int, ``n`` ints or ``n`` (low, high) pairs, normalised."""
     if isinstance(padding, str) and padding.upper() in ("SAME", "VALID"):
         return padding.upper()
-    if isinstance(padding, int) and padding >= 0:
+    if _natural(padding):
         return ((padding, padding),) * n
     if isinstance(padding, tuple | list) and len(padding) == n:
-        pairs = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
-        if all(len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p) for p in pairs):
-            return pairs
+        pairs = tuple((p, p) if _natural(p) else p for p in padding)
+        if all(isinstance(p, tuple | list) and len(p) == 2 and all(map(_natural, p)) for p in pairs):
+            return tuple(tuple(p) for p in pairs)
     raise ValueError(
         f"{type(layer).__name__}: padding must be 'SAME', 'VALID', an int, {n} ints or "
         f"{n} (low, high) pairs, got {padding!r}"
@@ -110,6 +115,7 @@ class _ConvBase(WeightOptions, Layer):
             x.astype(dtype), w.astype(dtype), padding=self.padding, rhs_dilation=self.dilation,
             dimension_numbers=(lhs, rhs, lhs), **options,
         )
+        require_nonempty(self, x, y)  # static shapes: an input smaller than the window
         return y + params["b"].astype(dtype) if self.use_bias else y
 
 

@@ -53,6 +53,7 @@ class Dense(WeightOptions, Layer):
 
     def forward(self, params, x, *, key=None, train=False):
         w = params["w"]
+        require_float(self, x)
         require_features(self, x, w.shape[0])
         dtype = compute_dtype(self, x, w)
         y = jnp.matmul(x.astype(dtype), w.astype(dtype))
@@ -118,4 +119,6 @@ class Embedding(Layer):
 
     def attend(self, params, x):
         """Scores ``x: [..., features]`` against every embedding: ``[..., num_embeddings]``."""
-        return x @ params["w"].T
+        table = params["w"]
+        dtype = self.dtype or jnp.result_type(x, table)
+        return x.astype(dtype) @ table.astype(dtype).T

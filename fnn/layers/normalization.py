@@ -13,12 +13,19 @@ import jax
 import jax.numpy as jnp
 
 from fnn.core import Layer, LayerError, ShapeError, shape_str
-from fnn.layers._common import positive_int, require_float
+from fnn.layers._common import positive_int, require_features, require_float
 
 
 def _check_epsilon(layer: Any) -> None:
-    if not isinstance(layer.epsilon, int | float) or layer.epsilon <= 0:
-        raise ValueError(f"{type(layer).__name__}: epsilon must be > 0, got {layer.epsilon!r}")
+    eps = layer.epsilon
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < float("inf"):
+        raise ValueError(f"{type(layer).__name__}: epsilon must be > 0 and finite, got {eps!r}")
+
+
+def _check_features(layer: Any, params: dict, x: Any, axis: int = -1) -> None:
+    """Params made for one feature size, applied to another: a ShapeError, not a reshape error."""
+    for value in params.values():
+        require_features(layer, x, value.shape[0], axis)
 
 
 def _scale_and_bias(layer: Any, features: int) -> dict[str, jax.Array]:
@@ -44,7 +51,15 @@ def _affine(params: dict, y: jax.Array, axis: int = -1) -> jax.Array:
 def _normalize(
     layer: Any, params: dict, x: jax.Array, mean: jax.Array, var: jax.Array, axis: int = -1
 ) -> jax.Array:
-    """``(x - mean) / sqrt(var + eps) * scale + bias``, in the statistics' dtype, cast back."""
+    """``(x - mean) / sqrt(var + eps) * scale + bias``, in the statistics' dtype, cast back.
+
+    ``mean`` and ``var`` either broadcast against ``x`` already or are vectors of the
+    features on ``axis``.
+    """
+    if mean.ndim == 1:
+        shape = [1] * x.ndim
+        shape[axis] = mean.shape[0]
+        mean, var = mean.reshape(shape), var.reshape(shape)
     y = (x.astype(mean.dtype) - mean) * jax.lax.rsqrt(var + layer.epsilon)
     return _affine(params, y, axis).astype(x.dtype)
 
@@ -112,9 +127,9 @@ class BatchNorm(Layer):
         x32 = x.astype(_stats_dtype(x))
         mean, var = jnp.mean(x32, reduce), jnp.var(x32, reduce)
         m = self.momentum
-        new_state = {
-            "mean": m * state["mean"] + (1 - m) * mean,
-            "var": m * state["var"] + (1 - m) * var,
+        new_state = {  # the state keeps its dtype, so a compiled step keeps its signature
+            "mean": (m * state["mean"] + (1 - m) * mean).astype(state["mean"].dtype),
+            "var": (m * state["var"] + (1 - m) * var).astype(state["var"].dtype),
         }
         return _normalize(self, params, x, mean, var, axis), new_state
 
@@ -147,6 +162,7 @@ class LayerNorm(Layer):
         return _scale_and_bias(self, x.shape[-1])
 
     def forward(self, params, x, *, key=None, train=False):
+        _check_features(self, params, x)
         x32 = x.astype(_stats_dtype(x))
         mean = jnp.mean(x32, -1, keepdims=True)
         var = jnp.var(x32, -1, keepdims=True)
@@ -188,6 +204,7 @@ class GroupNorm(Layer):
         return _scale_and_bias(self, x.shape[-1])
 
     def forward(self, params, x, *, key=None, train=False):
+        _check_features(self, params, x)
         groups = x.reshape(*x.shape[:-1], self.num_groups, x.shape[-1] // self.num_groups)
         g32 = groups.astype(_stats_dtype(x))
         reduce = (*range(1, x.ndim - 1), x.ndim)
@@ -224,6 +241,7 @@ class RMSNorm(Layer):
         return _scale_and_bias(self, x.shape[-1])
 
     def forward(self, params, x, *, key=None, train=False):
+        _check_features(self, params, x)
         x32 = x.astype(_stats_dtype(x))
         mean_square = jnp.mean(jnp.square(x32), -1, keepdims=True)
         return _normalize(self, params, x, jnp.zeros((), x32.dtype), mean_square)

@@ -24,7 +24,8 @@ class _Pool(Layer):
         window = spatial_dims(self, "window", self.window)
         n = len(window)
         freeze(self, "window", window)
-        freeze(self, "strides", int_tuple(self, "strides", self.strides or window, n))
+        strides = window if self.strides is None else self.strides
+        freeze(self, "strides", int_tuple(self, "strides", strides, n))
         freeze(self, "padding", padding_spec(self, self.padding, n))
 
     def _reduce(self, x: jax.Array, init: Any, op: Any) -> jax.Array:

@@ -162,11 +162,14 @@ def test_he_normal_variance_and_function_initializers():
         (lambda: fnn.Conv(4, (3, 3, 3, 3)), r"Conv: kernel_size must give one size per spatial axis, 1 to 3"),
         (lambda: fnn.Conv(4, (3, 3), strides=-1), r"Conv: strides must be a positive int or 2 positive ints"),
         (lambda: fnn.Conv(4, (3, 3), padding="FOO"), r"Conv: padding must be 'SAME', 'VALID', an int"),
+        (lambda: fnn.Conv(4, (3, 3), strides=True), r"Conv: strides must be a positive int or 2 positive ints"),
+        (lambda: fnn.Conv(4, (3,), padding=[(1, None)]), r"Conv: padding must be 'SAME', 'VALID', an int"),
+        (lambda: fnn.Conv(4, (3,), padding=True), r"Conv: padding must be 'SAME', 'VALID', an int"),
         (lambda: fnn.Conv(5, (3, 3), groups=2), r"Conv: features \(5\) must divide by groups \(2\)"),
         (lambda: fnn.ConvTranspose(4, (3,), dilation=(1, 1)), "ConvTranspose: dilation must be a positive int or 1"),
         (lambda: fnn.MaxPool((2, 2), strides=(0, 1)), "MaxPool: strides must be a positive int or 2 positive ints"),
         (lambda: fnn.AvgPool(3), r"AvgPool: window must give one size per spatial axis"),
-        (lambda: fnn.LayerNorm(epsilon=0), "LayerNorm: epsilon must be > 0, got 0"),
+        (lambda: fnn.LayerNorm(epsilon=0), "LayerNorm: epsilon must be > 0 and finite, got 0"),
         (lambda: fnn.GroupNorm(num_groups=0), "GroupNorm: num_groups must be a positive int, got 0"),
         (lambda: fnn.BatchNorm(momentum=1.5), r"BatchNorm: momentum must be in \[0, 1\], got 1.5"),
         (lambda: fnn.Dropout(1.0), r"Dropout: rate must be in \[0, 1\), got 1.0"),
@@ -223,6 +226,13 @@ def test_params_reused_on_another_input_size_is_a_clear_error(layer, good, bad, 
     name = next(iter(params or state))
     with pytest.raises(fnn.ShapeError, match=f"{name}: {message}"):
         model.apply(params, state, jnp.ones(bad))
+
+
+def test_a_valid_window_larger_than_the_input_at_apply_is_a_clear_error():
+    model = fnn.serial(fnn.Conv(2, (3,), padding="VALID"))
+    params, _ = model.init(KEY, jnp.ones((1, 8, 1)))
+    with pytest.raises(fnn.ShapeError, match=r"conv_0: Conv leaves no output positions for input float32\[1,2,1\]"):
+        model(params, jnp.ones((1, 2, 1)))
 
 
 def test_dropout_in_training_without_a_key_is_a_clear_error():
