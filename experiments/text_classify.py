@@ -22,6 +22,12 @@ Two models, chosen with ``--model``:
   2014), whose outputs are averaged over the paragraph's real words (padding masked)
   before the linear layer.
 
+Measured with the defaults (10 epochs, seed 0) on a 2-core CPU, on the 4,854 paragraphs
+of the held-out addresses (majority class 50.0%): by era, the bag of embeddings 93.3%
+in 10 s, the BiGRU 92.0% in 302 s; by party (3,639 paragraphs, majority 50.1%), the bag
+of embeddings 67.0% in 16 s. Word order adds little to these tasks; vocabulary carries
+the era, and party is much harder to tell from a paragraph.
+
 Run: python -m experiments.text_classify [--model bag|rnn] [--label era|party] [--seed 0]
 """
 
