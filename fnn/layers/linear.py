@@ -105,11 +105,12 @@ class Embedding(Layer):
         table = params["w"]
         n = table.shape[0]
         if not isinstance(x, jax.core.Tracer):  # concrete ids: check them here
-            bad = np.flatnonzero((np.asarray(x) < 0) | (np.asarray(x) >= n))
+            ids = np.asarray(x)
+            bad = np.flatnonzero((ids < 0) | (ids >= n))
             if bad.size:
                 where = np.unravel_index(bad[0], x.shape)
                 raise ShapeError(
-                    f"Embedding has ids 0 to {n - 1}, got {int(np.asarray(x)[where])} at index "
+                    f"Embedding has ids 0 to {n - 1}, got {int(ids[where])} at index "
                     f"{tuple(int(i) for i in where)} of ids {shape_str(x)} ({bad.size} out of range)"
                 )
         # Traced ids cannot raise: an out-of-range id (negative too) gives a row of NaN, so

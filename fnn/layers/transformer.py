@@ -235,7 +235,8 @@ class TransformerLM(Layer):
         ids, mask = self._check_ids(x)
         params = {}
         h: Any = ids
-        for k, (name, child) in zip(jax.random.split(key, len(self._children())), self._children().items()):
+        children = self._children()
+        for k, (name, child) in zip(jax.random.split(key, len(children)), children.items()):
             h_in = h if name == "embed" else (h if mask is None or name in ("norm", "head") else (h, mask))
             params[name], _, out = init_child(name, child, k, h_in)
             h = out[0] if isinstance(out, tuple) else out
