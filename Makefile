@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m experiments.digits
+	$(VENV)/bin/fnn run digits
 
 test: $(STAMP)
 	$(PY) -m ruff check fnn experiments tests benchmarks

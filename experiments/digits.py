@@ -28,41 +28,34 @@ CNN 99.2-99.7% test accuracy in about 5 s, MLP 97.2-98.3% in about 1 s. Sigmoid
 units learn more slowly (MLP 92-94% in 20 epochs): the sigmoid's slope is at most 1/4
 and vanishes where it saturates, so gradients shrink layer by layer.
 
-Run: python -m experiments.digits [--model cnn|mlp] [--optimizer adam|sgd|rmsprop]
-         [--activation relu|tanh|sigmoid] [--epochs 20] [--seed 0]
+Run: fnn run digits [model=cnn|mlp] [train.optimizer=adam|sgd|rmsprop]
+         [activation=relu|tanh|sigmoid] [train.epochs=20] [train.seed=0]
+(or python -m experiments.digits with the same overrides; fnn run digits --keys lists them all)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import fnn
-from experiments.cli import parse_config
+from fnn.pipeline import Experiment, Pipeline, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     model: str = dataclasses.field(default="cnn", metadata={"choices": ("cnn", "mlp")})
-    optimizer: str = dataclasses.field(default="adam", metadata={"choices": ("adam", "sgd", "rmsprop")})
     activation: str = dataclasses.field(default="relu", metadata={"choices": ("relu", "tanh", "sigmoid")})
-    learning_rate: float | None = None  # None: the optimizer's default below
-    epochs: int = 20
-    batch_size: int = 64
     width: int = 256  # units per hidden layer of the MLP
     dropout: float = 0.25
     augment: bool | None = None  # shift training images by up to one pixel; None: for the CNN only
     test_fraction: float = 0.2
-    seed: int = 0  # the split, the initial weights, the batch order and the augmentation
-    print_every: int = 5  # print the training metrics every this many epochs
+    data_seed: int = 0  # the train/test split (train.seed seeds the rest)
+    train: TrainConfig = TrainConfig()
 
 
-LEARNING_RATES = {"adam": 1e-3, "sgd": 0.05, "rmsprop": 1e-3}
 NUM_CLASSES = 10
 
 
@@ -87,17 +80,6 @@ def make_model(config: Config) -> fnn.Layer:
     raise ValueError(f"unknown model {config.model!r}; choose cnn or mlp")
 
 
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-    if config.optimizer not in LEARNING_RATES:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(LEARNING_RATES)}")
-    lr = config.learning_rate or LEARNING_RATES[config.optimizer]
-    if config.optimizer == "sgd":
-        return optax.sgd(lr, momentum=0.9)
-    if config.optimizer == "adam":
-        return optax.adam(lr)
-    return optax.rmsprop(lr)
-
-
 def random_shifts(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each image moved by -1, 0 or +1 pixels along each axis, the gap filled with 0."""
     n, height, width, _ = images.shape
@@ -109,70 +91,55 @@ def random_shifts(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return padded[np.arange(n)[:, None, None], rows, cols]
 
 
-def run(config: Config, *, verbose: bool = False) -> dict:
-    """Train one model and return its test metrics; with ``verbose``, print as it goes."""
-    say = print if verbose else (lambda *args: None)
+# -- the stages ------------------------------------------------------------------------
 
+
+def load(config: Config) -> dict:
     images, labels = fnn.data.load_digits()
-    (x_train, y_train), (x_test, y_test) = fnn.data.split(
-        images, labels, test_fraction=config.test_fraction, seed=config.seed
-    )
-    model = make_model(config)
-    optimizer = make_optimizer(config)
-    x_spec = jax.ShapeDtypeStruct((config.batch_size, *x_train.shape[1:]), jnp.float32)
-    if verbose:
-        say(fnn.summary(model, x_spec))
-        say()
+    return {"images": images, "labels": labels}
 
-    loss = fnn.losses.softmax_cross_entropy
-    metrics = {"accuracy": fnn.metrics.accuracy}
-    state = fnn.init_train_state(model, optimizer, jax.random.key(config.seed), x_spec)
-    train_step = fnn.make_train_step(model, optimizer, loss, metrics=metrics)
-    eval_step = fnn.make_eval_step(model, loss, metrics=metrics)
 
-    batches = fnn.data.batches((x_train, y_train), config.batch_size, seed=config.seed, epochs=config.epochs)
+def split(images, labels, config: Config) -> dict:
+    train, test = fnn.data.split(images, labels, test_fraction=config.test_fraction, seed=config.data_seed)
+    return {"train_set": train, "test_set": test}
+
+
+def augmentation(config: Config) -> dict:
     augment = config.model == "cnn" if config.augment is None else config.augment
-    if augment:
-        rng = np.random.default_rng(config.seed)
-        batches = ((random_shifts(x, rng), y) for x, y in batches)
-
-    steps_per_epoch = len(x_train) // config.batch_size
-
-    def log(record):  # called by fnn.fit once per epoch with the epoch's mean metrics
-        epoch = record["step"] // steps_per_epoch
-        if epoch == 1 or epoch % config.print_every == 0 or epoch == config.epochs:
-            say(f"epoch {epoch:3d}  train loss {record['loss']:.4f}  train accuracy {record['accuracy']:.4f}")
-
-    start = time.perf_counter()
-    state, history = fnn.fit(train_step, state, batches, log_every=steps_per_epoch, log=log)
-    test = fnn.evaluate(eval_step, state, fnn.data.batches((x_test, y_test), 512, drop_remainder=False))
-    seconds = time.perf_counter() - start  # training and evaluation, compilation included
-
-    logits, _ = jax.jit(model.apply)(state.params, state.model_state, x_test)
-    confusion = fnn.metrics.confusion_matrix(jnp.argmax(logits, -1), y_test, NUM_CLASSES)
-    return {
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "test_examples": len(y_test),
-        "confusion_matrix": np.asarray(confusion),
-        "history": history,  # one record per epoch: step, loss, accuracy (training)
-        "seconds": seconds,
-    }
+    return {"augment": (lambda batch, rng: (random_shifts(batch[0], rng), batch[1])) if augment else None}
 
 
-def main() -> None:
-    config = parse_config(Config, __doc__.splitlines()[0])
+def model(config: Config) -> dict:
+    return {"model": make_model(config), "loss": fnn.losses.softmax_cross_entropy,
+            "metrics": {"accuracy": fnn.metrics.accuracy}}
 
-    lr = config.learning_rate or LEARNING_RATES[config.optimizer]
-    print(f"digits: {config.model}, {config.optimizer} (lr {lr:g}), {config.activation}, "
-          f"{config.epochs} epochs of batch {config.batch_size}, seed {config.seed}\n")
-    result = run(config, verbose=True)
-    correct = round(result["test_accuracy"] * result["test_examples"])
-    print(f"\ntest accuracy {result['test_accuracy']:.4f} ({correct}/{result['test_examples']}), "
-          f"trained in {result['seconds']:.1f} s")
-    print("confusion matrix (rows: true digit, columns: predicted):")
-    print(result["confusion_matrix"])
+
+def report(model, state, test_set, history, config: Config, run=None) -> dict:
+    """The final test metrics and the confusion matrix (printed, and plotted in the run)."""
+    x_test, y_test = test_set
+    predicted = jnp.argmax(fnn.pipeline.predict(model, state, x_test), -1)
+    confusion = np.asarray(fnn.metrics.confusion_matrix(predicted, y_test, NUM_CLASSES))
+    test = [r for r in history if r["split"] == "eval"][-1]
+    correct = int(np.trace(confusion))
+    lines = [f"test accuracy {test['accuracy']:.4f} ({correct}/{len(y_test)})",
+             "confusion matrix (rows: true digit, columns: predicted):", str(confusion)]
+    if run is not None:
+        fnn.plots.confusion_matrix(confusion, run.directory / "confusion.png", title=f"digits {config.model}")
+    final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_examples": len(y_test)}
+    return {"final": final, "confusion_matrix": confusion, "report": lines}
+
+
+PIPELINE = Pipeline(load, split, augmentation, model, fnn.pipeline.optimizer, fnn.pipeline.batches,
+                    fnn.pipeline.train, report)
+EXPERIMENT = Experiment(
+    "digits", "classify scikit-learn's 8x8 digits with a CNN or an MLP", Config(), PIPELINE
+)
+
+
+def run(config: Config = Config(), **options) -> dict:
+    """Run the pipeline (no run directory unless ``run=`` is given); returns its values."""
+    return EXPERIMENT(config, **options)
 
 
 if __name__ == "__main__":
-    main()
+    fnn.cli.experiment_main("digits")

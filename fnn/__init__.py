@@ -4,7 +4,20 @@ A model is an immutable layer description with two pure functions, ``init`` and
 ``apply``; parameters and state are plain nested dicts; training is one compiled step.
 """
 
-from fnn import data, initializers, losses, metrics, text
+from fnn import (
+    checkpoint,
+    cli,
+    config,
+    data,
+    initializers,
+    loop,
+    losses,
+    metrics,
+    pipeline,
+    plots,
+    runs,
+    text,
+)
 from fnn.core import (
     Fn,
     Identity,
@@ -40,8 +53,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Fn", "Identity", "Layer", "LayerError", "Node", "Parallel", "Residual", "Serial",
-    "ShapeError", "Summary", "TrainState", "data", "evaluate", "fan_in_concat", "fan_in_sum",
-    "fan_out", "fit", "identity", "init_train_state", "initializers", "losses",
-    "make_eval_step", "make_train_step", "metrics", "parallel", "per_example_grads",
-    "residual", "serial", "summary", "text", *_layers,
+    "ShapeError", "Summary", "TrainState", "checkpoint", "cli", "config", "data", "evaluate",
+    "fan_in_concat", "fan_in_sum",
+    "fan_out", "fit", "identity", "init_train_state", "initializers", "loop", "losses",
+    "make_eval_step", "make_train_step", "metrics", "parallel", "per_example_grads", "pipeline",
+    "plots", "residual", "runs", "serial", "summary", "text", *_layers,
 ]

@@ -39,6 +39,11 @@ class TrainState(NamedTuple):
     rng: jax.Array
 
 
+def step_of(state: TrainState) -> int:
+    """The state's step as an int (a population's members all share one)."""
+    return int(np.ravel(jax.device_get(state.step))[0])
+
+
 def init_train_state(
     model: Layer, optimizer: optax.GradientTransformation, key: jax.Array, x: Any
 ) -> TrainState:
@@ -51,9 +56,15 @@ def init_train_state(
         >>> int(state.step), state.params["w"].shape
         (0, (3, 2))
     """
-    init_key, rng = jax.random.split(key)
-    params, model_state = model.init(init_key, x)
-    return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
+    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), x)
+
+    @jax.jit  # one compiled program, not one per initializer called eagerly
+    def init(key):
+        init_key, rng = jax.random.split(key)
+        params, model_state = model.init(init_key, spec)
+        return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
+
+    return init(key)
 
 
 def _objective(model: Layer, loss: LossFn) -> Callable:
@@ -74,6 +85,7 @@ def make_train_step(
     *,
     metrics: MetricFns | None = None,
     donate: bool = True,
+    population: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The compiled ``step(state, (x, y)) -> (state, metrics)``.
 
@@ -84,6 +96,10 @@ def make_train_step(
         metrics: extra ``name -> f(outputs, y)`` computed on the training batch.
         donate: reuse the input state's buffers for the output state (the caller must not
             use the old state after the call).
+        population: train a population of models at once: the state and the batch carry a
+            leading member axis and the step is ``jax.vmap``-ed over it, so P models (other
+            seeds, other learning rates held in an ``optax.inject_hyperparams`` state) train
+            in one compiled program (see ``fnn.sweep``). Metrics gain the member axis.
 
     Each step draws its dropout key as ``fold_in(state.rng, state.step)``, so a run is
     reproducible from its seed whatever the batch order of other runs.
@@ -112,14 +128,15 @@ def make_train_step(
         logged = {"loss": value, **{name: f(outputs, batch[1]) for name, f in metric_fns.items()}}
         return TrainState(params, model_state, opt_state, state.step + 1, state.rng), logged
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    return jax.jit(jax.vmap(step) if population else step, donate_argnums=(0,) if donate else ())
 
 
 def make_eval_step(
-    model: Layer, loss: LossFn, *, metrics: MetricFns | None = None
+    model: Layer, loss: LossFn, *, metrics: MetricFns | None = None, population: bool = False
 ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
     """The compiled ``eval_step(state, (x, y)) -> metrics`` in evaluation mode (no dropout,
-    running batch-norm statistics)."""
+    running batch-norm statistics). With ``population``, the state has a leading member
+    axis, every member sees the same batch and each metric is one value per member."""
     metric_fns = dict(metrics or {})
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
@@ -127,7 +144,7 @@ def make_eval_step(
         outputs, _ = model.apply(state.params, state.model_state, x, train=False)
         return {"loss": loss(outputs, y), **{name: f(outputs, y) for name, f in metric_fns.items()}}
 
-    return jax.jit(eval_step)
+    return jax.jit(jax.vmap(eval_step, in_axes=(0, None)) if population else eval_step)
 
 
 def evaluate(
@@ -145,7 +162,48 @@ def evaluate(
         count += size
     if totals is None:
         raise ValueError("evaluate: no batches to evaluate")
-    return {name: float(value) / count for name, value in jax.device_get(totals).items()}
+    return {name: _number(value / count) for name, value in jax.device_get(totals).items()}
+
+
+def _number(value: np.ndarray) -> float | list[float]:
+    """A float, or a list of floats for a population's per-member values."""
+    value = np.asarray(value)
+    return float(value) if value.ndim == 0 else value.tolist()
+
+
+class MetricsWindow:
+    """Training metrics of the steps since the last record, kept on the device until logged."""
+
+    def __init__(self, log_every: int):
+        self.log_every = log_every
+        self.pending: list[dict[str, jax.Array]] = []
+
+    def add(self, metrics: dict[str, jax.Array]) -> bool:
+        """Add one step's metrics; true when a record is due."""
+        self.pending.append(metrics)
+        return len(self.pending) >= self.log_every
+
+    def flush(self, step: int) -> dict[str, Any]:
+        """The mean of the pending metrics as ``{"step", "split": "train", ...}``; raises
+        ``FloatingPointError`` on a non-finite loss."""
+        means = jax.device_get(jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), axis=0), *self.pending))
+        record = {"step": step, "split": "train", **{k: _number(v) for k, v in means.items()}}
+        count = len(self.pending)
+        self.pending.clear()
+        if "loss" in record and not np.all(np.isfinite(record["loss"])):
+            raise FloatingPointError(
+                f"training loss became {record['loss']} in the {count} steps up to step {step}; "
+                "lower the learning rate, check the data for NaNs, or check that token ids are "
+                "within the embedding's range"
+            )
+        return record
+
+    def to_json(self) -> list[dict[str, list]]:
+        """The pending metrics as exact float lists (bit patterns kept), for a checkpoint."""
+        return [{k: np.asarray(v).tolist() for k, v in m.items()} for m in jax.device_get(self.pending)]
+
+    def load(self, saved: list[dict[str, Any]]) -> None:
+        self.pending = [{k: jnp.asarray(np.asarray(v, np.float32)) for k, v in m.items()} for m in saved]
 
 
 def fit(
@@ -159,33 +217,26 @@ def fit(
     """Run ``step`` over ``batches``; every ``log_every`` steps, record the mean metrics.
 
     The host reads metrics only at those points, so the device runs ahead in between. A
-    non-finite loss stops training with an error naming the step.
+    non-finite loss stops training with an error naming the step. (``fnn.loop.train_loop``
+    is the same loop for a run with a directory: checkpoints, resumption, evaluation.)
 
     Returns the final state and the list of logged records ``{"step": ..., "loss": ...}``.
     """
     history: list[dict[str, float]] = []
-    pending: list[dict[str, jax.Array]] = []
+    window = MetricsWindow(log_every)
 
     def flush() -> None:
-        means = jax.device_get(jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *pending))
-        record = {"step": int(state.step), **{k: float(v) for k, v in means.items()}}
-        pending.clear()
-        if not np.isfinite(record["loss"]):
-            raise FloatingPointError(
-                f"training loss became {record['loss']} in the {log_every} steps up to step "
-                f"{record['step']}; lower the learning rate, check the data for NaNs, "
-                "or check that token ids are within the embedding's range"
-            )
+        record = window.flush(int(state.step))
+        del record["split"]
         history.append(record)
         if log is not None:
             log(record)
 
     for batch in batches:
         state, metrics = step(state, batch)
-        pending.append(metrics)
-        if len(pending) == log_every:
+        if window.add(metrics):
             flush()
-    if pending:
+    if window.pending:
         flush()
     return state, history
 

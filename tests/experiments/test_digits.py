@@ -3,29 +3,34 @@
 import numpy as np
 import pytest
 
+import fnn
 from experiments import digits
+from fnn.pipeline import TrainConfig
 
 
 def test_cnn_reaches_98_percent():
     result = digits.run(digits.Config(model="cnn"))
-    assert result["test_accuracy"] >= 0.98
-    assert result["test_examples"] == 360
+    final = result["final"]
+    assert final["test_accuracy"] >= 0.98
+    assert final["test_examples"] == 360
     confusion = result["confusion_matrix"]
     assert confusion.shape == (10, 10) and confusion.sum() == 360
-    assert np.trace(confusion) / 360 == pytest.approx(result["test_accuracy"], abs=1e-6)
-    assert len(result["history"]) == 20  # one record per epoch
-    assert result["history"][-1]["loss"] < result["history"][0]["loss"]
+    assert np.trace(confusion) / 360 == pytest.approx(final["test_accuracy"], abs=1e-6)
+    train = [r for r in result["history"] if r["split"] == "train"]
+    assert len(train) == 20  # one record per epoch
+    assert train[-1]["loss"] < train[0]["loss"]
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop"])
 def test_mlp_reaches_96_percent_with_each_optimizer(optimizer):
-    result = digits.run(digits.Config(model="mlp", optimizer=optimizer, activation="tanh" if optimizer == "sgd" else "relu"))
-    assert result["test_accuracy"] >= 0.96
+    config = digits.Config(model="mlp", activation="tanh" if optimizer == "sgd" else "relu",
+                           train=TrainConfig(optimizer=optimizer))
+    assert digits.run(config)["final"]["test_accuracy"] >= 0.96
 
 
 def test_sigmoid_units_learn():
-    result = digits.run(digits.Config(model="mlp", activation="sigmoid", epochs=10))
-    assert result["test_accuracy"] >= 0.8  # slower than relu, far above the 10% of chance
+    result = digits.run(digits.Config(model="mlp", activation="sigmoid", train=TrainConfig(epochs=10)))
+    assert result["final"]["test_accuracy"] >= 0.8  # slower than relu, far above the 10% of chance
 
 
 def test_random_shifts_move_each_image_by_at_most_one_pixel():
@@ -42,15 +47,16 @@ def test_random_shifts_move_each_image_by_at_most_one_pixel():
 def test_bad_choices_are_clear_errors():
     with pytest.raises(ValueError, match="unknown model 'rnn'; choose cnn or mlp"):
         digits.make_model(digits.Config(model="rnn"))
-    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
-        digits.make_optimizer(digits.Config(optimizer="lbfgs"))
+    with pytest.raises(ValueError, match="train.optimizer: 'lbfgs' is not one of adam, sgd, rmsprop"):
+        fnn.pipeline.make_optimizer(TrainConfig(optimizer="lbfgs"))
+    with pytest.raises(ValueError, match="train.learning_rate must be positive, got -1.0"):
+        fnn.pipeline.make_optimizer(TrainConfig(learning_rate=-1.0))
 
 
-def test_main_prints_summary_accuracy_and_confusion_matrix(capsys, monkeypatch):
-    monkeypatch.setattr("sys.argv", ["digits", "--model", "mlp", "--epochs", "3", "--print-every", "1"])
-    digits.main()
+def test_main_prints_accuracy_and_confusion_matrix(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["digits", "model=mlp", "train.epochs=3", "-q"])
+    fnn.cli.experiment_main("digits")
     out = capsys.readouterr().out
-    assert "total parameters:" in out
-    assert "epoch   3  train loss" in out
     assert "test accuracy" in out and "/360)" in out
     assert "confusion matrix" in out

@@ -1,0 +1,191 @@
+"""Checkpoints of a whole training run through ``orbax-checkpoint``.
+
+A checkpoint holds the :class:`~fnn.TrainState` (parameters, model state, optimizer
+state, step and rng) as arrays in orbax's tensorstore format, and beside it a small
+JSON record: where the data iterator stands and whatever else the training loop needs
+to continue exactly (metrics not yet logged). Nothing is pickled, so loading a
+checkpoint never runs code from the file.
+
+Orbax writes each checkpoint into a temporary directory and renames it when complete,
+so a crash (even ``kill -9``) during a save leaves the previous checkpoints loadable;
+only the last ``keep`` are kept.
+
+Example:
+    >>> import tempfile, jax, jax.numpy as jnp, optax, fnn
+    >>> state = fnn.init_train_state(fnn.Dense(2), optax.adam(1e-3), jax.random.key(0),
+    ...                              jnp.zeros((1, 3)))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     ckpts = Checkpoints(d, keep=2)
+    ...     _ = ckpts.save(state, {"data": {"next_index": 0}})
+    ...     restored, extra = ckpts.restore(state)
+    ...     ckpts.steps(), extra
+    ([0], {'data': {'next_index': 0}})
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from fnn.train import TrainState, step_of
+
+_log_filter_installed = False
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit the model; the message
+    names the checkpoint and the first path that does not fit."""
+
+
+def _quiet_orbax() -> None:
+    """Orbax logs each save at INFO through absl; keep a run's output to what it says."""
+    global _log_filter_installed
+    if not _log_filter_installed:
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        _log_filter_installed = True
+
+
+def _key_name(key: Any) -> str:
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    """``{"params/dense_0/w": leaf, ...}``; NamedTuples and dicts name their fields alike."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+
+
+def to_saved(state: TrainState) -> TrainState:
+    """The state with its typed rng key as raw key data (what orbax can store)."""
+    rng = state.rng
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)
+    return state._replace(rng=rng)
+
+
+def from_saved(saved: TrainState, template: TrainState) -> TrainState:
+    rng = saved.rng
+    if jax.dtypes.issubdtype(template.rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng, impl=jax.random.key_impl(template.rng))
+    return saved._replace(rng=rng)
+
+
+def check_fits(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
+    """Raise a ``CheckpointError`` at the first path whose presence, shape or dtype differ."""
+    for path, leaf in expected.items():
+        if path not in saved:
+            raise CheckpointError(
+                f"{where} does not fit this model: it has no {path} "
+                f"(the model expects {leaf.dtype}{list(leaf.shape)})"
+            )
+        got = saved[path]
+        if tuple(got.shape) != tuple(leaf.shape) or np.dtype(got.dtype) != np.dtype(leaf.dtype):
+            raise CheckpointError(
+                f"{where} does not fit this model at {path}: the checkpoint holds "
+                f"{np.dtype(got.dtype)}{list(got.shape)}, the model expects "
+                f"{np.dtype(leaf.dtype)}{list(leaf.shape)}"
+            )
+    extra = [path for path in saved if path not in expected]
+    if extra:
+        raise CheckpointError(
+            f"{where} does not fit this model: it holds {extra[0]}, which the model does not have"
+        )
+
+
+class Checkpoints:
+    """The checkpoints of one run, in ``directory`` (one sub-directory per step).
+
+    Args:
+        directory: where the checkpoints live; created when missing.
+        keep: how many of the latest checkpoints to keep.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3):
+        import orbax.checkpoint as ocp
+
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+            raise ValueError(f"Checkpoints: keep must be a positive int, got {keep!r}")
+        _quiet_orbax()
+        self.directory = os.path.abspath(os.fspath(directory))
+        self._ocp = ocp
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=False, create=True
+            ),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()},
+        )
+
+    def steps(self) -> list[int]:
+        """The steps that have a complete checkpoint, oldest first."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, state: TrainState, extra: Mapping[str, Any] | None = None) -> int:
+        """Write ``state`` (at its own ``state.step``) and the JSON-able ``extra``; returns the step."""
+        ocp = self._ocp
+        step = step_of(state)
+        if step in self._manager.all_steps():
+            return step
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(to_saved(state)),
+                extra=ocp.args.JsonSave(dict(extra or {})),
+            ),
+        )
+        self._manager.wait_until_finished()
+        return step
+
+    def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
+        """The checkpoint at ``step`` (default: the latest) as a state shaped like ``template``.
+
+        ``template`` may hold arrays or ``jax.ShapeDtypeStruct``s (``jax.eval_shape`` of the
+        initial state). Raises ``CheckpointError`` when there is no checkpoint, when it cannot
+        be read, or when its arrays do not fit the template, naming the first path that differs.
+        """
+        ocp = self._ocp
+        steps = self.steps()
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise CheckpointError(f"no checkpoint of step {step} in {self.directory}; it has steps {steps}")
+        where = f"checkpoint {os.path.join(self.directory, str(step))}"
+        saved_template = to_saved(template)
+        try:
+            metadata = self._manager.item_metadata(step)["state"]
+            tree = metadata.tree if hasattr(metadata, "tree") else metadata
+        except Exception as error:  # orbax and tensorstore raise many kinds
+            raise CheckpointError(f"{where} is unreadable: {type(error).__name__}: {error}") from error
+        if tree is None:
+            raise CheckpointError(f"{where} is unreadable: it holds no state metadata")
+        check_fits(_flat(tree), _flat(saved_template), where)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), saved_template)
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract),
+                    extra=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as error:
+            raise CheckpointError(f"{where} is unreadable: {type(error).__name__}: {error}") from error
+        state = jax.tree.unflatten(jax.tree.structure(saved_template), jax.tree.leaves(restored["state"]))
+        return from_saved(state, template), dict(restored["extra"] or {})
+
+    def close(self) -> None:
+        self._manager.close()

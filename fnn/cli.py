@@ -1,0 +1,188 @@
+"""The ``fnn`` command: list, run, resume, show, compare and sweep experiments.
+
+    fnn list                                  the experiments, one line each
+    fnn run digits model=mlp train.epochs=5   run one, overriding its configuration
+    fnn resume runs/digits-20261130-101500    continue an interrupted run
+    fnn show runs/digits-20261130-101500      its config, final metrics and plots
+    fnn compare RUN_DIR RUN_DIR ...           a table of final metrics and one plot
+    fnn sweep digits --seeds 4 --grid train.learning_rate=1e-3,3e-3
+                                              a population trained in one program
+
+Overrides are ``key=value`` (or ``--set key=value``); ``fnn run NAME --help`` lists
+the keys of an experiment with their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from fnn import config as config_lib
+from fnn import pipeline, runs
+from fnn.checkpoint import CheckpointError
+from fnn.loop import Interrupted
+
+
+def _default_dir(name: str) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{name}-{stamp}")
+
+
+def _keys_help(experiment: pipeline.Experiment) -> str:
+    lines = [f"{experiment.name}: {experiment.description}", "", "configuration (key = default):"]
+    lines += [f"  {key} = {value!r}" for key, value in runs._flatten(config_lib.to_dict(experiment.config))]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fnn",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("list", help="the experiments, one line each")
+
+    def overrides(p):
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides")
+        p.add_argument(
+            "--set",
+            dest="sets",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a configuration override (repeatable)",
+        )
+        p.add_argument("--dir", help="the run directory (default: runs/NAME-DATE-TIME)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only the result")
+        p.add_argument("--keys", action="store_true", help="list the configuration keys and exit")
+
+    run = commands.add_parser("run", help="run an experiment in a new run directory")
+    run.add_argument("name", help="the experiment (see `fnn list`)")
+    overrides(run)
+    resume = commands.add_parser("resume", help="continue a run from its latest checkpoint")
+    resume.add_argument("directory")
+    resume.add_argument("-q", "--quiet", action="store_true")
+    show = commands.add_parser("show", help="a run's config, final metrics and plots")
+    show.add_argument("directory")
+    compare = commands.add_parser(
+        "compare", help="final metrics of several runs, and one plot of their curves"
+    )
+    compare.add_argument("directories", nargs="+")
+    compare.add_argument(
+        "--plot",
+        default=None,
+        help="where to write the plot (default: compare.png in the first run's parent directory)",
+    )
+    sweep = commands.add_parser("sweep", help="train a population (seeds x values) in one compiled program")
+    sweep.add_argument("name")
+    overrides(sweep)
+    sweep.add_argument(
+        "--seeds", type=int, default=3, help="members per grid point, seeds 0..N-1 (default 3)"
+    )
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="a hyperparameter and its values (repeatable; the product is swept)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fnn`` console script; returns the exit status."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may come after options (`fnn run digits -q model=mlp`): argparse leaves them in extra
+    stray = [e for e in extra if "=" not in e or e.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return _dispatch(args)
+    except Interrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except (config_lib.ConfigError, pipeline.PipelineError, runs.RunError, CheckpointError) as error:
+        print(f"fnn {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _resolve(args) -> tuple[pipeline.Experiment, object]:
+    experiment = pipeline.find(args.name)
+    config = config_lib.override(experiment.config, [*args.overrides, *args.sets])
+    return experiment, config
+
+
+def _dispatch(args) -> int:
+    if args.command == "list":
+        known = pipeline.experiments()
+        width = max(map(len, known), default=0)
+        for name, experiment in known.items():
+            print(f"{name.ljust(width)}  {experiment.description}")
+        return 0
+    if args.command in ("run", "sweep") and args.keys:
+        print(_keys_help(pipeline.find(args.name)))
+        return 0
+    if args.command == "run":
+        experiment, config = _resolve(args)
+        directory = args.dir or _default_dir(experiment.name)
+        if not args.quiet:
+            print(f"{experiment.name}: {experiment.description}\nrun directory: {directory}")
+        run, values = pipeline.start(experiment, config, directory, progress=not args.quiet)
+        _print_final(run, values)
+        return 0
+    if args.command == "resume":
+        run, values = pipeline.resume(args.directory, progress=not args.quiet)
+        _print_final(run, values)
+        return 0
+    if args.command == "show":
+        print(runs.show(args.directory))
+        return 0
+    if args.command == "compare":
+        plot = args.plot or os.path.join(os.path.dirname(os.path.abspath(args.directories[0])), "compare.png")
+        print(runs.compare(args.directories, plot))
+        return 0
+    if args.command == "sweep":
+        from fnn import sweep
+
+        experiment, config = _resolve(args)
+        directory = args.dir or _default_dir(f"{experiment.name}-sweep")
+        grid = dict(sweep.parse_grid(experiment.config, args.grid))
+        table = sweep.run_sweep(
+            experiment, config, directory, seeds=args.seeds, grid=grid, progress=not args.quiet
+        )
+        print(table)
+        return 0
+    raise AssertionError(args.command)
+
+
+def _print_final(run: runs.Run, values: dict) -> None:
+    for line in values.get("report", ()):
+        print(line)
+    final = values["final"]
+    shown = ", ".join(f"{k} {runs._format(v)}" for k, v in final.items() if isinstance(v, int | float))
+    print(f"final: {shown}\nrun directory: {run.directory} (fnn show {run.directory})")
+
+
+def experiment_main(name: str, argv: Sequence[str] | None = None) -> None:
+    """``python -m experiments.NAME KEY=VALUE ...``: the same as ``fnn run NAME ...``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(_keys_help(pipeline.find(name)))
+        return
+    status = main(["run", name, *argv])
+    if status:
+        sys.exit(status)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())

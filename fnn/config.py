@@ -1,0 +1,213 @@
+"""Configuration as typed data: frozen dataclasses, overridden by ``key=value`` strings.
+
+An experiment's configuration is a frozen dataclass whose fields may themselves be
+dataclasses (``config.train.learning_rate``). The command line changes it with dotted
+overrides that are parsed by each field's type and checked::
+
+    >>> import dataclasses
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Train:
+    ...     learning_rate: float = 1e-3
+    ...     epochs: int = 10
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Config:
+    ...     model: str = dataclasses.field(default="cnn", metadata={"choices": ("cnn", "mlp")})
+    ...     train: Train = Train()
+    >>> override(Config(), ["model=mlp", "train.learning_rate=3e-4"])
+    Config(model='mlp', train=Train(learning_rate=0.0003, epochs=10))
+    >>> to_dict(Config())
+    {'model': 'cnn', 'train': {'learning_rate': 0.001, 'epochs': 10}}
+
+A key that does not exist, a value that does not parse as the field's type or a value
+outside the field's ``choices`` is a :class:`ConfigError` that lists what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that is not valid; the message says what is."""
+
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def _split_optional(hint: Any) -> tuple[Any, bool]:
+    """``(inner type, whether None is allowed)`` for ``X`` or ``X | None``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1:
+            raise ConfigError(f"unsupported field type {hint!r}: only X or X | None")
+        return inner[0], type(None) in args
+    return hint, False
+
+
+def _hints(config_class: type) -> dict[str, Any]:
+    """Each field's type, resolving string annotations; a nested dataclass whose name does
+    not resolve in the class's module (one defined in a function) is known by its default."""
+    try:
+        return typing.get_type_hints(config_class)
+    except NameError:
+        pass
+    module = vars(__import__(config_class.__module__, fromlist=["_"]))
+    hints = {}
+    for field in dataclasses.fields(config_class):
+        hint = field.type
+        if isinstance(hint, str):
+            try:
+                hint = eval(hint, dict(module))  # noqa: S307  (a type annotation of the class)
+            except NameError:
+                default = field.default_factory() if callable(field.default_factory) else field.default
+                hint = type(default)
+        hints[field.name] = hint
+    return hints
+
+
+def keys(config: Any, prefix: str = "") -> list[str]:
+    """Every settable dotted key of a config (nested dataclasses expanded).
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class C:
+        ...     seed: int = 0
+        >>> keys(C())
+        ['seed']
+    """
+    out = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            out.extend(keys(value, f"{prefix}{field.name}."))
+        else:
+            out.append(prefix + field.name)
+    return out
+
+
+def parse_value(text: str, hint: Any, key: str, choices: Iterable | None = None) -> Any:
+    """``text`` converted to the type ``hint`` of field ``key``; a ``ConfigError`` if it won't."""
+    kind, optional = _split_optional(hint)
+    if optional and text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        if kind is bool:
+            low = text.strip().lower()
+            if low not in _TRUE | _FALSE:
+                raise ValueError(text)
+            value: Any = low in _TRUE
+        elif kind is int:
+            value = int(text)
+        elif kind is float:
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError(text)
+        elif kind is str:
+            value = text
+        elif typing.get_origin(kind) is tuple:
+            (item, *_rest) = typing.get_args(kind)
+            value = tuple(parse_value(part, item, key) for part in text.split(",") if part.strip())
+        else:
+            raise ConfigError(f"{key}: fields of type {kind!r} cannot be set from the command line")
+    except ValueError as error:
+        if isinstance(error, ConfigError):
+            raise
+        name = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"{key}: expected {name}{' or none' if optional else ''}, got {text!r}") from None
+    check_choice(key, value, choices)
+    return value
+
+
+def check_choice(key: str, value: Any, choices: Iterable | None) -> None:
+    if choices is not None and value is not None and value not in tuple(choices):
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _field(config: Any, name: str, path: str) -> dataclasses.Field:
+    for field in dataclasses.fields(config):
+        if field.name == name:
+            return field
+    raise ConfigError(f"unknown key {path!r}; valid keys: {', '.join(keys(config))}")
+
+
+def _set(config: Any, path: list[str], text: str, full: str, root: Any) -> Any:
+    name, rest = path[0], path[1:]
+    try:
+        field = _field(config, name, full)
+    except ConfigError:
+        raise ConfigError(f"unknown key {full!r}; valid keys: {', '.join(keys(root))}") from None
+    current = getattr(config, name)
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(
+                f"unknown key {full!r}: {name!r} has no sub-keys; valid keys: {', '.join(keys(root))}"
+            )
+        return dataclasses.replace(config, **{name: _set(current, rest, text, full, root)})
+    if dataclasses.is_dataclass(current):
+        group = ", ".join(keys(current, f"{full}."))
+        raise ConfigError(f"{full!r} is a group of settings; set one of: {group}")
+    hint = _hints(type(config))[name]
+    return dataclasses.replace(config, **{name: parse_value(text, hint, full, field.metadata.get("choices"))})
+
+
+def override(config: Any, assignments: Iterable[str]) -> Any:
+    """``config`` with each ``"dotted.key=value"`` of ``assignments`` applied, in order."""
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"expected key=value, got {assignment!r}; valid keys: {', '.join(keys(config))}"
+            )
+        key = key.strip()
+        config = _set(config, key.split("."), text, key, config)
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config as plain nested dicts (what a run directory's ``config.json`` holds)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(config_class: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    """The inverse of :func:`to_dict`, with every key and type checked.
+
+    Keys missing from ``values`` keep their defaults; unknown keys are an error.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix + unknown[0]!r}; valid keys: {', '.join(prefix + k for k in fields)}"
+        )
+    hints = _hints(config_class)
+    kwargs = {}
+    for name, value in values.items():
+        key = prefix + name
+        kind, optional = _split_optional(hints[name])
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = from_dict(kind, value, f"{key}.")
+            continue
+        if value is None and optional:
+            kwargs[name] = None
+            continue
+        if typing.get_origin(kind) is tuple and isinstance(value, list):
+            value = tuple(value)
+        expected = typing.get_origin(kind) or kind
+        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ConfigError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+        check_choice(key, value, fields[name].metadata.get("choices"))
+        kwargs[name] = value
+    return config_class(**kwargs)

@@ -1,0 +1,202 @@
+"""The training loop of a pipeline: the compiled step over a batch dataset, with logging,
+evaluation, checkpoints, resumption, a progress bar and a clean stop on Ctrl-C.
+
+``train_loop`` is what ``fit`` is for a run that lives in a run directory::
+
+    state, history = train_loop(step, state, data, run=run, log_every=50,
+                                evaluate=lambda s: fnn.evaluate(eval_step, s, test_batches),
+                                eval_every=500, checkpoint_every=500)
+
+If ``run`` already holds a checkpoint, the loop starts from it: the train state, the
+position in ``data`` and the metrics not yet logged all come back, so the finished run
+is bit-for-bit the run that was never interrupted (on CPU, where XLA is deterministic).
+On SIGINT or SIGTERM the loop finishes the current step, saves a checkpoint and raises
+:class:`Interrupted`, whose message says how to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+
+from fnn.data import Prefetch
+from fnn.train import Batch, MetricsWindow, TrainState, step_of
+
+Evaluate = Callable[[TrainState], dict[str, float]]
+
+
+class Interrupted(Exception):  # noqa: N818  (a stop the user asked for, not an error)
+    """Training stopped on a signal after saving a checkpoint; ``str()`` says how to resume."""
+
+    def __init__(self, directory: str, step: int, signum: int):
+        self.directory, self.step, self.signum = directory, step, signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name}: stopped after step {step} and saved a checkpoint; "
+            f"continue with `fnn resume {directory}`"
+        )
+
+
+class _Stop:
+    """Catch SIGINT/SIGTERM while training (main thread only) and remember the first one."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Stop]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self.signum is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            self.signum = signum
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[speed]} ex/s"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+
+
+def train_loop(
+    step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]],
+    state: TrainState,
+    data: Any,
+    *,
+    run: Any | None = None,
+    log_every: int = 50,
+    evaluate: Evaluate | None = None,
+    eval_every: int = 0,
+    checkpoint_every: int = 0,
+    progress: bool = True,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Train ``state`` with ``step`` over every batch of ``data`` (a ``grain.MapDataset`` of
+    batches, e.g. from ``fnn.data.loader``).
+
+    Args:
+        step: the compiled train step (``fnn.make_train_step``).
+        state: the initial train state; with a checkpoint in ``run``, only its structure is used.
+        data: the batches, ``len(data)`` of them; batch ``k`` is trained on at step ``k``.
+        run: an ``fnn.runs.Run`` to log to, checkpoint into and resume from; ``None`` keeps
+            everything in memory.
+        log_every: steps per training record (the mean of their metrics).
+        evaluate: ``evaluate(state) -> metrics``, run every ``eval_every`` steps and at the end.
+        eval_every: steps between evaluations; 0: only at the end.
+        checkpoint_every: steps between checkpoints; 0: only at the end (and on a signal).
+        progress: show a progress bar (step, loss, examples/s, ETA).
+        log: also called with every record.
+
+    Returns the final state and every record (training and evaluation) of the run,
+    including those logged before a resumption.
+    """
+    for name, value in (
+        ("log_every", log_every),
+        ("eval_every", eval_every),
+        ("checkpoint_every", checkpoint_every),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "log_every" else 0):
+            raise ValueError(
+                f"train_loop: {name} must be an int >= {1 if name == 'log_every' else 0}, got {value!r}"
+            )
+    total = len(data)
+    window = MetricsWindow(log_every)
+    data_state = None
+    if run is not None and run.checkpoints.latest() is not None:
+        state, extra = run.checkpoints.restore(state)
+        data_state = extra.get("data")
+        window.load(extra.get("pending", []))
+        run.rewind(step_of(state))
+    start = step_of(state)
+    if start > total:
+        raise ValueError(f"train_loop: the state is at step {start} but the data hold only {total} batches")
+    history = run.records() if run is not None else []
+
+    def record(r: dict[str, Any]) -> None:
+        history.append(r)
+        if run is not None:
+            run.log(r)
+        if log is not None:
+            log(r)
+
+    def save() -> None:
+        if run is not None:
+            run.checkpoints.save(state, {"data": batches.state(), "pending": window.to_json()})
+
+    batches = Prefetch(data, state=data_state or {"next_index": start})
+    examples = None
+    stopper = _Stop()
+    with stopper.installed(), _progress(total, start, progress) as bar:
+        task = (
+            bar.add_task(
+                getattr(run, "experiment", "train"), total=total, completed=start, loss="-", speed="-"
+            )
+            if bar is not None
+            else None
+        )
+        clock, clock_step = time.perf_counter(), start
+        at = start
+        for batch in batches:
+            state, metrics = step(state, batch)
+            at += 1
+            if examples is None:
+                examples = jax.tree.leaves(batch)[0].shape[0]
+            if window.add(metrics) or at == total:
+                r = window.flush(at)
+                record(r)
+                if bar is not None:
+                    now = time.perf_counter()
+                    speed = examples * (at - clock_step) / max(now - clock, 1e-9)
+                    clock, clock_step = now, at
+                    bar.update(
+                        task, completed=at, loss=f"{r.get('loss', float('nan')):.4f}", speed=f"{speed:,.0f}"
+                    )
+            if evaluate is not None and ((eval_every and at % eval_every == 0) or at == total):
+                record({"step": at, "split": "eval", **evaluate(state)})
+            if (checkpoint_every and at % checkpoint_every == 0) or at == total:
+                save()
+            if stopper.signum is not None and at < total:
+                save()
+                raise Interrupted(
+                    str(run.directory) if run is not None else "(no run directory)", at, stopper.signum
+                )
+        if bar is not None:
+            bar.update(task, completed=at)
+    return state, history

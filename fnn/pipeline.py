@@ -1,0 +1,338 @@
+"""Experiments as pipelines of small stages.
+
+A stage is a plain function. Its parameter names say which values it reads; it returns
+a dict of the values it makes (or ``None``). A :class:`Pipeline` runs its stages in
+order, each reading from what the caller gave and what earlier stages made::
+
+    >>> def load(config):
+    ...     return {"numbers": list(range(config))}
+    >>> def total(numbers):
+    ...     return {"final": {"sum": sum(numbers)}}
+    >>> pipeline = Pipeline(load, total)
+    >>> pipeline.run(config=4)["final"]
+    {'sum': 6}
+    >>> pipeline.replace(total=lambda numbers: {"final": {"max": max(numbers)}}).run(config=4)["final"]
+    {'max': 3}
+
+Because a stage is named by its function and takes its inputs by name, a new
+experiment is the stages of an old one with one replaced (``replace``), one added
+(``insert``) or one taken out (``without``), and any stage can be called on its own in
+a test.
+
+An :class:`Experiment` is a pipeline with a name, a description and a default
+configuration (a frozen dataclass, see ``fnn.config``); ``fnn run NAME`` finds it
+through the ``fnn.experiments`` entry points of the installed packages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fnn import config as config_lib
+from fnn.data import loader
+from fnn.loop import train_loop
+from fnn.runs import Run
+from fnn.train import evaluate as evaluate_batches
+from fnn.train import init_train_state, make_eval_step, make_train_step
+
+Stage = Callable[..., Mapping[str, Any] | None]
+
+
+class PipelineError(ValueError):
+    """A pipeline whose stages do not fit together; the message names the stage."""
+
+
+def _stage_name(fn: Callable) -> str:
+    name = getattr(fn, "__name__", None)
+    if not name or name == "<lambda>":
+        raise PipelineError(f"stage {fn!r} has no name; pass it as a keyword: Pipeline(name=fn)")
+    return name
+
+
+class Pipeline:
+    """Stages run in order over a shared set of named values.
+
+    Args:
+        *stages: functions, named by their ``__name__``.
+        **named: functions under the given names (after the positional ones).
+    """
+
+    def __init__(self, *stages: Stage, **named: Stage):
+        items = [(_stage_name(fn), fn) for fn in stages] + list(named.items())
+        names = [n for n, _ in items]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise PipelineError(f"two stages are named {duplicates[0]!r}; name one with a keyword")
+        for name, fn in items:
+            if not callable(fn):
+                raise PipelineError(f"stage {name!r} is not callable: {fn!r}")
+        self.stages: tuple[tuple[str, Stage], ...] = tuple(items)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.stages]
+
+    def __repr__(self) -> str:
+        return f"Pipeline({' -> '.join(self.names)})"
+
+    def _index(self, name: str) -> int:
+        if name not in self.names:
+            raise PipelineError(f"no stage named {name!r}; the stages are {', '.join(self.names)}")
+        return self.names.index(name)
+
+    def replace(self, **stages: Stage) -> Pipeline:
+        """A pipeline with the named stages swapped for new functions, in the same places."""
+        for name in stages:
+            self._index(name)
+        return Pipeline(**{n: stages.get(n, fn) for n, fn in self.stages})
+
+    def insert(self, *, after: str | None = None, before: str | None = None, **stages: Stage) -> Pipeline:
+        """A pipeline with new stages placed right after (or before) an existing one."""
+        if (after is None) == (before is None):
+            raise PipelineError("insert: give exactly one of after= or before=")
+        at = self._index(after) + 1 if after is not None else self._index(before)
+        items = list(self.stages)
+        items[at:at] = list(stages.items())
+        return Pipeline(**dict(items))
+
+    def without(self, *names: str) -> Pipeline:
+        for name in names:
+            self._index(name)
+        return Pipeline(**{n: fn for n, fn in self.stages if n not in names})
+
+    def run(self, **values: Any) -> dict[str, Any]:
+        """Run every stage; returns all values, those given and those the stages made."""
+        values = dict(values)
+        for name, fn in self.stages:
+            kwargs = {}
+            for param in inspect.signature(fn).parameters.values():
+                if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                    continue
+                if param.name in values:
+                    kwargs[param.name] = values[param.name]
+                elif param.default is param.empty:
+                    raise PipelineError(
+                        f"stage {name!r} needs {param.name!r}, which neither the caller nor an earlier "
+                        f"stage provides; available: {', '.join(sorted(values)) or 'nothing'}"
+                    )
+            made = fn(**kwargs)
+            if made is None:
+                continue
+            if not isinstance(made, Mapping):
+                raise PipelineError(
+                    f"stage {name!r} returned {type(made).__name__}; a stage returns a "
+                    "dict of the values it makes, or None"
+                )
+            values.update(made)
+        return values
+
+
+# -- experiments -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A named pipeline with a default configuration.
+
+    The pipeline is run with ``config`` (the resolved configuration), ``run`` (an
+    ``fnn.runs.Run`` or ``None``) and ``progress`` (whether to show a progress bar) and
+    must make ``final``: a dict of the final metrics. ``notes`` (a list of strings), if
+    made, go into the run's summary.
+    """
+
+    name: str
+    description: str
+    config: Any
+    pipeline: Pipeline
+    sweep: Pipeline | None = None  # a population version, for ``fnn sweep``
+
+    def __call__(
+        self, config: Any | None = None, *, run: Run | None = None, progress: bool = False, **values: Any
+    ) -> dict[str, Any]:
+        """Run the experiment; returns every value its stages made (``final`` among them)."""
+        config = self.config if config is None else config
+        values = self.pipeline.run(config=config, run=run, progress=progress, **values)
+        if "final" not in values:
+            raise PipelineError(f"experiment {self.name!r}: no stage made 'final'")
+        return values
+
+
+def experiments() -> dict[str, Experiment]:
+    """The experiments that installed packages declare under the ``fnn.experiments`` entry points."""
+    from importlib.metadata import entry_points
+
+    found = {}
+    for point in entry_points(group="fnn.experiments"):
+        experiment = point.load()
+        if not isinstance(experiment, Experiment):
+            raise PipelineError(f"entry point {point.name} = {point.value} is not an fnn.pipeline.Experiment")
+        found[experiment.name] = experiment
+    return dict(sorted(found.items()))
+
+
+def find(name: str) -> Experiment:
+    known = experiments()
+    if name not in known:
+        raise PipelineError(f"no experiment named {name!r}; the experiments are {', '.join(known) or 'none'}")
+    return known[name]
+
+
+def start(experiment: Experiment, config: Any, directory: str, *, progress: bool = True) -> tuple[Run, dict]:
+    """Create a run directory for ``config`` and run ``experiment`` in it to the end."""
+    run = Run.create(directory, experiment.name, config_lib.to_dict(config))
+    return run, _run_in(experiment, config, run, progress)
+
+
+def resume(directory: str, *, progress: bool = True) -> tuple[Run, dict]:
+    """Continue the run in ``directory`` from its latest checkpoint."""
+    from fnn import sweep
+
+    run = Run(directory)
+    experiment = find(run.experiment)
+    config = config_lib.from_dict(type(experiment.config), run.config)
+    members = sweep.resume_members(directory)
+    if members:  # a population run of `fnn sweep`
+        return run, _run_in(
+            experiment, config, run, progress, sweep.population_pipeline(experiment), members=members
+        )
+    return run, _run_in(experiment, config, run, progress)
+
+
+def _run_in(
+    experiment: Experiment,
+    config: Any,
+    run: Run,
+    progress: bool,
+    pipeline: Pipeline | None = None,
+    **values: Any,
+) -> dict:
+    run.keep_checkpoints = getattr(getattr(config, "train", None), "keep_checkpoints", 3)
+    began = time.perf_counter()
+    try:
+        values = (pipeline or experiment.pipeline).run(config=config, run=run, progress=progress, **values)
+    except BaseException:
+        run.close()
+        raise
+    run.finish(values["final"], seconds=time.perf_counter() - began, notes=values.get("notes", ()))
+    return values
+
+
+# -- stages shared by the supervised experiments ---------------------------------------
+
+
+OPTIMIZERS = {"adam": 1e-3, "sgd": 0.05, "rmsprop": 1e-3}  # each one's default learning rate
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How a supervised experiment trains: optimizer, batches, how often to log, evaluate
+    and checkpoint. Intervals are in steps; 0 means once per epoch (log, checkpoint) or
+    only at the end (eval)."""
+
+    optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(OPTIMIZERS)})
+    learning_rate: float | None = None  # None: the optimizer's default (OPTIMIZERS)
+    momentum: float = 0.9  # sgd only
+    batch_size: int = 64
+    epochs: int = 20
+    seed: int = 0  # the initial weights, the batch order and the augmentation
+    log_every: int = 0
+    eval_every: int = 0
+    checkpoint_every: int = 0  # 0: four times in a run, and at the end
+    keep_checkpoints: int = 3
+
+
+def learning_rate(train: TrainConfig) -> float:
+    return OPTIMIZERS[train.optimizer] if train.learning_rate is None else train.learning_rate
+
+
+def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
+    """The optimizer of ``train`` with its learning rate injected as a hyperparameter (so a
+    population of runs can differ in it; see ``fnn.sweep``)."""
+    if train.optimizer not in OPTIMIZERS:
+        raise config_lib.ConfigError(
+            f"train.optimizer: {train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"
+        )
+    lr = learning_rate(train)
+    if not lr > 0:
+        raise config_lib.ConfigError(f"train.learning_rate must be positive, got {lr!r}")
+    if train.optimizer == "sgd":
+        return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=train.momentum)
+    return optax.inject_hyperparams(getattr(optax, train.optimizer))(learning_rate=lr)
+
+
+def optimizer(config: Any) -> dict:
+    """Stage: ``optimizer`` from ``config.train``."""
+    return {"optimizer": make_optimizer(config.train)}
+
+
+def batches(train_set: tuple, config: Any, augment: Callable | None = None) -> dict:
+    """Stage: ``batches``, the shuffled training batches of every epoch (a grain dataset)."""
+    t = config.train
+    return {"batches": loader(train_set, t.batch_size, seed=t.seed, epochs=t.epochs, transform=augment)}
+
+
+def train(
+    model,
+    optimizer,
+    batches,
+    loss,
+    config: Any,
+    metrics=None,
+    test_set=None,
+    run=None,
+    progress: bool = False,
+) -> dict:
+    """Stage: train ``model`` on ``batches``; makes ``state`` and ``history``.
+
+    Evaluates on ``test_set`` (if given) every ``config.train.eval_every`` steps and at the end.
+    """
+    t = config.train
+    x_spec = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((t.batch_size, *a.shape[1:]), a.dtype), batches[0][0]
+    )
+    state = init_train_state(model, optimizer, jax.random.key(t.seed), x_spec)
+    step = make_train_step(model, optimizer, loss, metrics=metrics)
+    per_epoch = max(1, len(batches) // t.epochs)
+    evaluate = None
+    if test_set is not None:
+        eval_step = make_eval_step(model, loss, metrics=metrics)
+
+        def evaluate(state):
+            return evaluate_batches(eval_step, state, loader_in_order(test_set, 512))
+
+    state, history = train_loop(
+        step,
+        state,
+        batches,
+        run=run,
+        log_every=t.log_every or per_epoch,
+        evaluate=evaluate,
+        eval_every=t.eval_every,
+        checkpoint_every=t.checkpoint_every or max(1, len(batches) // 4),
+        progress=progress,
+    )
+    return {"state": state, "history": history}
+
+
+def loader_in_order(arrays: tuple, batch_size: int):
+    """Batches of ``arrays`` in order, the last one smaller (for evaluation)."""
+    n = len(arrays[0])
+    for i in range(0, n, batch_size):
+        yield tuple(a[i : i + batch_size] for a in arrays)
+
+
+def predict(model, state, inputs, batch_size: int = 512) -> jax.Array:
+    """The model's outputs on ``inputs`` in evaluation mode, computed in batches."""
+    apply = jax.jit(lambda params, model_state, x: model.apply(params, model_state, x)[0])
+    outs = [
+        apply(state.params, state.model_state, chunk) for (chunk,) in loader_in_order((inputs,), batch_size)
+    ]
+    return jnp.concatenate(outs)

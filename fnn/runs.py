@@ -1,0 +1,307 @@
+"""Run directories: what one training run leaves on disk, and reading it back.
+
+A run directory holds::
+
+    config.json       the experiment's name and its resolved configuration
+    metrics.jsonl     one JSON line per logged training window and per evaluation
+    tensorboard/      the same metrics as TensorBoard event files
+    checkpoints/      orbax checkpoints (see fnn.checkpoint)
+    final.json        the final metrics, once the run has finished
+    curves.png        learning curves, one panel per metric
+    summary.md        a short report: configuration, final metrics, plots
+
+Every record of ``metrics.jsonl`` has ``step`` and ``split`` (``"train"`` for the mean
+of the training steps since the last record, ``"eval"`` for an evaluation) and one
+number per metric; nothing in it depends on the clock, so a resumed run writes the
+same lines as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fnn import plots
+from fnn.checkpoint import Checkpoints
+
+
+class RunError(ValueError):
+    """A run directory that is missing or unreadable; the message names the file."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing: is {path.parent} a run directory?") from None
+    except json.JSONDecodeError as error:
+        raise RunError(f"{path} is not valid JSON ({error})") from None
+
+
+def _jsonable(value: Any) -> Any:
+    """Floats and ints from NumPy scalars and 0-d arrays; other values as they are."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+class Run:
+    """One run directory; created with ``Run.create``, reopened with ``Run(path)``."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise RunError(f"{self.directory} is not a run directory (it does not exist)")
+        meta = _read_json(self.directory / "config.json")
+        if not isinstance(meta, dict) or "experiment" not in meta or "config" not in meta:
+            raise RunError(f"{self.directory / 'config.json'} lacks the keys 'experiment' and 'config'")
+        self.experiment: str = meta["experiment"]
+        self.config: dict = meta["config"]
+        self._writer = None
+        self._checkpoints: Checkpoints | None = None
+        self.keep_checkpoints = 3
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike, experiment: str, config: Mapping[str, Any]) -> Run:
+        """A new run directory holding ``config.json``; refuses one that already holds a run."""
+        directory = Path(directory)
+        if (directory / "config.json").exists():
+            raise RunError(
+                f"{directory} already holds a run; continue it with `fnn resume {directory}` "
+                "or choose another directory"
+            )
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "experiment": experiment,
+            "config": dict(config),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return cls(directory)
+
+    # -- metrics ------------------------------------------------------------------------
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.directory / "metrics.jsonl"
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Append one record (``step``, ``split`` and metrics) to metrics.jsonl and TensorBoard."""
+        record = {key: _jsonable(value) for key, value in record.items()}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        split = record.get("split", "train")
+        for key, value in record.items():
+            if key in ("step", "split"):
+                continue
+            if isinstance(value, int | float):
+                writer.add_scalar(f"{split}/{key}", value, record["step"])
+            elif isinstance(value, list):  # one value per member of a population
+                for i, v in enumerate(value):
+                    writer.add_scalar(f"{split}/{key}/member_{i}", v, record["step"])
+
+    def _tensorboard(self, purge_step: int | None = None):
+        if self._writer is None or purge_step is not None:
+            from tensorboardX import SummaryWriter
+
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = SummaryWriter(
+                str(self.directory / "tensorboard"), purge_step=purge_step, flush_secs=10
+            )
+        return self._writer
+
+    def records(self, split: str | None = None) -> list[dict]:
+        """The records of metrics.jsonl, optionally only those of one ``split``."""
+        if not self.metrics_path.exists():
+            return []
+        out = []
+        for number, line in enumerate(self.metrics_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise RunError(f"{self.metrics_path}:{number} is not valid JSON: {line[:80]!r}") from None
+            if split is None or record.get("split") == split:
+                out.append(record)
+        return out
+
+    def rewind(self, step: int) -> None:
+        """Forget what was logged after ``step`` (a resumed run logs it again); TensorBoard
+        is told to drop its events after ``step`` too."""
+        kept = [r for r in self.records() if r.get("step", 0) <= step]
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.metrics_path)
+        self._tensorboard(purge_step=step + 1)
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        if self._checkpoints is None:
+            self._checkpoints = Checkpoints(self.directory / "checkpoints", keep=self.keep_checkpoints)
+        return self._checkpoints
+
+    # -- the end of a run ---------------------------------------------------------------
+
+    def finish(
+        self, final: Mapping[str, Any], *, seconds: float | None = None, notes: Sequence[str] = ()
+    ) -> None:
+        """Write final.json, the learning curves and summary.md."""
+        final = {key: _jsonable(value) for key, value in final.items()}
+        if seconds is not None:
+            final["seconds"] = round(seconds, 2)
+        (self.directory / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+        plots = self.plot()
+        self.write_summary(final, plots, notes)
+        self.close()
+
+    def final(self) -> dict:
+        path = self.directory / "final.json"
+        return _read_json(path) if path.exists() else {}
+
+    def plot(self) -> list[str]:
+        """Learning curves (one panel per metric, train and eval) as ``curves.png``."""
+        records = self.records()
+        if not _metric_names(records):
+            return []  # nothing scalar to draw (a population's records hold lists; see fnn.sweep)
+        panels = {
+            name: {split: _points(records, name, split) for split in ("train", "eval")}
+            for name in _metric_names(records)
+        }
+        return [
+            plots.curves(
+                panels, self.directory / "curves.png", title=f"{self.experiment}: {self.directory.name}"
+            ).name
+        ]
+
+    def write_summary(
+        self, final: Mapping[str, Any], plots: Sequence[str], notes: Sequence[str] = ()
+    ) -> None:
+        lines = [
+            f"# {self.experiment}: {self.directory.name}",
+            "",
+            "## Final metrics",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+        ]
+        lines += [
+            f"| {key} | {_format(value)} |"
+            for key, value in final.items()
+            if isinstance(value, int | float | str)
+        ]
+        lines += ["", "## Configuration", "", "```json", json.dumps(self.config, indent=2), "```", ""]
+        if plots:
+            lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+        if notes:
+            lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+        lines += ["Resume an interrupted run with `fnn resume " + str(self.directory) + "`.", ""]
+        (self.directory / "summary.md").write_text("\n".join(lines))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._checkpoints is not None:
+            self._checkpoints.close()
+            self._checkpoints = None
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def show(directory: str | os.PathLike) -> str:
+    """A run's experiment, configuration, progress, final metrics and where its plots are."""
+    run = Run(directory)
+    lines = [f"run {run.directory}", f"experiment: {run.experiment}", "config:"]
+    lines += [f"  {key} = {value}" for key, value in _flatten(run.config)]
+    steps = run.checkpoints.steps() if (run.directory / "checkpoints").exists() else []
+    lines.append(f"checkpoints: {', '.join(map(str, steps)) if steps else 'none'}")
+    final = run.final()
+    if final:
+        lines.append("final metrics:")
+        lines += [
+            f"  {key}: {_format(value)}" for key, value in final.items() if not isinstance(value, list | dict)
+        ]
+    else:
+        last = run.records()[-1:] or [None]
+        lines.append(
+            "not finished"
+            + (f"; last record: {last[0]}" if last[0] else "; nothing logged yet")
+            + f"; continue with `fnn resume {run.directory}`"
+        )
+    for name in ("curves.png", "summary.md", "tensorboard"):
+        if (run.directory / name).exists():
+            lines.append(f"{name}: {run.directory / name}")
+    return "\n".join(lines)
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def compare(directories: Sequence[str | os.PathLike], plot_path: str | os.PathLike | None = None) -> str:
+    """A table of the runs' final metrics; with ``plot_path``, one figure overlaying their
+    curves (each metric's evaluation records, or training records where there are none)."""
+    runs = [Run(d) for d in directories]
+    finals = [r.final() for r in runs]
+    names = sorted({k for f in finals for k, v in f.items() if isinstance(v, int | float)})
+    header = ["run", "experiment", *names]
+    rows = [
+        [str(r.directory), r.experiment, *(_format(f.get(n, "")) for n in names)]
+        for r, f in zip(runs, finals)
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    table = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
+    table.insert(1, "-+-".join("-" * w for w in widths))
+    if plot_path is not None:
+        _overlay(runs, Path(plot_path))
+        table.append(f"\nplot: {plot_path}")
+    return "\n".join(table)
+
+
+def _metric_names(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    return sorted(
+        {
+            k
+            for r in records
+            for k, v in r.items()
+            if k not in ("step", "split") and isinstance(v, int | float)
+        }
+    )
+
+
+def _points(records: Sequence[Mapping[str, Any]], name: str, split: str) -> list[tuple[float, float]]:
+    return [(r["step"], r[name]) for r in records if r.get("split") == split and name in r]
+
+
+def _overlay(runs: Sequence[Run], path: Path) -> None:
+    per_run = [r.records() for r in runs]
+    names = _metric_names([r for records in per_run for r in records])
+    if not names:
+        raise RunError("compare: none of the runs has logged metrics to plot")
+    panels = {}
+    for name in names:
+        panels[name] = {}
+        for run, records in zip(runs, per_run):
+            split = "eval" if _points(records, name, "eval") else "train"
+            panels[name][f"{run.directory.name} ({split})"] = _points(records, name, split)
+    plots.curves(panels, path, title="compare")

@@ -1,0 +1,262 @@
+"""Sweeps: a population of models trained in one compiled program with ``jax.vmap``.
+
+A population is a train state with a leading member axis. Members differ in their seed
+(initial weights, batch order, dropout, augmentation) and in hyperparameters that live in
+the optimizer state (the learning rate and momentum of an
+``optax.inject_hyperparams`` optimizer, which ``fnn.pipeline.make_optimizer`` builds), so
+one ``jax.vmap``-ed step trains them all::
+
+    state = init_population(model, optimizer, seeds=[0, 1, 2], x=x_spec,
+                            hyperparams={"learning_rate": [1e-3, 1e-3, 3e-3]})
+    step = fnn.make_train_step(model, optimizer, loss, population=True)
+
+Member ``i`` follows exactly the computation of the same model trained alone with seed
+``i`` and its hyperparameters (``tests/test_sweep.py`` checks it).
+
+For an experiment written with the shared stages of ``fnn.pipeline`` (``batches`` and
+``train``), :func:`population_pipeline` swaps those two for population versions, so
+``fnn sweep NAME`` works without code of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn import config as config_lib
+from fnn import plots
+from fnn.data import loader
+from fnn.loop import train_loop
+from fnn.runs import Run
+from fnn.train import TrainState, evaluate, init_train_state, make_eval_step, make_train_step
+
+# what a population can vary inside one program: hyperparameters held in the optimizer state
+SWEEPABLE = ("train.learning_rate", "train.momentum")
+
+
+def init_population(
+    model, optimizer, seeds: Sequence[int], x: Any, hyperparams: Mapping[str, Sequence[float]] | None = None
+) -> TrainState:
+    """The stacked train states of ``len(seeds)`` members (member ``i`` from ``jax.random.key(seeds[i])``),
+    with each named hyperparameter of the ``inject_hyperparams`` optimizer set per member."""
+    states = [init_train_state(model, optimizer, jax.random.key(int(s)), x) for s in seeds]
+    state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    for name, values in (hyperparams or {}).items():
+        if len(values) != len(seeds):
+            raise ValueError(f"init_population: {len(values)} values of {name} for {len(seeds)} members")
+        state = set_hyperparam(state, name, jnp.asarray(values, jnp.float32))
+    return state
+
+
+def set_hyperparam(state: TrainState, name: str, values: jax.Array) -> TrainState:
+    opt_state = state.opt_state
+    hyper = getattr(opt_state, "hyperparams", None)
+    if hyper is None or name not in hyper:
+        have = sorted(hyper) if hyper is not None else []
+        raise ValueError(
+            f"the optimizer state holds no hyperparameter {name!r} (it holds {have}); "
+            "build the optimizer with optax.inject_hyperparams"
+        )
+    hyper = dict(hyper)
+    hyper[name] = values.astype(jnp.asarray(hyper[name]).dtype)
+    return state._replace(opt_state=opt_state._replace(hyperparams=hyper))
+
+
+def parse_grid(config: Any, specs: Sequence[str]) -> list[tuple[str, list]]:
+    """``["train.learning_rate=1e-3,3e-3"]`` as ``[("train.learning_rate", [0.001, 0.003])]``, each
+    value checked like an override."""
+    grid = []
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        if not sep or not text:
+            raise config_lib.ConfigError(f"--grid expects KEY=V1,V2,..., got {spec!r}")
+        if key not in SWEEPABLE:
+            raise config_lib.ConfigError(
+                f"--grid {key}: a population varies only what lives in the optimizer state "
+                f"({', '.join(SWEEPABLE)}) and the seed (--seeds); run separate sweeps for {key}"
+            )
+        values = [getattr_path(config_lib.override(config, [f"{key}={v}"]), key) for v in text.split(",")]
+        grid.append((key, values))
+    return grid
+
+
+def getattr_path(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def members(seeds: int, grid: Mapping[str, Sequence]) -> list[dict[str, Any]]:
+    """Every grid point times seeds ``0..seeds-1``: ``[{"seed": 0, "train.learning_rate": ...}, ...]``."""
+    if not isinstance(seeds, int) or seeds < 1:
+        raise config_lib.ConfigError(f"--seeds must be a positive int, got {seeds!r}")
+    keys = list(grid)
+    return [
+        {"seed": seed, **dict(zip(keys, point))}
+        for point in itertools.product(*grid.values())
+        for seed in range(seeds)
+    ]
+
+
+def member_config(config: Any, member: Mapping[str, Any]) -> Any:
+    """The configuration that trains member ``member`` alone."""
+    overrides = [f"train.seed={member['seed']}"] + [f"{k}={v}" for k, v in member.items() if k != "seed"]
+    return config_lib.override(config, overrides)
+
+
+# -- population stages -------------------------------------------------------------------
+
+
+def population_batches(train_set: tuple, config: Any, members: list[dict], augment=None) -> dict:
+    """Stage: each member's batches (its own seed's order and augmentation), stacked."""
+    t = config.train
+    per_member = [
+        loader(train_set, t.batch_size, seed=m["seed"], epochs=t.epochs, transform=augment) for m in members
+    ]
+
+    def stacked(k: int) -> tuple:
+        return tuple(np.stack(parts) for parts in zip(*(data[k] for data in per_member)))
+
+    import grain
+
+    return {"batches": grain.MapDataset.range(len(per_member[0])).map(stacked)}
+
+
+def population_train(
+    model,
+    optimizer,
+    batches,
+    loss,
+    config: Any,
+    members: list[dict],
+    metrics=None,
+    test_set=None,
+    run=None,
+    progress: bool = False,
+) -> dict:
+    """Stage: train every member in one compiled program; makes ``state`` (stacked) and ``history``
+    (records whose metrics are lists, one value per member)."""
+    t = config.train
+    first = batches[0][0]
+    x_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), first)
+    hyper = {key.removeprefix("train."): [m[key] for m in members] for key in members[0] if key != "seed"}
+    state = init_population(model, optimizer, [m["seed"] for m in members], x_spec, hyper)
+    step = make_train_step(model, optimizer, loss, metrics=metrics, population=True)
+    per_epoch = max(1, len(batches) // t.epochs)
+    evaluate_fn = None
+    if test_set is not None:
+        eval_step = make_eval_step(model, loss, metrics=metrics, population=True)
+
+        def evaluate_fn(state):
+            n = len(test_set[0])
+            return evaluate(
+                eval_step, state, (tuple(a[i : i + 512] for a in test_set) for i in range(0, n, 512))
+            )
+
+    state, history = train_loop(
+        step,
+        state,
+        batches,
+        run=run,
+        log_every=t.log_every or per_epoch,
+        evaluate=evaluate_fn,
+        eval_every=t.eval_every or per_epoch,
+        checkpoint_every=t.checkpoint_every or max(1, len(batches) // 4),
+        progress=progress,
+    )
+    return {"state": state, "history": history}
+
+
+def population_report(history: list[dict], members: list[dict], run=None, title: str = "") -> dict:
+    """Stage: one row per member of its final evaluation, a table and a plot of the members' curves."""
+    evals = [r for r in history if r["split"] == "eval"] or [r for r in history if r["split"] == "train"]
+    last = evals[-1]
+    names = [k for k in last if k not in ("step", "split")]
+    rows = [{**m, **{n: last[n][i] for n in names}} for i, m in enumerate(members)]
+    table = format_table(rows)
+    final = {f"{n}_mean": float(np.mean(last[n])) for n in names}
+    final.update({f"{n}_std": float(np.std(last[n])) for n in names})
+    if run is not None:
+        (Path(run.directory) / "members.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (Path(run.directory) / "members.md").write_text(table + "\n")
+        panels = {
+            n: {label(m): [(r["step"], r[n][i]) for r in evals] for i, m in enumerate(members)} for n in names
+        }
+        plots.curves(panels, Path(run.directory) / "sweep.png", title=title or "population")
+    return {"final": final, "members_table": rows, "report": [table]}
+
+
+def label(member: Mapping[str, Any]) -> str:
+    return " ".join(
+        f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+        for k, v in member.items()
+    )
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of dicts with the same keys."""
+    keys = list(rows[0])
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def population_pipeline(experiment):
+    """The experiment's pipeline with its ``batches``, ``train`` and ``report`` stages swapped for
+    the population versions above."""
+    if experiment.sweep is not None:
+        return experiment.sweep
+    return experiment.pipeline.replace(
+        batches=population_batches, train=population_train, report=population_report
+    )
+
+
+def run_sweep(
+    experiment,
+    config: Any,
+    directory: str,
+    *,
+    seeds: int,
+    grid: Mapping[str, Sequence],
+    progress: bool = True,
+) -> str:
+    """``fnn sweep``: train the population in a new run directory; returns the members table."""
+    population = members(seeds, grid)
+    run = Run.create(directory, experiment.name, config_lib.to_dict(config))
+    (Path(directory) / "sweep.json").write_text(json.dumps({"members": population}, indent=2) + "\n")
+    values = population_pipeline(experiment).run(
+        config=config, run=run, progress=progress, members=population
+    )
+    run.finish(values["final"])
+    return values["report"][0] + f"\n\nrun directory: {directory} (sweep.png, members.md)"
+
+
+def resume_members(directory: str) -> list[dict]:
+    path = Path(directory) / "sweep.json"
+    return json.loads(path.read_text())["members"] if path.exists() else []
+
+
+__all__ = [
+    "SWEEPABLE",
+    "init_population",
+    "member_config",
+    "members",
+    "parse_grid",
+    "population_batches",
+    "population_pipeline",
+    "population_report",
+    "population_train",
+    "run_sweep",
+    "set_hyperparam",
+]

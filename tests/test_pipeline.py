@@ -1,0 +1,394 @@
+"""Pipelines, configuration overrides, run directories, the training loop's resumption,
+checkpoints and the fnn command."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fnn
+from fnn import checkpoint, config, loop, pipeline, runs
+from fnn.pipeline import Pipeline, PipelineError
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Train:
+    learning_rate: float | None = None
+    epochs: int = 10
+    augment: bool = True
+    sizes: tuple[int, ...] = (64, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: str = dataclasses.field(default="cnn", metadata={"choices": ("cnn", "mlp")})
+    train: Train = Train()
+
+
+def test_overrides_parse_each_field_by_its_type():
+    c = config.override(Config(), ["model=mlp", "train.learning_rate=3e-4", "train.epochs=2",
+                                   "train.augment=false", "train.sizes=8,16,32"])
+    assert c == Config("mlp", Train(3e-4, 2, False, (8, 16, 32)))
+    assert config.override(c, ["train.learning_rate=none"]).train.learning_rate is None
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("train.lr=1", "unknown key 'train.lr'; valid keys: model, train.learning_rate, train.epochs"),
+    ("optimizer=adam", "unknown key 'optimizer'"),
+    ("train.epochs=ten", "train.epochs: expected int, got 'ten'"),
+    ("train.epochs=1.5", "train.epochs: expected int"),
+    ("train.augment=maybe", "train.augment: expected bool"),
+    ("train.learning_rate=nan", "train.learning_rate: expected float or none"),
+    ("model=rnn", "model: 'rnn' is not one of 'cnn', 'mlp'"),
+    ("train=3", "'train' is a group of settings; set one of: train.learning_rate"),
+    ("model.depth=3", "'model' has no sub-keys"),
+    ("model", "expected key=value"),
+])
+def test_bad_overrides_are_clear_errors(assignment, message):
+    with pytest.raises(config.ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        config.override(Config(), [assignment])
+
+
+def test_config_round_trips_through_json_with_checks():
+    c = Config("mlp", Train(0.1, 3, False, (1, 2)))
+    assert config.from_dict(Config, json.loads(json.dumps(config.to_dict(c)))) == c
+    with pytest.raises(config.ConfigError, match="unknown key 'train.lr'"):
+        config.from_dict(Config, {"train": {"lr": 1}})
+    with pytest.raises(config.ConfigError, match="train.epochs: expected int, got '3'"):
+        config.from_dict(Config, {"train": {"epochs": "3"}})
+    with pytest.raises(config.ConfigError, match="model: 'rnn' is not one of"):
+        config.from_dict(Config, {"model": "rnn"})
+
+
+# -- pipelines -----------------------------------------------------------------------------
+
+
+def load(config):
+    return {"xs": list(range(config))}
+
+
+def double(xs):
+    return {"xs": [2 * x for x in xs]}
+
+
+def total(xs, offset=0):
+    return {"final": {"total": sum(xs) + offset}}
+
+
+def test_stages_read_by_name_and_can_be_replaced_inserted_and_removed():
+    p = Pipeline(load, total)
+    assert p.names == ["load", "total"]
+    assert p.run(config=4)["final"] == {"total": 6}
+    assert p.run(config=4, offset=10)["final"] == {"total": 16}  # optional inputs come from the caller
+    assert p.insert(after="load", double=double).run(config=4)["final"] == {"total": 12}
+    assert p.insert(before="total", double=double).names == ["load", "double", "total"]
+    assert p.replace(load=lambda config: {"xs": [config]}).run(config=7)["final"] == {"total": 7}
+    assert p.without("total").run(config=2) == {"config": 2, "xs": [0, 1]}
+
+
+def test_pipeline_errors_name_the_stage():
+    with pytest.raises(PipelineError, match="stage 'total' needs 'xs', which neither the caller nor an earlier stage provides; available: config"):
+        Pipeline(total).run(config=1)
+    with pytest.raises(PipelineError, match="no stage named 'train'; the stages are load, total"):
+        Pipeline(load, total).replace(train=load)
+    with pytest.raises(PipelineError, match="two stages are named 'load'"):
+        Pipeline(load, load)
+    with pytest.raises(PipelineError, match="stage 'bad' returned int"):
+        Pipeline(bad=lambda: 3).run()
+    with pytest.raises(PipelineError, match="has no name"):
+        Pipeline(lambda: {})
+
+
+def test_experiments_are_found_through_entry_points():
+    known = pipeline.experiments()
+    assert "digits" in known and known["digits"].description
+    with pytest.raises(PipelineError, match="no experiment named 'nope'; the experiments are .*digits"):
+        pipeline.find("nope")
+
+
+# -- the training loop: logging, checkpoints, resumption -----------------------------------
+
+
+def _problem(steps=24, batch=8):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (x @ rng.normal(size=(5, 3))).argmax(-1).astype(np.int32)
+    model = fnn.serial(fnn.Dense(16), fnn.relu, fnn.Dropout(0.2), fnn.Dense(3))
+    opt = optax.adam(1e-2)
+    data = fnn.data.loader((x, y), batch, seed=0, epochs=steps * batch // 64)
+    state = fnn.init_train_state(model, opt, jax.random.key(0), x[:batch])
+    step = fnn.make_train_step(model, opt, fnn.losses.softmax_cross_entropy,
+                               metrics={"accuracy": fnn.metrics.accuracy})
+    eval_step = fnn.make_eval_step(model, fnn.losses.softmax_cross_entropy)
+    return step, state, data, lambda s: fnn.evaluate(eval_step, s, [(x, y)])
+
+
+def _new_run(path):
+    return runs.Run.create(path, "test", {"lr": 0.01})
+
+
+def test_loop_logs_evaluates_and_checkpoints(tmp_path):
+    step, state, data, evaluate = _problem()
+    run = _new_run(tmp_path / "run")
+    state, history = loop.train_loop(step, state, data, run=run, log_every=5, evaluate=evaluate,
+                                     eval_every=12, checkpoint_every=10, progress=False)
+    assert fnn.train.step_of(state) == len(data) == 24
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines == history
+    assert [(r["step"], r["split"]) for r in lines] == [
+        (5, "train"), (10, "train"), (12, "eval"), (15, "train"), (20, "train"), (24, "train"), (24, "eval")]
+    assert set(lines[0]) == {"step", "split", "loss", "accuracy"}
+    assert run.checkpoints.steps() == [10, 20, 24]  # keep=3 keeps the last three
+    run.finish({"accuracy": lines[-1]["loss"]})
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+    assert "| accuracy |" in (tmp_path / "run" / "summary.md").read_text()
+    events = os.listdir(tmp_path / "run" / "tensorboard")
+    assert events and events[0].startswith("events.out.tfevents")
+
+
+def _interrupt_at(step, k):
+    """A step function that sends this process SIGTERM during step ``k``."""
+    calls = {"n": 0}
+
+    def interrupting(state, batch):
+        calls["n"] += 1
+        if calls["n"] == k:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(state, batch)
+
+    return interrupting
+
+
+@pytest.mark.parametrize("k", [3, 7, 12])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, k):
+    step, state0, data, evaluate = _problem()
+    kwargs = dict(log_every=5, evaluate=evaluate, eval_every=12, checkpoint_every=10, progress=False)
+    whole = _new_run(tmp_path / "whole")
+    final, _ = loop.train_loop(step, state0, data, run=whole, **kwargs)
+
+    _, state0, _, _ = _problem()  # the first state's buffers were donated
+    parted = _new_run(tmp_path / "parted")
+    with pytest.raises(loop.Interrupted, match=f"SIGTERM: stopped after step {k} and saved a checkpoint; "
+                                               f"continue with `fnn resume {tmp_path / 'parted'}`"):
+        loop.train_loop(_interrupt_at(step, k), state0, data, run=parted, **kwargs)
+    assert parted.checkpoints.latest() == k
+    _, template, _, _ = _problem()
+    resumed, _ = loop.train_loop(step, template, data, run=runs.Run(tmp_path / "parted"), **kwargs)
+
+    chex_equal = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                              jax.device_get(final.params), jax.device_get(resumed.params))
+    assert all(jax.tree.leaves(chex_equal))
+    assert np.array_equal(jax.random.key_data(final.rng), jax.random.key_data(resumed.rng))
+    assert (tmp_path / "whole" / "metrics.jsonl").read_text() == (tmp_path / "parted" / "metrics.jsonl").read_text()
+
+
+def test_resume_forgets_records_logged_after_the_checkpoint(tmp_path):
+    step, state, data, _ = _problem()
+    run = _new_run(tmp_path / "run")
+    loop.train_loop(step, state, data, run=run, log_every=4, checkpoint_every=8, progress=False)
+    # pretend the process died after logging step 24 but the checkpoints after 8 were lost
+    for s in run.checkpoints.steps():
+        if s > 8:
+            import shutil
+            shutil.rmtree(tmp_path / "run" / "checkpoints" / str(s))
+    run = runs.Run(tmp_path / "run")
+    _, template, _, _ = _problem()
+    _, history = loop.train_loop(step, template, data, run=run, log_every=4, checkpoint_every=8, progress=False)
+    assert [r["step"] for r in history] == [4, 8, 12, 16, 20, 24]
+    assert [r["step"] for r in run.records()] == [4, 8, 12, 16, 20, 24]
+
+
+def test_nan_loss_stops_with_the_step(tmp_path):
+    step, state, data, _ = _problem()
+    x = np.full((64, 5), np.nan, np.float32)
+    with pytest.raises(ValueError, match=r"loader\[0\] holds 320 NaN or infinite values"):
+        fnn.data.loader((x, np.zeros(64, np.int32)), 8, seed=0)  # the loader checks what it is given
+    import grain
+
+    bad = grain.MapDataset.range(8).map(lambda k: (x[:8], np.zeros(8, np.int32)))
+    with pytest.raises(FloatingPointError, match="training loss became nan in the 4 steps up to step 4"):
+        loop.train_loop(step, state, bad, log_every=4, progress=False)
+
+
+def test_loop_rejects_bad_intervals():
+    step, state, data, _ = _problem()
+    with pytest.raises(ValueError, match="log_every must be an int >= 1, got 0"):
+        loop.train_loop(step, state, data, log_every=0, progress=False)
+    with pytest.raises(ValueError, match="checkpoint_every must be an int >= 0, got -1"):
+        loop.train_loop(step, state, data, checkpoint_every=-1, progress=False)
+
+
+# -- checkpoints: bad files are clear errors --------------------------------------------------
+
+
+def _saved(tmp_path):
+    step, state, data, _ = _problem()
+    state, _ = step(state, data[0])
+    ckpts = checkpoint.Checkpoints(tmp_path / "ckpts")
+    ckpts.save(state, {"data": {"next_index": 1}})
+    return ckpts, state
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    ckpts, state = _saved(tmp_path)
+    _, template, _, _ = _problem()
+    restored, extra = ckpts.restore(template)
+    assert extra == {"data": {"next_index": 1}}
+    for a, b in zip(jax.tree.leaves(to_host(state)), jax.tree.leaves(to_host(restored))):
+        assert np.array_equal(a, b)
+
+
+def to_host(state):
+    return jax.device_get(checkpoint.to_saved(state))
+
+
+def test_a_checkpoint_of_another_model_names_the_first_mismatching_path(tmp_path):
+    ckpts, _ = _saved(tmp_path)
+    wider = fnn.serial(fnn.Dense(32), fnn.relu, fnn.Dropout(0.2), fnn.Dense(3))
+    template = fnn.init_train_state(wider, optax.adam(1e-2), jax.random.key(0), jnp.zeros((8, 5)))
+    with pytest.raises(checkpoint.CheckpointError, match=r"does not fit this model at params/dense_0/b: the "
+                       r"checkpoint holds float32\[16\], the model expects float32\[32\]"):
+        ckpts.restore(template)
+    deeper = fnn.serial(fnn.Dense(16), fnn.relu, fnn.Dense(16), fnn.Dense(3))
+    template = fnn.init_train_state(deeper, optax.adam(1e-2), jax.random.key(0), jnp.zeros((8, 5)))
+    with pytest.raises(checkpoint.CheckpointError, match=r"does not fit this model at params/dense_1/b: the checkpoint holds float32\[3\], the model expects float32\[16\]"):
+        ckpts.restore(template)
+    sgd = fnn.init_train_state(fnn.serial(fnn.Dense(16), fnn.relu, fnn.Dropout(0.2), fnn.Dense(3)),
+                               optax.sgd(0.1), jax.random.key(0), jnp.zeros((8, 5)))
+    with pytest.raises(checkpoint.CheckpointError, match="it holds opt_state/0/count, which the model does not have"):
+        ckpts.restore(sgd)
+
+
+def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    ckpts, _ = _saved(tmp_path)
+    _, template, _, _ = _problem()
+    root = tmp_path / "ckpts" / "1" / "state"
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "r+b") as f:  # overwrite every file's bytes, keep their sizes
+                size = os.path.getsize(path)
+                f.write(b"\x00" * size)
+    with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*ckpts/1 is unreadable"):
+        checkpoint.Checkpoints(tmp_path / "ckpts").restore(template)
+
+
+def test_missing_checkpoints_are_clear_errors(tmp_path):
+    _, template, _, _ = _problem()
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in"):
+        checkpoint.Checkpoints(tmp_path / "empty").restore(template)
+    ckpts, _ = _saved(tmp_path)
+    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint of step 5 .* it has steps \[1\]"):
+        ckpts.restore(template, step=5)
+
+
+def test_run_directory_errors(tmp_path):
+    with pytest.raises(runs.RunError, match="is not a run directory"):
+        runs.Run(tmp_path / "nothing")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(runs.RunError, match="config.json is not valid JSON"):
+        runs.Run(tmp_path / "broken")
+    _new_run(tmp_path / "taken")
+    with pytest.raises(runs.RunError, match="already holds a run; continue it with `fnn resume"):
+        _new_run(tmp_path / "taken")
+
+
+# -- the fnn command ---------------------------------------------------------------------------
+
+TINY = ["model=mlp", "width=32", "train.epochs=4"]
+FNN = [sys.executable, "-m", "fnn.cli"]
+
+
+def test_cli_run_show_and_compare(tmp_path, capsys):
+    assert fnn.cli.main(["run", "digits", *TINY, "--dir", str(tmp_path / "a"), "-q"]) == 0
+    assert fnn.cli.main(["run", "digits", "-q", *TINY, "--set", "train.optimizer=sgd", "--dir", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "final: test_accuracy" in out
+    for name in ("config.json", "metrics.jsonl", "final.json", "curves.png", "confusion.png", "summary.md"):
+        assert (tmp_path / "a" / name).exists(), name
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["config"]["train"]["optimizer"] == "sgd"
+    assert fnn.cli.main(["show", str(tmp_path / "a")]) == 0
+    shown = capsys.readouterr().out
+    assert "experiment: digits" in shown and "model = mlp" in shown and "test_accuracy:" in shown
+    assert fnn.cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--plot", str(tmp_path / "c.png")]) == 0
+    table = capsys.readouterr().out
+    assert "test_accuracy" in table and str(tmp_path / "b") in table
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_cli_list_and_keys(capsys):
+    assert fnn.cli.main(["list"]) == 0
+    assert "digits" in capsys.readouterr().out
+    assert fnn.cli.main(["run", "digits", "--keys"]) == 0
+    assert "train.learning_rate = None" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert fnn.cli.main(["run", "digits", "train.lr=1", "--dir", str(tmp_path / "x")]) == 2
+    assert "unknown key 'train.lr'; valid keys: model, activation" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert fnn.cli.main(["run", "nope"]) == 2
+    assert "no experiment named 'nope'" in capsys.readouterr().err
+    assert fnn.cli.main(["resume", str(tmp_path / "missing")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def _wait_for_checkpoint(directory, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        ckpts = directory / "checkpoints"
+        if ckpts.exists() and any(name.isdigit() for name in os.listdir(ckpts)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before its first checkpoint: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_run_resumes_to_the_same_result(tmp_path, how):
+    """SIGTERM: the run saves and says how to resume. SIGKILL (even mid-save, with a checkpoint
+    every step): the last complete checkpoint loads. Either way the resumed run ends bit-identical."""
+    config = [*TINY, "train.epochs=8", "train.checkpoint_every=4", "train.keep_checkpoints=2"]
+    fnn.cli.main(["run", "digits", *config, "--dir", str(tmp_path / "whole"), "-q"])
+    proc = subprocess.Popen([*FNN, "run", "digits", *config, "--dir", str(tmp_path / "cut"), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(tmp_path / "cut", proc)
+    time.sleep(0.3)
+    proc.send_signal(how)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")  # not expected: 12 epochs take seconds
+    if how == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert f"continue with `fnn resume {tmp_path / 'cut'}`" in err
+    assert not (tmp_path / "cut" / "final.json").exists()
+    assert fnn.cli.main(["resume", str(tmp_path / "cut"), "-q"]) == 0
+    whole = json.loads((tmp_path / "whole" / "final.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "final.json").read_text())
+    whole.pop("seconds"), cut.pop("seconds")
+    assert whole == cut
+    assert (tmp_path / "whole" / "metrics.jsonl").read_text() == (tmp_path / "cut" / "metrics.jsonl").read_text()
+
+
+def test_experiment_module_runs_with_overrides(tmp_path, monkeypatch, capsys):
+    from experiments import digits
+
+    monkeypatch.chdir(tmp_path)
+    digits_main = fnn.cli.experiment_main
+    digits_main("digits", [*TINY, "-q"])
+    assert "test accuracy" in capsys.readouterr().out
+    assert len(os.listdir(tmp_path / "runs")) == 1
+    assert digits.EXPERIMENT.config == digits.Config()
