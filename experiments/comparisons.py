@@ -1,0 +1,104 @@
+"""The overview's comparisons on the digits: SGD vs Adam vs RMSProp, and sigmoid vs ReLU vs tanh.
+
+Each variant is the digits MLP (``experiments/digits.py``) trained from several seeds at
+once: the seeds form a population that ``jax.vmap`` trains in one compiled program
+(``fnn.sweep``), evaluated on the held-out digits after every epoch. The run directory
+gets ``comparison.md`` (mean and spread of the final test accuracy per variant) and
+``comparison.png`` (test accuracy per epoch, the mean over seeds, one panel per
+comparison).
+
+What it shows, measured with the defaults (3 seeds, 20 epochs, 82 s on a 2-core CPU):
+the three optimizers end within a point of each other (SGD with momentum 0.9 at
+learning rate 0.05: 97.0%, Adam: 97.5%, RMSProp: 97.3% mean test accuracy); on so small
+a problem a tuned SGD keeps up. The activations differ far more: ReLU 97.5% and tanh
+97.0%, but sigmoid units only 92.6% after 20 epochs and 20-50% after the first two,
+because the sigmoid's slope is at most 1/4 and vanishes where it saturates, so the
+gradient that reaches the first layer is small.
+
+Run: fnn run comparisons [seeds=3] [epochs=20] [width=256]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+import fnn
+from experiments import digits
+from fnn.pipeline import Experiment, Pipeline, TrainConfig
+from fnn.sweep import format_table, population_batches, population_train
+
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+ACTIVATIONS = ("sigmoid", "relu", "tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seeds: int = 3  # members of each variant's population
+    epochs: int = 20
+    width: int = 256
+    batch_size: int = 64
+    test_fraction: float = 0.2
+    data_seed: int = 0
+
+
+def variants(config: Config) -> dict[str, digits.Config]:
+    """Each variant as the digits configuration that trains one member of it."""
+    base = digits.Config(model="mlp", width=config.width, test_fraction=config.test_fraction,
+                         data_seed=config.data_seed)
+    train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size)
+    out = {}
+    for name in OPTIMIZERS:
+        out[f"optimizer={name}"] = dataclasses.replace(
+            base, activation="relu", train=dataclasses.replace(train, optimizer=name))
+    for name in ACTIVATIONS:
+        out[f"activation={name}"] = dataclasses.replace(base, activation=name, train=train)
+    return out
+
+
+def train_variants(train_set, test_set, config: Config, progress: bool = False) -> dict:
+    """Train every variant's population; collect its per-epoch test accuracy per member."""
+    if config.seeds < 1:
+        raise fnn.config.ConfigError(f"seeds must be at least 1, got {config.seeds}")
+    members = [{"seed": s} for s in range(config.seeds)]
+    curves = {}
+    for name, variant in variants(config).items():
+        values = Pipeline(digits.augmentation, digits.model, fnn.pipeline.optimizer, population_batches,
+                          population_train).run(config=variant, train_set=train_set, test_set=test_set,
+                                                members=members, progress=progress)
+        curves[name] = [(r["step"], r["accuracy"]) for r in values["history"] if r["split"] == "eval"]
+    return {"curves": curves}
+
+
+def report(curves: dict, config: Config, run=None) -> dict:
+    rows = []
+    for name, points in curves.items():
+        final = np.asarray(points[-1][1])
+        rows.append({"variant": name, "test accuracy (mean)": float(final.mean()),
+                     "std": float(final.std()), "min": float(final.min()), "max": float(final.max())})
+    table = format_table(rows)
+    if run is not None:
+        (run.directory / "comparison.md").write_text(table + "\n")
+        steps_per_epoch = curves[next(iter(curves))][0][0]
+        panels = {group: {name.split("=")[1]: [(s / steps_per_epoch, float(np.mean(a))) for s, a in pts]
+                          for name, pts in curves.items() if name.startswith(group)}
+                  for group in ("optimizer", "activation")}
+        fnn.plots.curves({f"test accuracy by {g}": p for g, p in panels.items()},
+                         run.directory / "comparison.png", xlabel="epoch",
+                         title=f"digits MLP, mean of {config.seeds} seeds")
+    final = {row["variant"]: row["test accuracy (mean)"] for row in rows}
+    return {"final": final, "report": [table]}
+
+
+def split(images, labels, config: Config) -> dict:
+    return digits.split(images, labels, config)
+
+
+PIPELINE = Pipeline(digits.load, split, train_variants, report)
+EXPERIMENT = Experiment("comparisons", "sgd vs adam vs rmsprop and sigmoid vs relu vs tanh on the digits, "
+                        "each a population of seeds in one program", Config(), PIPELINE)
+
+
+if __name__ == "__main__":
+    fnn.cli.experiment_main("comparisons")

@@ -1,0 +1,75 @@
+"""Populations: many models trained in one compiled program with jax.vmap."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import fnn
+from experiments import comparisons, digits
+from fnn import sweep
+from fnn.config import ConfigError
+from fnn.pipeline import TrainConfig
+
+TINY = digits.Config(model="mlp", width=32, train=TrainConfig(epochs=2, learning_rate=3e-3))
+
+
+def test_member_i_equals_the_model_trained_alone_with_seed_i():
+    members = sweep.members(2, {"train.learning_rate": [1e-3, 3e-3]})
+    assert members == [{"seed": 0, "train.learning_rate": 1e-3}, {"seed": 1, "train.learning_rate": 1e-3},
+                       {"seed": 0, "train.learning_rate": 3e-3}, {"seed": 1, "train.learning_rate": 3e-3}]
+    population = sweep.population_pipeline(digits.EXPERIMENT).run(config=TINY, members=members, progress=False)
+    assert population["state"].params["dense_0"]["w"].shape == (4, 64, 32)
+    for i, member in enumerate(members):
+        alone = digits.run(sweep.member_config(TINY, member))
+        member_params = jax.tree.map(lambda a: np.asarray(a[i]), population["state"].params)
+        for got, want in zip(jax.tree.leaves(member_params), jax.tree.leaves(alone["state"].params)):
+            np.testing.assert_allclose(got, np.asarray(want), rtol=2e-5, atol=2e-6)
+        evals = [r for r in population["history"] if r["split"] == "eval"]
+        assert evals[-1]["accuracy"][i] == pytest.approx(alone["final"]["test_accuracy"], abs=1 / 360 + 1e-9)
+
+
+def test_grid_accepts_only_what_a_population_can_vary():
+    assert sweep.parse_grid(TINY, ["train.learning_rate=1e-3,0.01"]) == [("train.learning_rate", [1e-3, 0.01])]
+    with pytest.raises(ConfigError, match="a population varies only what lives in the optimizer state"):
+        sweep.parse_grid(TINY, ["width=16,32"])
+    with pytest.raises(ConfigError, match="train.learning_rate: expected float or none, got 'fast'"):
+        sweep.parse_grid(TINY, ["train.learning_rate=fast"])
+    with pytest.raises(ConfigError, match="--seeds must be a positive int"):
+        sweep.members(0, {})
+
+
+def test_set_hyperparam_needs_an_injected_optimizer():
+    import optax
+
+    state = fnn.init_train_state(fnn.Dense(2), optax.adam(1e-3), jax.random.key(0), np.zeros((1, 3), np.float32))
+    with pytest.raises(ValueError, match="build the optimizer with optax.inject_hyperparams"):
+        sweep.set_hyperparam(state, "learning_rate", np.ones(()))
+
+
+def test_fnn_sweep_writes_a_table_and_a_plot_and_resumes(tmp_path, capsys):
+    directory = tmp_path / "sweep"
+    args = ["sweep", "digits", "model=mlp", "width=32", "train.epochs=2", "--seeds", "2",
+            "--grid", "train.learning_rate=1e-3,3e-3", "--dir", str(directory), "-q"]
+    assert fnn.cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| seed | train.learning_rate | accuracy | loss |" in out
+    rows = json.loads((directory / "members.json").read_text())
+    assert [(r["seed"], r["train.learning_rate"]) for r in rows] == [(0, 1e-3), (1, 1e-3), (0, 3e-3), (1, 3e-3)]
+    assert (directory / "sweep.png").stat().st_size > 0
+    final = json.loads((directory / "final.json").read_text())
+    assert final["accuracy_mean"] == pytest.approx(np.mean([r["accuracy"] for r in rows]))
+    # a finished sweep resumes to the same table (its last checkpoint is the end)
+    assert fnn.cli.main(["resume", str(directory), "-q"]) == 0
+    assert json.loads((directory / "members.json").read_text()) == rows
+
+
+def test_comparisons_experiment_writes_its_table_and_plot(tmp_path):
+    run, values = fnn.pipeline.start(comparisons.EXPERIMENT, comparisons.Config(seeds=2, epochs=2, width=32),
+                                     str(tmp_path / "cmp"), progress=False)
+    assert set(values["final"]) == {"optimizer=sgd", "optimizer=adam", "optimizer=rmsprop",
+                                    "activation=sigmoid", "activation=relu", "activation=tanh"}
+    assert all(0.1 < v <= 1 for v in values["final"].values())
+    assert "| optimizer=adam |" in (tmp_path / "cmp" / "comparison.md").read_text()
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
