@@ -23,7 +23,7 @@ def test_member_i_equals_the_model_trained_alone_with_seed_i():
     assert population["state"].params["dense_0"]["w"].shape == (4, 64, 32)
     for i, member in enumerate(members):
         alone = digits.run(sweep.member_config(TINY, member))
-        member_params = jax.tree.map(lambda a: np.asarray(a[i]), population["state"].params)
+        member_params = jax.tree.map(lambda a, i=i: np.asarray(a[i]), population["state"].params)
         for got, want in zip(jax.tree.leaves(member_params), jax.tree.leaves(alone["state"].params)):
             np.testing.assert_allclose(got, np.asarray(want), rtol=2e-5, atol=2e-6)
         evals = [r for r in population["history"] if r["split"] == "eval"]
