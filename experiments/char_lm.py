@@ -23,15 +23,13 @@ Measured with the defaults (1,000 steps of 64 windows of 64 characters, seed 0) 
 bits/char on the held-out addresses in 150 s of training, the LSTM (128 units, 0.12 M
 parameters) 2.26 in 56 s, against the unigram baseline's 4.37.
 
-Run: python -m experiments.char_lm [--model transformer|lstm] [--steps N] [--seed 0]
+Run: fnn run char-lm [model=transformer|lstm] [steps=1000] [seed=0]
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
-import time
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +38,7 @@ import optax
 
 import fnn
 from experiments import corpus
-from experiments.cli import parse_config
+from fnn.pipeline import Experiment, Pipeline
 
 __doc__ = __doc__.replace("CORPUS_DOC", corpus.DESCRIPTION)
 
@@ -121,88 +119,102 @@ def generate(model: fnn.Layer, params, prompt: np.ndarray, config: Config, key: 
     return tokens
 
 
-def run(config: Config, *, verbose: bool = False) -> dict:
-    """Train, evaluate in bits per character, and sample; return the figures."""
-    say = print if verbose else (lambda *args: None)
+# -- the stages ------------------------------------------------------------------------
+
+
+def data(config: Config) -> dict:
+    """The training and held-out character streams, the vocabulary and the unigram baseline."""
     kept, held_out = corpus.split(corpus.speeches(), config.held_out_every)
     train_text = "\n\n".join(s.text for s in kept)
     valid_text = "\n\n".join(s.text for s in held_out)
     vocab = fnn.text.CharVocab.from_text(train_text + valid_text)
     train, valid = vocab.encode(train_text), vocab.encode(valid_text)
     baseline = unigram_bits(train, valid, vocab.size)
-    say(
+    intro = [
         f"{len(kept)} addresses ({len(train):,} characters) to train on, {len(held_out)} held out "
-        f"({len(valid):,}); {vocab.size} distinct characters"
-    )
-    say(f"unigram baseline: {baseline:.3f} bits/char on the held-out text\n")
+        f"({len(valid):,}); {vocab.size} distinct characters",
+        f"unigram baseline: {baseline:.3f} bits/char on the held-out text",
+    ]
+    return {"train_ids": train, "valid_ids": valid, "vocab": vocab, "baseline": baseline, "intro": intro}
 
-    model = make_model(config, vocab.size)
+
+def bits_per_char(outputs, targets) -> jax.Array:
+    return fnn.losses.softmax_cross_entropy(outputs, targets) / math.log(2)
+
+
+def model(config: Config, vocab) -> dict:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, 100, config.steps, config.learning_rate / 10
     )
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
-    loss = fnn.losses.softmax_cross_entropy
-    x_spec = jax.ShapeDtypeStruct((config.batch_size, config.length), jnp.int32)
-    state = fnn.init_train_state(model, optimizer, jax.random.key(config.seed), x_spec)
-    if verbose:
-        say(fnn.summary(model, x_spec))
-        say()
-    train_step = fnn.make_train_step(model, optimizer, loss)
-    eval_step = fnn.make_eval_step(model, loss)
-
-    valid_x, valid_y = eval_windows(valid, config.length, config.eval_windows)
-
-    def bits(state) -> float:
-        held_out = fnn.data.batches((valid_x, valid_y), 128, drop_remainder=False)
-        return fnn.evaluate(eval_step, state, held_out)["loss"] / math.log(2)
-
-    batches = fnn.text.lm_windows(
-        train, config.batch_size, config.length, seed=config.seed, steps=config.steps
-    )
-    curve = []
-    start = time.perf_counter()
-    for done in range(0, config.steps, config.eval_every):  # train a stretch, then evaluate
-        n = min(config.eval_every, config.steps - done)
-        state, history = fnn.fit(train_step, state, itertools.islice(batches, n), log_every=n)
-        record = {
-            "step": history[-1]["step"],
-            "train_bits_per_char": history[-1]["loss"] / math.log(2),
-            "valid_bits_per_char": bits(state),
-        }
-        curve.append(record)
-        say(
-            f"step {record['step']:5d}  train {record['train_bits_per_char']:.3f} bits/char  "
-            f"held-out {record['valid_bits_per_char']:.3f}"
-        )
-    seconds = time.perf_counter() - start
-
-    tokens = generate(
-        model, state.params, vocab.encode(config.prompt), config, jax.random.key(config.seed + 1)
-    )
     return {
-        "valid_bits_per_char": curve[-1]["valid_bits_per_char"],
-        "unigram_bits_per_char": baseline,
-        "curve": curve,
-        "sample": vocab.decode(tokens),
-        "seconds": seconds,
-        "parameters": fnn.summary(model, x_spec).total_params,
+        "model": make_model(config, vocab.size),
+        "optimizer": optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01)),
+        "loss": fnn.losses.softmax_cross_entropy,
+        "metrics": {"bits_per_char": bits_per_char},
     }
 
 
-def main() -> None:
-    config = parse_config(Config, __doc__.splitlines()[0])
-    print(
-        f"char_lm: {config.model}, {config.steps} steps of {config.batch_size} x {config.length} characters, "
-        f"seed {config.seed}\n"
+def train(model, optimizer, loss, metrics, train_ids, valid_ids, config: Config, run=None,
+          progress: bool = False) -> dict:
+    """Adam on random windows of the training text; every ``eval_every`` steps, bits per
+    character on the same spread of held-out windows."""
+    x_spec = jax.ShapeDtypeStruct((config.batch_size, config.length), jnp.int32)
+    state = fnn.init_train_state(model, optimizer, jax.random.key(config.seed), x_spec)
+    step = fnn.make_train_step(model, optimizer, loss, metrics=metrics)
+    eval_step = fnn.make_eval_step(model, loss, metrics=metrics)
+    held_out = eval_windows(valid_ids, config.length, config.eval_windows)
+
+    def evaluate(state):
+        return fnn.evaluate(eval_step, state, fnn.pipeline.loader_in_order(held_out, 128))
+
+    batches = fnn.text.lm_loader(train_ids, config.batch_size, config.length, seed=config.seed,
+                                 steps=config.steps)
+    state, history = fnn.loop.train_loop(
+        step, state, batches, run=run, log_every=config.eval_every, evaluate=evaluate,
+        eval_every=config.eval_every, checkpoint_every=config.eval_every, progress=progress,
     )
-    result = run(config, verbose=True)
-    print(
-        f"\nheld-out {result['valid_bits_per_char']:.3f} bits/char against the unigram baseline's "
-        f"{result['unigram_bits_per_char']:.3f}; {result['parameters']:,} parameters, "
-        f"trained in {result['seconds']:.0f} s"
-    )
-    print(f"\nsample (temperature {config.temperature}):\n{result['sample']}")
+    return {"state": state, "history": history, "parameters": fnn.summary(model, x_spec).total_params}
+
+
+def sample(model, state, vocab, config: Config, run=None) -> dict:
+    """The prompt continued by the trained model (also written to the run's sample.txt)."""
+    key = jax.random.key(config.seed + 1)
+    tokens = generate(model, state.params, vocab.encode(config.prompt), config, key)
+    text = vocab.decode(tokens)
+    if run is not None:
+        (run.directory / "sample.txt").write_text(text + "\n")
+    return {"sample": text}
+
+
+def report(history, baseline, sample, parameters, intro, config: Config) -> dict:
+    train = {r["step"]: r for r in history if r["split"] == "train"}
+    curve = [
+        {"step": r["step"], "train_bits_per_char": train[r["step"]]["bits_per_char"],
+         "valid_bits_per_char": r["bits_per_char"]}
+        for r in history if r["split"] == "eval"
+    ]
+    lines = [*intro]
+    lines += [f"step {c['step']:5d}  train {c['train_bits_per_char']:.3f} bits/char  "
+              f"held-out {c['valid_bits_per_char']:.3f}" for c in curve]
+    lines.append(f"held-out {curve[-1]['valid_bits_per_char']:.3f} bits/char against the unigram "
+                 f"baseline's {baseline:.3f}; {parameters:,} parameters")
+    lines.append(f"sample (temperature {config.temperature}):\n{sample}")
+    final = {"valid_bits_per_char": curve[-1]["valid_bits_per_char"], "unigram_bits_per_char": baseline,
+             "parameters": parameters}
+    return {"final": final, "curve": curve, "report": lines}
+
+
+PIPELINE = Pipeline(data, model, train, sample, report)
+EXPERIMENT = Experiment(
+    "char-lm", "character-level LSTM or transformer language model of the State of the Union addresses",
+    Config(), PIPELINE,
+)
+
+
+def run(config: Config = Config(), **options) -> dict:
+    """Train, evaluate in bits per character, and sample; returns the pipeline's values."""
+    return EXPERIMENT(config, **options)
 
 
 if __name__ == "__main__":
-    main()
+    fnn.cli.experiment_main("char-lm")

@@ -26,20 +26,20 @@ A single unit can only draw a straight line, so it cannot learn XOR (Minsky & Pa
 "Perceptrons", 1969); ``experiments/xor.py`` shows how a hidden layer trained by
 backpropagation gets past that.
 
-Run: python -m experiments.perceptron [--points 200] [--margin 0.1] [--seed 0]
+Run: fnn run perceptron [points=200] [margin=0.1] [seed=0]
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from experiments.cli import parse_config
+import fnn
+from fnn.pipeline import Experiment, Pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,11 +93,17 @@ def train_epoch(w: jax.Array, x: jax.Array, y: jax.Array, lr: float) -> tuple[ja
     return w, mistakes.sum()
 
 
-def run(config: Config) -> dict:
-    """Train the perceptron until a pass without mistakes; return what happened."""
-    x, y, true_line = make_data(config.points, config.margin, config.seed)
-    x = with_bias_input(x)
+# -- the stages ------------------------------------------------------------------------
 
+
+def data(config: Config) -> dict:
+    x, y, true_line = make_data(config.points, config.margin, config.seed)
+    return {"x": with_bias_input(x), "y": y, "true_line": true_line}
+
+
+def train(x, y, config: Config, run=None) -> dict:
+    """Apply the rule, one pass at a time, until a pass without mistakes; each pass's
+    mistakes go to the run's metrics log."""
     w = jnp.zeros(3)  # two input weights and the bias, all starting at zero
     epochs, total_mistakes, converged = 0, 0, False
     while epochs < config.max_epochs and not converged:
@@ -105,45 +111,54 @@ def run(config: Config) -> dict:
         epochs += 1
         total_mistakes += int(mistakes)
         converged = int(mistakes) == 0
+        if run is not None:
+            run.log({"step": epochs, "split": "train", "mistakes": int(mistakes)})
+    return {"w": w, "epochs": epochs, "mistakes": total_mistakes, "converged": converged}
 
+
+def line(weights) -> str:
+    """The line ``w . (x1, x2, 1) = 0``, scaled so that (w1, w2) is a unit vector."""
+    w1, w2, b = np.asarray(weights) / np.linalg.norm(weights[:2])
+    return f"{w1:+.3f} * x1 {w2:+.3f} * x2 {b:+.3f} = 0"
+
+
+def report(x, y, true_line, w, epochs, mistakes, converged) -> dict:
     # Novikoff's bound on the mistakes, (R / gamma)**2, in the (x1, x2, 1) space the
     # perceptron works in: R is the longest input, gamma the margin of the true line.
     radius = np.linalg.norm(x, axis=1).max()
     gamma = np.abs(x @ true_line).min() / np.linalg.norm(true_line)
     accuracy = float(jnp.mean(predict(w, x) == y))
-    return {
+    final = {
         "converged": converged,
         "epochs": epochs,  # passes until (and including) the first one without a mistake
-        "mistakes": total_mistakes,  # weight updates in all
+        "mistakes": mistakes,  # weight updates in all
         "mistake_bound": float((radius / gamma) ** 2),
         "train_errors": int(round((1.0 - accuracy) * len(y))),
         "accuracy": accuracy,
         "weights": np.asarray(w).tolist(),  # (w1, w2, b)
         "true_line": true_line.tolist(),
     }
+    status = "converged" if converged else "did NOT converge"
+    lines = [
+        f"{status} after {epochs} epochs: {mistakes} mistakes in all "
+        f"(Novikoff's bound: {final['mistake_bound']:.0f})",
+        f"learned line: {line(final['weights'])}",
+        f"true line:    {line(final['true_line'])}",
+        f"training accuracy {accuracy:.4f} ({final['train_errors']} errors)",
+    ]
+    return {"final": final, "report": lines}
 
 
-def main() -> None:
-    config = parse_config(Config, __doc__.splitlines()[0])
+PIPELINE = Pipeline(data, train, report)
+EXPERIMENT = Experiment(
+    "perceptron", "Rosenblatt's perceptron rule (1958) on linearly separable points", Config(), PIPELINE
+)
 
-    start = time.perf_counter()
-    result = run(config)
-    seconds = time.perf_counter() - start
-    status = "converged" if result["converged"] else "did NOT converge"
 
-    def line(weights):  # scaled so that (w1, w2) is a unit vector, to compare the two
-        w1, w2, b = np.asarray(weights) / np.linalg.norm(weights[:2])
-        return f"{w1:+.3f} * x1 {w2:+.3f} * x2 {b:+.3f} = 0"
-
-    print(f"perceptron: {config.points} points, margin {config.margin}, seed {config.seed}")
-    print(
-        f"{status} after {result['epochs']} epochs: {result['mistakes']} mistakes in all "
-        f"(Novikoff's bound: {result['mistake_bound']:.0f})"
-    )
-    print(f"learned line: {line(result['weights'])}")
-    print(f"true line:    {line(result['true_line'])}")
-    print(f"training accuracy {result['accuracy']:.4f} ({result['train_errors']} errors) in {seconds:.1f} s")
+def run(config: Config = Config(), **options) -> dict:
+    """Train the perceptron until a pass without mistakes; returns the pipeline's values."""
+    return EXPERIMENT(config, **options)
 
 
 if __name__ == "__main__":
-    main()
+    fnn.cli.experiment_main("perceptron")

@@ -28,22 +28,19 @@ in 10 s, the BiGRU 92.0% in 302 s; by party (3,639 paragraphs, majority 50.1%), 
 of embeddings 67.0% in 16 s. Word order adds little to these tasks; vocabulary carries
 the era, and party is much harder to tell from a paragraph.
 
-Run: python -m experiments.text_classify [--model bag|rnn] [--label era|party] [--seed 0]
+Run: fnn run text-classify [model=bag|rnn] [label=era|party] [train.seed=0]
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 import fnn
 from experiments import corpus
-from experiments.cli import parse_config
+from fnn.pipeline import Experiment, Pipeline, TrainConfig
 
 __doc__ = __doc__.replace("CORPUS_DOC", corpus.DESCRIPTION)
 
@@ -60,12 +57,9 @@ class Config:
     vocab_size: int = 20_000
     embedding: int = 64
     hidden: int = 64  # GRU units per direction
-    epochs: int = 10
-    batch_size: int = 64
-    learning_rate: float = 3e-3
     dropout: float = 0.3
     held_out_every: int = 5
-    seed: int = 0
+    train: TrainConfig = TrainConfig(epochs=10, learning_rate=3e-3)  # optimizer: adamw, see below
 
 
 def label_of(speech: corpus.Speech, label: str) -> int | None:
@@ -97,85 +91,65 @@ def make_model(config: Config, classes: int) -> fnn.Layer:
     return fnn.serial(embed, fnn.KeepMask(fnn.Dropout(config.dropout)), *body, fnn.Dense(classes))
 
 
-def run(config: Config, *, verbose: bool = False) -> dict:
-    say = print if verbose else (lambda *args: None)
+# -- the stages ------------------------------------------------------------------------
+
+
+def data(config: Config) -> dict:
+    """Paragraphs of the addresses of each class, every n-th address held out, as padded
+    ``((ids, mask), labels)``."""
     names = PARTIES if config.label == "party" else ERAS
     chosen = [s for s in corpus.speeches() if label_of(s, config.label) is not None]
     train_speeches, test_speeches = [], []
     for c in range(len(names)):  # hold out every n-th address of each class
-        kept, held = corpus.split(
-            [s for s in chosen if label_of(s, config.label) == c], config.held_out_every
-        )
+        of_class = [s for s in chosen if label_of(s, config.label) == c]
+        kept, held = corpus.split(of_class, config.held_out_every)
         train_speeches += kept
         test_speeches += held
     vocab = fnn.text.WordVocab.from_texts((s.text for s in train_speeches), max_size=config.vocab_size)
     x_train, m_train, y_train = paragraphs(train_speeches, vocab, config)
     x_test, m_test, y_test = paragraphs(test_speeches, vocab, config)
     majority = float(np.bincount(y_test, minlength=len(names)).max() / len(y_test))
-    say(
+    intro = [
         f"{len(train_speeches)} addresses ({len(x_train):,} paragraphs) to train on, "
         f"{len(test_speeches)} held out ({len(x_test):,} paragraphs); classes {', '.join(names)}; "
-        f"{vocab.size:,} words in the vocabulary"
-    )
-    say(f"majority-class baseline: {majority:.4f} test accuracy\n")
-
-    model = make_model(dataclasses.replace(config, vocab_size=vocab.size), len(names))
-    x_spec = (
-        jax.ShapeDtypeStruct((config.batch_size, config.max_words), jnp.int32),
-        jax.ShapeDtypeStruct((config.batch_size, config.max_words), jnp.bool_),
-    )
-    optimizer = optax.adamw(config.learning_rate, weight_decay=1e-4)
-    loss = fnn.losses.softmax_cross_entropy
-    metrics = {"accuracy": fnn.metrics.accuracy}
-    state = fnn.init_train_state(model, optimizer, jax.random.key(config.seed), x_spec)
-    if verbose:
-        say(fnn.summary(model, x_spec))
-        say()
-    train_step = fnn.make_train_step(model, optimizer, loss, metrics=metrics)
-    eval_step = fnn.make_eval_step(model, loss, metrics=metrics)
-
-    batches = (
-        ((x, m), y)
-        for x, m, y in fnn.data.batches(
-            (x_train, m_train, y_train), config.batch_size, seed=config.seed, epochs=config.epochs
-        )
-    )
-    steps_per_epoch = len(x_train) // config.batch_size
-    start = time.perf_counter()
-    state, history = fnn.fit(
-        train_step,
-        state,
-        batches,
-        log_every=steps_per_epoch,
-        log=lambda r: say(
-            f"epoch {r['step'] // steps_per_epoch:3d}  train loss {r['loss']:.4f}  "
-            f"train accuracy {r['accuracy']:.4f}"
-        ),
-    )
-    test_batches = (
-        ((x, m), y) for x, m, y in fnn.data.batches((x_test, m_test, y_test), 512, drop_remainder=False)
-    )
-    test = fnn.evaluate(eval_step, state, test_batches)
-    seconds = time.perf_counter() - start
-    return {
-        "test_accuracy": test["accuracy"],
-        "majority_baseline": majority,
-        "test_paragraphs": len(y_test),
-        "classes": names,
-        "history": history,
-        "seconds": seconds,
-    }
+        f"{vocab.size:,} words in the vocabulary",
+        f"majority-class baseline: {majority:.4f} test accuracy",
+    ]
+    return {"train_set": ((x_train, m_train), y_train), "test_set": ((x_test, m_test), y_test),
+            "vocab": vocab, "classes": names, "majority": majority, "intro": intro}
 
 
-def main() -> None:
-    config = parse_config(Config, __doc__.splitlines()[0])
-    result = run(config, verbose=True)
-    print(
-        f"\ntest accuracy {result['test_accuracy']:.4f} on {result['test_paragraphs']:,} paragraphs "
-        f"of unseen addresses; majority-class baseline {result['majority_baseline']:.4f}; "
-        f"{result['seconds']:.0f} s"
-    )
+def model(config: Config, vocab, classes) -> dict:
+    return {"model": make_model(dataclasses.replace(config, vocab_size=vocab.size), len(classes)),
+            "loss": fnn.losses.softmax_cross_entropy, "metrics": {"accuracy": fnn.metrics.accuracy}}
+
+
+def optimizer(config: Config) -> dict:
+    """AdamW (weight decay 1e-4) at ``train.learning_rate``, injected so sweeps can vary it."""
+    lr = fnn.pipeline.learning_rate(config.train)
+    return {"optimizer": optax.inject_hyperparams(optax.adamw)(learning_rate=lr, weight_decay=1e-4)}
+
+
+def report(history, majority, classes, test_set, intro) -> dict:
+    test = [r for r in history if r["split"] == "eval"][-1]
+    final = {"test_accuracy": test["accuracy"], "majority_baseline": majority,
+             "test_paragraphs": len(test_set[1])}
+    lines = [*intro, f"test accuracy {test['accuracy']:.4f} on {len(test_set[1]):,} paragraphs of unseen "
+             f"addresses ({', '.join(classes)}); majority-class baseline {majority:.4f}"]
+    return {"final": final, "report": lines}
+
+
+PIPELINE = Pipeline(data, model, optimizer, fnn.pipeline.batches, fnn.pipeline.train, report)
+EXPERIMENT = Experiment(
+    "text-classify", "classify paragraphs of unseen State of the Union addresses by era or party",
+    Config(), PIPELINE,
+)
+
+
+def run(config: Config = Config(), **options) -> dict:
+    """Train and test the classifier; returns the pipeline's values."""
+    return EXPERIMENT(config, **options)
 
 
 if __name__ == "__main__":
-    main()
+    fnn.cli.experiment_main("text-classify")

@@ -21,20 +21,19 @@ of P(y = 1), is trained with full-batch gradient descent with momentum (which th
 1986 papers used as well) on the four XOR points, minimising the binary cross-entropy.
 ``jax.grad`` does the backward pass that the paper derived by hand.
 
-Run: python -m experiments.xor [--hidden 4] [--steps 1000] [--learning-rate 0.5] [--seed 0]
+Run: fnn run xor [hidden=4] [steps=1000] [learning_rate=0.5] [seed=0]
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax
 import numpy as np
 import optax
 
 import fnn
-from experiments.cli import parse_config
+from fnn.pipeline import Experiment, Pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,45 +49,59 @@ X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
 Y = np.array([[0], [1], [1], [0]], np.float32)  # XOR of the two inputs
 
 
-def run(config: Config) -> dict:
-    """Train the network on the four XOR points; return its outputs and final loss."""
-    model = fnn.serial(fnn.Dense(config.hidden), fnn.sigmoid, fnn.Dense(1))
-    optimizer = optax.sgd(config.learning_rate, momentum=config.momentum)
-    loss = fnn.losses.sigmoid_binary_cross_entropy
+# -- the stages ------------------------------------------------------------------------
+
+
+def model(config: Config) -> dict:
+    return {
+        "model": fnn.serial(fnn.Dense(config.hidden), fnn.sigmoid, fnn.Dense(1)),
+        "optimizer": optax.sgd(config.learning_rate, momentum=config.momentum),
+        "loss": fnn.losses.sigmoid_binary_cross_entropy,
+    }
+
+
+def train(model, optimizer, loss, config: Config, run=None, progress: bool = False) -> dict:
+    """Full-batch training: every step sees all four points."""
+    import grain
+
     state = fnn.init_train_state(model, optimizer, jax.random.key(config.seed), X)
     step = fnn.make_train_step(model, optimizer, loss)
+    full_batch = grain.MapDataset.range(config.steps).map(lambda k: (X, Y))
+    log_every = max(1, config.steps // 5)
+    state, history = fnn.loop.train_loop(
+        step, state, full_batch, run=run, log_every=log_every, progress=progress
+    )
+    return {"state": state, "history": history}
 
-    full_batch = [(X, Y)] * config.steps  # every step sees all four points
-    state, history = fnn.fit(step, state, full_batch, log_every=max(1, config.steps // 5))
 
+def report(model, state, loss, history) -> dict:
     probabilities = jax.nn.sigmoid(model(state.params, X))[:, 0]
     predictions = (probabilities > 0.5).astype(np.int32)
-    return {
+    final = {
         "probabilities": np.asarray(probabilities).tolist(),  # P(y = 1) for each point
         "predictions": np.asarray(predictions).tolist(),
         "all_correct": bool((predictions == Y[:, 0]).all()),
         "loss": float(loss(model(state.params, X), Y)),
-        "history": history,  # mean training loss over each fifth of the run
     }
+    lines = [f"step {r['step']:5d}  loss {r['loss']:.4f}" for r in history if r["split"] == "train"]
+    lines.append("x1 x2  target  P(y=1)  output")
+    for (x1, x2), target, p, out in zip(X.astype(int), Y[:, 0].astype(int), final["probabilities"],
+                                        final["predictions"]):
+        lines.append(f" {x1}  {x2}     {target}     {p:.3f}     {out}")
+    verdict = "all four right" if final["all_correct"] else "NOT all right"
+    lines.append(f"{verdict}; final loss {final['loss']:.4f}")
+    return {"final": final, "report": lines}
 
 
-def main() -> None:
-    config = parse_config(Config, __doc__.splitlines()[0])
+PIPELINE = Pipeline(model, train, report)
+EXPERIMENT = Experiment("xor", "a 2-4-1 sigmoid network learns XOR by backpropagation", Config(), PIPELINE)
 
-    start = time.perf_counter()
-    result = run(config)
-    seconds = time.perf_counter() - start
-    print(f"xor: 2-{config.hidden}-1 sigmoid network, sgd lr {config.learning_rate} "
-          f"momentum {config.momentum}, {config.steps} steps, seed {config.seed}")
-    for record in result["history"]:
-        print(f"step {record['step']:5d}  loss {record['loss']:.4f}")
-    print("x1 x2  target  P(y=1)  output")
-    for (x1, x2), target, p, out in zip(X.astype(int), Y[:, 0].astype(int), result["probabilities"],
-                                        result["predictions"]):
-        print(f" {x1}  {x2}     {target}     {p:.3f}     {out}")
-    verdict = "all four right" if result["all_correct"] else "NOT all right"
-    print(f"{verdict}; final loss {result['loss']:.4f} in {seconds:.1f} s")
+
+def run(config: Config = Config(), **options) -> dict:
+    """Train the network on the four XOR points; returns the pipeline's values
+    (``history``: the mean training loss over each fifth of the run)."""
+    return EXPERIMENT(config, **options)
 
 
 if __name__ == "__main__":
-    main()
+    fnn.cli.experiment_main("xor")

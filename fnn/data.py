@@ -135,8 +135,8 @@ def loader(
     read: ``dataset[k:]``.
 
     Args:
-        arrays: equally long arrays (or sequences that NumPy can index with an index
-            array), e.g. ``(images, labels)``.
+        arrays: a tuple (or any pytree) of equally long arrays, e.g. ``(images, labels)``
+            or ``((ids, mask), labels)``; each batch has the same structure.
         batch_size: examples per batch.
         seed: the shuffling seed.
         epochs: passes over the data; ``len(dataset)`` is the number of batches in all.
@@ -155,8 +155,9 @@ def loader(
         raise ValueError(f"loader: batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"loader: epochs must be a positive int, got {epochs!r}")
-    check_dataset("loader", arrays)
-    n = len(arrays[0])
+    leaves = jax.tree.leaves(arrays)
+    check_dataset("loader", leaves)
+    n = len(leaves[0])
     if drop_remainder and batch_size > n:
         raise ValueError(f"loader: batch_size {batch_size} is larger than the data set ({n} examples)")
     per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
@@ -168,7 +169,7 @@ def loader(
     def batch(k: int) -> tuple:
         epoch, b = divmod(int(k), per_epoch)
         index = order(epoch)[b * batch_size : (b + 1) * batch_size]
-        return tuple(a[index] for a in arrays)
+        return jax.tree.map(lambda a: a[index], arrays)
 
     dataset = grain.MapDataset.range(per_epoch * epochs).map(batch)
     if transform is not None:

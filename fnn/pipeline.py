@@ -299,11 +299,20 @@ def train(
         lambda a: jax.ShapeDtypeStruct((t.batch_size, *a.shape[1:]), a.dtype), batches[0][0]
     )
     state = init_train_state(model, optimizer, jax.random.key(t.seed), x_spec)
-    step = make_train_step(model, optimizer, loss, metrics=metrics)
+    return train_from(state, model, optimizer, batches, loss, config, metrics=metrics, test_set=test_set,
+                      run=run, progress=progress)
+
+
+def train_from(state, model, optimizer, batches, loss, config: Any, *, metrics=None, test_set=None, run=None,
+               progress: bool = False, population: bool = False, eval_every: int = 0) -> dict:
+    """Train ``state`` (one model, or a population with ``population=True``) with the loop
+    settings of ``config.train``; ``eval_every`` is the default when the config says 0."""
+    t = config.train
+    step = make_train_step(model, optimizer, loss, metrics=metrics, population=population)
     per_epoch = max(1, len(batches) // t.epochs)
     evaluate = None
     if test_set is not None:
-        eval_step = make_eval_step(model, loss, metrics=metrics)
+        eval_step = make_eval_step(model, loss, metrics=metrics, population=population)
 
         def evaluate(state):
             return evaluate_batches(eval_step, state, loader_in_order(test_set, 512))
@@ -315,18 +324,19 @@ def train(
         run=run,
         log_every=t.log_every or per_epoch,
         evaluate=evaluate,
-        eval_every=t.eval_every,
+        eval_every=t.eval_every or eval_every,
         checkpoint_every=t.checkpoint_every or max(1, len(batches) // 4),
         progress=progress,
     )
     return {"state": state, "history": history}
 
 
-def loader_in_order(arrays: tuple, batch_size: int):
-    """Batches of ``arrays`` in order, the last one smaller (for evaluation)."""
-    n = len(arrays[0])
+def loader_in_order(arrays: Any, batch_size: int):
+    """Batches of ``arrays`` (a pytree of equally long arrays) in order, the last one smaller
+    (for evaluation)."""
+    n = len(jax.tree.leaves(arrays)[0])
     for i in range(0, n, batch_size):
-        yield tuple(a[i : i + batch_size] for a in arrays)
+        yield jax.tree.map(lambda a, i=i: a[i : i + batch_size], arrays)
 
 
 def predict(model, state, inputs, batch_size: int = 512) -> jax.Array:

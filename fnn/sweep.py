@@ -33,9 +33,9 @@ import numpy as np
 from fnn import config as config_lib
 from fnn import plots
 from fnn.data import loader
-from fnn.loop import train_loop
+from fnn.pipeline import train_from
 from fnn.runs import Run
-from fnn.train import TrainState, evaluate, init_train_state, make_eval_step, make_train_step
+from fnn.train import TrainState, init_train_state
 
 # what a population can vary inside one program: hyperparameters held in the optimizer state
 SWEEPABLE = ("train.learning_rate", "train.momentum")
@@ -148,30 +148,9 @@ def population_train(
     x_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), first)
     hyper = {key.removeprefix("train."): [m[key] for m in members] for key in members[0] if key != "seed"}
     state = init_population(model, optimizer, [m["seed"] for m in members], x_spec, hyper)
-    step = make_train_step(model, optimizer, loss, metrics=metrics, population=True)
-    per_epoch = max(1, len(batches) // t.epochs)
-    evaluate_fn = None
-    if test_set is not None:
-        eval_step = make_eval_step(model, loss, metrics=metrics, population=True)
-
-        def evaluate_fn(state):
-            n = len(test_set[0])
-            return evaluate(
-                eval_step, state, (tuple(a[i : i + 512] for a in test_set) for i in range(0, n, 512))
-            )
-
-    state, history = train_loop(
-        step,
-        state,
-        batches,
-        run=run,
-        log_every=t.log_every or per_epoch,
-        evaluate=evaluate_fn,
-        eval_every=t.eval_every or per_epoch,
-        checkpoint_every=t.checkpoint_every or max(1, len(batches) // 4),
-        progress=progress,
-    )
-    return {"state": state, "history": history}
+    return train_from(state, model, optimizer, batches, loss, config, metrics=metrics, test_set=test_set,
+                      run=run, progress=progress, population=True,
+                      eval_every=max(1, len(batches) // t.epochs))  # every epoch: the members' curves
 
 
 def population_report(history: list[dict], members: list[dict], run=None, title: str = "") -> dict:

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -196,6 +197,34 @@ def lm_windows(
         window = ids[starts[:, None] + offsets]
         yield window[:, :-1].astype(np.int32), window[:, 1:].astype(np.int32)
         count += 1
+
+
+def lm_loader(ids: np.ndarray, batch_size: int, length: int, *, seed: int, steps: int) -> Any:
+    """``lm_windows`` as a ``grain.MapDataset`` of ``steps`` batches: batch ``k`` holds
+    windows at random starts drawn from ``(seed, k)``, so any batch can be read on its own
+    (what a resumed run needs; see ``fnn.loop``).
+
+    Example:
+        >>> data = lm_loader(np.arange(100), 4, 8, seed=0, steps=10)
+        >>> x, y = data[3]
+        >>> len(data), x.shape, bool((y == x + 1).all())
+        (10, (4, 8), True)
+    """
+    import grain
+
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or len(ids) < length + 1:
+        raise ValueError(f"lm_loader: need a 1-d stream of at least {length + 1} ids, got shape {ids.shape}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"lm_loader: steps must be a positive int, got {steps!r}")
+    offsets = np.arange(length + 1)
+
+    def batch(k: int) -> tuple[np.ndarray, np.ndarray]:
+        starts = np.random.default_rng([seed, int(k)]).integers(0, len(ids) - length, batch_size)
+        window = ids[starts[:, None] + offsets]
+        return window[:, :-1].astype(np.int32), window[:, 1:].astype(np.int32)
+
+    return grain.MapDataset.range(steps).map(batch)
 
 
 def lm_streams(ids: np.ndarray, batch_size: int, length: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -1,5 +1,7 @@
 """The perceptron and XOR experiments reach what their docstrings claim."""
 
+import json
+
 import jax
 import numpy as np
 import optax
@@ -11,7 +13,7 @@ from experiments import perceptron, xor
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_perceptron_converges_within_novikoffs_bound(seed):
-    result = perceptron.run(perceptron.Config(seed=seed))
+    result = perceptron.run(perceptron.Config(seed=seed))["final"]
     assert result["converged"]
     assert result["train_errors"] == 0 and result["accuracy"] == 1.0
     assert 0 < result["mistakes"] <= result["mistake_bound"]
@@ -32,11 +34,13 @@ def test_perceptron_rejects_a_margin_that_leaves_no_points():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_xor_hidden_layer_gets_all_four_points(seed):
-    result = xor.run(xor.Config(seed=seed))
+    values = xor.run(xor.Config(seed=seed))
+    result = values["final"]
     assert result["all_correct"]
     assert result["predictions"] == [0, 1, 1, 0]
     assert result["loss"] < 0.05
-    losses = [record["loss"] for record in result["history"]]
+    losses = [record["loss"] for record in values["history"]]
+    assert len(losses) == 5
     assert losses[-1] < losses[0]
 
 
@@ -50,11 +54,12 @@ def test_xor_is_beyond_a_network_without_hidden_units():
     assert (predictions == xor.Y[:, 0]).sum() <= 3  # no line separates XOR's classes
 
 
-def test_classic_mains_print_their_results(capsys, monkeypatch):
-    monkeypatch.setattr("sys.argv", ["perceptron", "--points", "50"])
-    perceptron.main()
-    monkeypatch.setattr("sys.argv", ["xor", "--steps", "600"])
-    xor.main()
+def test_classic_experiments_run_through_the_fnn_command(capsys, tmp_path):
+    assert fnn.cli.main(["run", "perceptron", "points=50", "--dir", str(tmp_path / "p"), "-q"]) == 0
+    assert fnn.cli.main(["run", "xor", "steps=600", "--dir", str(tmp_path / "x"), "-q"]) == 0
     out = capsys.readouterr().out
     assert "converged after" in out and "training accuracy 1.0000" in out
     assert "all four right" in out
+    mistakes = [json.loads(line)["mistakes"] for line in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    assert mistakes[-1] == 0 and sum(mistakes) > 0  # one record per pass; the last pass is clean
+    assert (tmp_path / "x" / "checkpoints").is_dir() and (tmp_path / "x" / "curves.png").exists()

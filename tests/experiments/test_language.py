@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from experiments import char_lm, text_classify
+from fnn.pipeline import TrainConfig
 
 TINY_LM = dict(steps=150, batch_size=16, length=64, width=64, layers=1, heads=2, dropout=0.0,
                eval_every=75, eval_windows=128, sample_length=40, learning_rate=5e-3)
@@ -11,7 +12,8 @@ TINY_LM = dict(steps=150, batch_size=16, length=64, width=64, layers=1, heads=2,
 
 @pytest.mark.parametrize("model", ["transformer", "lstm"])
 def test_char_models_beat_the_unigram_baseline_and_write_text(model):
-    result = char_lm.run(char_lm.Config(model=model, **TINY_LM))
+    values = char_lm.run(char_lm.Config(model=model, **TINY_LM))
+    result = {**values, **values["final"]}
     assert result["unigram_bits_per_char"] == pytest.approx(4.37, abs=0.01)
     assert result["valid_bits_per_char"] < result["unigram_bits_per_char"] - 0.8
     assert [r["step"] for r in result["curve"]] == [75, 150]
@@ -40,13 +42,13 @@ def test_generate_rejects_a_prompt_longer_than_half_a_window():
 @pytest.mark.parametrize(
     "options, margin",
     [
-        (dict(model="bag", epochs=2), 0.25),
-        (dict(model="rnn", epochs=1, max_words=60, hidden=32), 0.15),
-        (dict(model="bag", epochs=2, label="party"), 0.05),
+        (dict(model="bag", train=TrainConfig(epochs=2, learning_rate=3e-3)), 0.25),
+        (dict(model="rnn", max_words=60, hidden=32, train=TrainConfig(epochs=1, learning_rate=3e-3)), 0.15),
+        (dict(model="bag", label="party", train=TrainConfig(epochs=2, learning_rate=3e-3)), 0.05),
     ],
     ids=["era-bag", "era-rnn", "party-bag"],
 )
 def test_classifiers_beat_the_majority_baseline_on_unseen_addresses(options, margin):
-    result = text_classify.run(text_classify.Config(**options))
+    result = text_classify.run(text_classify.Config(**options))["final"]
     assert 0.45 < result["majority_baseline"] < 0.55
     assert result["test_accuracy"] > result["majority_baseline"] + margin
