@@ -62,7 +62,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; print only the result")
         p.add_argument("--keys", action="store_true", help="list the configuration keys and exit")
 
-    run = commands.add_parser("run", help="run an experiment in a new run directory")
+    run = commands.add_parser(
+        "run",
+        help="run an experiment in a new run directory",
+        epilog="`fnn run NAME --keys` lists the experiment's configuration keys and their defaults.",
+    )
     run.add_argument("name", help="the experiment (see `fnn list`)")
     overrides(run)
     resume = commands.add_parser("resume", help="continue a run from its latest checkpoint")

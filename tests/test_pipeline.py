@@ -157,6 +157,48 @@ def test_loop_logs_evaluates_and_checkpoints(tmp_path):
     assert events and events[0].startswith("events.out.tfevents")
 
 
+def read_tensorboard(directory):
+    """``{(tag, step): value}`` of every scalar in the TFRecord event files of ``directory``,
+    read with the crc checks of the format (what TensorBoard itself reads)."""
+    import struct
+
+    from tensorboardX.crc32c import crc32c
+    from tensorboardX.proto.event_pb2 import Event
+
+    def masked(data):
+        crc = crc32c(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    scalars = {}
+    for name in sorted(os.listdir(directory)):
+        raw = (directory / name).read_bytes()
+        at = 0
+        while at < len(raw):
+            header = raw[at : at + 8]
+            (length,) = struct.unpack("<Q", header)
+            assert struct.unpack("<I", raw[at + 8 : at + 12])[0] == masked(header)
+            data = raw[at + 12 : at + 12 + length]
+            assert struct.unpack("<I", raw[at + 12 + length : at + 16 + length])[0] == masked(data)
+            at += 16 + length
+            event = Event.FromString(data)
+            for value in event.summary.value:
+                scalars[(value.tag, event.step)] = value.simple_value
+    return scalars
+
+
+def test_tensorboard_files_hold_the_logged_metrics(tmp_path):
+    step, state, data, evaluate = _problem()
+    run = _new_run(tmp_path / "run")
+    loop.train_loop(step, state, data, run=run, log_every=6, evaluate=evaluate, progress=False)
+    run.close()
+    scalars = read_tensorboard(tmp_path / "run" / "tensorboard")
+    for record in run.records():
+        for key, value in record.items():
+            if key not in ("step", "split"):
+                assert scalars[(f"{record['split']}/{key}", record["step"])] == pytest.approx(value, rel=1e-6)
+    assert ("eval/loss", 24) in scalars and ("train/accuracy", 6) in scalars
+
+
 def _interrupt_at(step, k):
     """A step function that sends this process SIGTERM during step ``k``."""
     calls = {"n": 0}
@@ -280,6 +322,17 @@ def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path):
             with open(path, "r+b") as f:  # overwrite every file's bytes, keep their sizes
                 size = os.path.getsize(path)
                 f.write(b"\x00" * size)
+    with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*ckpts/1 is unreadable"):
+        checkpoint.Checkpoints(tmp_path / "ckpts").restore(template)
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
+    ckpts, _ = _saved(tmp_path)
+    _, template, _, _ = _problem()
+    for dirpath, _, files in os.walk(tmp_path / "ckpts" / "1" / "state"):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            os.truncate(path, os.path.getsize(path) // 2)
     with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*ckpts/1 is unreadable"):
         checkpoint.Checkpoints(tmp_path / "ckpts").restore(template)
 
