@@ -173,7 +173,9 @@ def _print_final(run: runs.Run, values: dict) -> None:
         print(line)
     final = values["final"]
     shown = ", ".join(f"{k} {runs._format(v)}" for k, v in final.items() if isinstance(v, int | float))
-    print(f"final: {shown}\nrun directory: {run.directory} (fnn show {run.directory})")
+    timing = ", ".join(f"{name} {secs:.1f} s" for name, secs in values.get("stage_seconds", {}).items())
+    print(f"final: {shown}\ntime per stage: {timing}")
+    print(f"run directory: {run.directory} (fnn show {run.directory})")
 
 
 def experiment_main(name: str, argv: Sequence[str] | None = None) -> None:

@@ -109,9 +109,12 @@ class Pipeline:
         return Pipeline(**{n: fn for n, fn in self.stages if n not in names})
 
     def run(self, **values: Any) -> dict[str, Any]:
-        """Run every stage; returns all values, those given and those the stages made."""
+        """Run every stage; returns all values, those given and those the stages made, and
+        ``stage_seconds``: the wall time each stage took."""
         values = dict(values)
+        seconds = values.setdefault("stage_seconds", {})
         for name, fn in self.stages:
+            began = time.perf_counter()
             kwargs = {}
             for param in inspect.signature(fn).parameters.values():
                 if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -124,6 +127,7 @@ class Pipeline:
                         f"stage provides; available: {', '.join(sorted(values)) or 'nothing'}"
                     )
             made = fn(**kwargs)
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - began
             if made is None:
                 continue
             if not isinstance(made, Mapping):
@@ -221,7 +225,12 @@ def _run_in(
     except BaseException:
         run.close()
         raise
-    run.finish(values["final"], seconds=time.perf_counter() - began, notes=values.get("notes", ()))
+    run.finish(
+        values["final"],
+        seconds=time.perf_counter() - began,
+        notes=values.get("notes", ()),
+        stage_seconds=values.get("stage_seconds"),
+    )
     return values
 
 

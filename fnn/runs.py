@@ -155,14 +155,21 @@ class Run:
     # -- the end of a run ---------------------------------------------------------------
 
     def finish(
-        self, final: Mapping[str, Any], *, seconds: float | None = None, notes: Sequence[str] = ()
+        self,
+        final: Mapping[str, Any],
+        *,
+        seconds: float | None = None,
+        notes: Sequence[str] = (),
+        stage_seconds: Mapping[str, float] | None = None,
     ) -> None:
-        """Write final.json, the learning curves and summary.md."""
+        """Write final.json, the learning curves and summary.md (with the time each stage took)."""
         final = {key: _jsonable(value) for key, value in final.items()}
         if seconds is not None:
             final["seconds"] = round(seconds, 2)
         (self.directory / "final.json").write_text(json.dumps(final, indent=2) + "\n")
         plots = self.plot()
+        timing = [f"{name}: {secs:.1f} s" for name, secs in (stage_seconds or {}).items()]
+        notes = [*notes, *(["time per stage: " + ", ".join(timing)] if timing else [])]
         self.write_summary(final, plots, notes)
         self.close()
 

@@ -73,3 +73,8 @@ def test_comparisons_experiment_writes_its_table_and_plot(tmp_path):
     assert all(0.1 < v <= 1 for v in values["final"].values())
     assert "| optimizer=adam |" in (tmp_path / "cmp" / "comparison.md").read_text()
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
+    variant = tmp_path / "cmp" / "variants" / "activation=tanh"
+    assert (variant / "metrics.jsonl").exists() and (variant / "checkpoints").is_dir()
+    # resuming the finished comparison restores each variant's last checkpoint: same figures
+    _, again = fnn.pipeline.resume(str(tmp_path / "cmp"), progress=False)
+    assert again["final"] == values["final"]
