@@ -26,8 +26,8 @@ Measured with the defaults (10 epochs, seed 0) on a 2-core CPU, on the 4,854 par
 of the held-out addresses (majority class 50.0%): by era, the bag of embeddings 93.3%
 in 10 s of training (93.2% through the ``train.seed``-driven grain loader, 39 s for the
 whole run on a slower machine), the BiGRU 92.0% in 302 s; by party (3,639 paragraphs,
-majority 50.1%), the bag of embeddings 67.0% in 16 s. Word order adds little to these tasks; vocabulary carries
-the era, and party is much harder to tell from a paragraph.
+majority 50.1%), the bag of embeddings 67.0% in 16 s. Word order adds little to these
+tasks; vocabulary carries the era, and party is much harder to tell from a paragraph.
 
 Run: fnn run text-classify [model=bag|rnn] [label=era|party] [train.seed=0]
 """

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from fnn.data import Prefetch
 from fnn.train import Batch, MetricsWindow, TrainState, step_of
@@ -70,7 +71,7 @@ class _Stop:
                 signal.signal(s, h)
 
 
-def _progress(total: int, start: int, enabled: bool):
+def _progress(enabled: bool):
     if not enabled:
         return contextlib.nullcontext(None)
     from rich.progress import (
@@ -163,7 +164,9 @@ def train_loop(
     batches = Prefetch(data, state=data_state or {"next_index": start})
     examples = None
     stopper = _Stop()
-    with stopper.installed(), _progress(total, start, progress) as bar:
+    # without a run directory there is nothing to save: Ctrl-C stops as it always does
+    catching = stopper.installed() if run is not None else contextlib.nullcontext()
+    with catching, _progress(progress) as bar:
         task = (
             bar.add_task(
                 getattr(run, "experiment", "train"), total=total, completed=start, loss="-", speed="-"
@@ -176,8 +179,9 @@ def train_loop(
         for batch in batches:
             state, metrics = step(state, batch)
             at += 1
-            if examples is None:
-                examples = jax.tree.leaves(batch)[0].shape[0]
+            if examples is None:  # per step: the batch, times the members of a population
+                shape = jax.tree.leaves(batch)[0].shape
+                examples = shape[0] * (shape[1] if jnp.ndim(state.step) else 1)
             if window.add(metrics) or at == total:
                 r = window.flush(at)
                 record(r)
@@ -194,9 +198,7 @@ def train_loop(
                 save()
             if stopper.signum is not None and at < total:
                 save()
-                raise Interrupted(
-                    str(run.directory) if run is not None else "(no run directory)", at, stopper.signum
-                )
+                raise Interrupted(str(run.directory), at, stopper.signum)
         if bar is not None:
             bar.update(task, completed=at)
     return state, history

@@ -192,7 +192,7 @@ def find(name: str) -> Experiment:
 def start(experiment: Experiment, config: Any, directory: str, *, progress: bool = True) -> tuple[Run, dict]:
     """Create a run directory for ``config`` and run ``experiment`` in it to the end."""
     run = Run.create(directory, experiment.name, config_lib.to_dict(config))
-    return run, _run_in(experiment, config, run, progress)
+    return run, run_in(experiment, config, run, progress)
 
 
 def resume(directory: str, *, progress: bool = True) -> tuple[Run, dict]:
@@ -204,13 +204,13 @@ def resume(directory: str, *, progress: bool = True) -> tuple[Run, dict]:
     config = config_lib.from_dict(type(experiment.config), run.config)
     members = sweep.resume_members(directory)
     if members:  # a population run of `fnn sweep`
-        return run, _run_in(
+        return run, run_in(
             experiment, config, run, progress, sweep.population_pipeline(experiment), members=members
         )
-    return run, _run_in(experiment, config, run, progress)
+    return run, run_in(experiment, config, run, progress)
 
 
-def _run_in(
+def run_in(
     experiment: Experiment,
     config: Any,
     run: Run,
@@ -218,6 +218,8 @@ def _run_in(
     pipeline: Pipeline | None = None,
     **values: Any,
 ) -> dict:
+    """Run ``pipeline`` (default: the experiment's) in ``run`` to the end and write its
+    final metrics, plots and summary; returns the pipeline's values."""
     run.keep_checkpoints = getattr(getattr(config, "train", None), "keep_checkpoints", 3)
     began = time.perf_counter()
     try:
@@ -243,8 +245,9 @@ OPTIMIZERS = {"adam": 1e-3, "sgd": 0.05, "rmsprop": 1e-3}  # each one's default 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How a supervised experiment trains: optimizer, batches, how often to log, evaluate
-    and checkpoint. Intervals are in steps; 0 means once per epoch (log, checkpoint) or
-    only at the end (eval)."""
+    and checkpoint. Intervals are in steps; 0 means once per epoch (log), only at the end
+    (eval) or four times a run (checkpoint). Values are checked when the config is made
+    (or overridden): a bad one is a ``ConfigError`` naming the key."""
 
     optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(OPTIMIZERS)})
     learning_rate: float | None = None  # None: the optimizer's default (OPTIMIZERS)
@@ -256,6 +259,22 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 0  # 0: four times in a run, and at the end
     keep_checkpoints: int = 3
+
+    def __post_init__(self):
+        for key, low in (
+            ("batch_size", 1),
+            ("epochs", 1),
+            ("keep_checkpoints", 1),
+            ("log_every", 0),
+            ("eval_every", 0),
+            ("checkpoint_every", 0),
+        ):
+            if getattr(self, key) < low:
+                raise config_lib.ConfigError(f"train.{key} must be at least {low}, got {getattr(self, key)}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise config_lib.ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.momentum < 1:
+            raise config_lib.ConfigError(f"train.momentum must be in [0, 1), got {self.momentum}")
 
 
 def learning_rate(train: TrainConfig) -> float:
@@ -269,9 +288,7 @@ def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
         raise config_lib.ConfigError(
             f"train.optimizer: {train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"
         )
-    lr = learning_rate(train)
-    if not lr > 0:
-        raise config_lib.ConfigError(f"train.learning_rate must be positive, got {lr!r}")
+    lr = learning_rate(train)  # TrainConfig has checked that it is positive
     if train.optimizer == "sgd":
         return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=train.momentum)
     return optax.inject_hyperparams(getattr(optax, train.optimizer))(learning_rate=lr)
@@ -308,12 +325,35 @@ def train(
         lambda a: jax.ShapeDtypeStruct((t.batch_size, *a.shape[1:]), a.dtype), batches[0][0]
     )
     state = init_train_state(model, optimizer, jax.random.key(t.seed), x_spec)
-    return train_from(state, model, optimizer, batches, loss, config, metrics=metrics, test_set=test_set,
-                      run=run, progress=progress)
+    return train_from(
+        state,
+        model,
+        optimizer,
+        batches,
+        loss,
+        config,
+        metrics=metrics,
+        test_set=test_set,
+        run=run,
+        progress=progress,
+    )
 
 
-def train_from(state, model, optimizer, batches, loss, config: Any, *, metrics=None, test_set=None, run=None,
-               progress: bool = False, population: bool = False, eval_every: int = 0) -> dict:
+def train_from(
+    state,
+    model,
+    optimizer,
+    batches,
+    loss,
+    config: Any,
+    *,
+    metrics=None,
+    test_set=None,
+    run=None,
+    progress: bool = False,
+    population: bool = False,
+    eval_every: int = 0,
+) -> dict:
     """Train ``state`` (one model, or a population with ``population=True``) with the loop
     settings of ``config.train``; ``eval_every`` is the default when the config says 0."""
     t = config.train

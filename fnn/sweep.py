@@ -33,7 +33,7 @@ import numpy as np
 from fnn import config as config_lib
 from fnn import plots
 from fnn.data import loader
-from fnn.pipeline import train_from
+from fnn.pipeline import run_in, train_from
 from fnn.runs import Run
 from fnn.train import TrainState, init_train_state
 
@@ -148,9 +148,20 @@ def population_train(
     x_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), first)
     hyper = {key.removeprefix("train."): [m[key] for m in members] for key in members[0] if key != "seed"}
     state = init_population(model, optimizer, [m["seed"] for m in members], x_spec, hyper)
-    return train_from(state, model, optimizer, batches, loss, config, metrics=metrics, test_set=test_set,
-                      run=run, progress=progress, population=True,
-                      eval_every=max(1, len(batches) // t.epochs))  # every epoch: the members' curves
+    return train_from(
+        state,
+        model,
+        optimizer,
+        batches,
+        loss,
+        config,
+        metrics=metrics,
+        test_set=test_set,
+        run=run,
+        progress=progress,
+        population=True,
+        eval_every=max(1, len(batches) // t.epochs),
+    )  # every epoch: the members' curves
 
 
 def population_report(history: list[dict], members: list[dict], run=None, title: str = "") -> dict:
@@ -214,10 +225,7 @@ def run_sweep(
     population = members(seeds, grid)
     run = Run.create(directory, experiment.name, config_lib.to_dict(config))
     (Path(directory) / "sweep.json").write_text(json.dumps({"members": population}, indent=2) + "\n")
-    values = population_pipeline(experiment).run(
-        config=config, run=run, progress=progress, members=population
-    )
-    run.finish(values["final"])
+    values = run_in(experiment, config, run, progress, population_pipeline(experiment), members=population)
     return values["report"][0] + f"\n\nrun directory: {directory} (sweep.png, members.md)"
 
 

@@ -60,6 +60,21 @@ def test_bad_overrides_are_clear_errors(assignment, message):
         config.override(Config(), [assignment])
 
 
+@pytest.mark.parametrize("assignment, message", [
+    ("train.batch_size=0", "train.batch_size must be at least 1, got 0"),
+    ("train.epochs=-2", "train.epochs must be at least 1, got -2"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every must be at least 0, got -1"),
+    ("train.learning_rate=-0.1", "train.learning_rate must be positive, got -0.1"),
+    ("train.momentum=1.5", r"train.momentum must be in \[0, 1\), got 1.5"),
+    ("train.optimizer=lbfgs", "train.optimizer: 'lbfgs' is not one of 'adam', 'sgd', 'rmsprop'"),
+])
+def test_train_config_values_are_checked_when_overridden(assignment, message):
+    from experiments import digits
+
+    with pytest.raises(config.ConfigError, match=message):
+        config.override(digits.Config(), [assignment])
+
+
 def test_config_round_trips_through_json_with_checks():
     c = Config("mlp", Train(0.1, 3, False, (1, 2)))
     assert config.from_dict(Config, json.loads(json.dumps(config.to_dict(c)))) == c
