@@ -54,7 +54,8 @@ class Config:
     dropout: float = 0.25
     augment: bool | None = None  # shift training images by up to one pixel; None: for the CNN only
     test_fraction: float = 0.2
-    data_seed: int = 0  # the train/test split (train.seed seeds the rest)
+    valid_fraction: float = 0.1  # of the training digits, held out to watch training (train.eval_every)
+    data_seed: int = 0  # the train/validation/test split (train.seed seeds the rest)
     train: TrainConfig = TrainConfig()
 
 
@@ -102,8 +103,10 @@ def load(config: Config) -> dict:
 
 
 def split(images, labels, config: Config) -> dict:
+    """Stratified train/validation/test sets; the test digits are used once, at the end."""
     train, test = fnn.data.split(images, labels, test_fraction=config.test_fraction, seed=config.data_seed)
-    return {"train_set": train, "test_set": test}
+    train, valid = fnn.data.split(*train, test_fraction=config.valid_fraction, seed=config.data_seed)
+    return {"train_set": train, "eval_set": valid, "test_set": test}
 
 
 def augmentation(config: Config) -> dict:
@@ -116,12 +119,11 @@ def model(config: Config) -> dict:
             "metrics": {"accuracy": fnn.metrics.accuracy}}
 
 
-def report(model, state, test_set, history, config: Config, run=None) -> dict:
+def report(model, state, test_set, test, config: Config, run=None) -> dict:
     """The final test metrics and the confusion matrix (printed, and plotted in the run)."""
     x_test, y_test = test_set
     predicted = jnp.argmax(fnn.pipeline.predict(model, state, x_test), -1)
     confusion = np.asarray(fnn.metrics.confusion_matrix(predicted, y_test, NUM_CLASSES))
-    test = [r for r in history if r["split"] == "eval"][-1]
     correct = int(np.trace(confusion))
     lines = [f"test accuracy {test['accuracy']:.4f} ({correct}/{len(y_test)})",
              "confusion matrix (rows: true digit, columns: predicted):", str(confusion)]
@@ -132,7 +134,7 @@ def report(model, state, test_set, history, config: Config, run=None) -> dict:
 
 
 PIPELINE = Pipeline(load, split, augmentation, model, fnn.pipeline.optimizer, fnn.pipeline.batches,
-                    fnn.pipeline.train, report)
+                    fnn.pipeline.train, fnn.pipeline.test, report)
 EXPERIMENT = Experiment(
     "digits", "classify scikit-learn's 8x8 digits with a CNN or an MLP", Config(), PIPELINE
 )

@@ -131,8 +131,7 @@ def optimizer(config: Config) -> dict:
     return {"optimizer": optax.inject_hyperparams(optax.adamw)(learning_rate=lr, weight_decay=1e-4)}
 
 
-def report(history, majority, classes, test_set, intro) -> dict:
-    test = [r for r in history if r["split"] == "eval"][-1]
+def report(test, majority, classes, test_set, intro) -> dict:
     final = {"test_accuracy": test["accuracy"], "majority_baseline": majority,
              "test_paragraphs": len(test_set[1])}
     lines = [*intro, f"test accuracy {test['accuracy']:.4f} on {len(test_set[1]):,} paragraphs of unseen "
@@ -140,7 +139,9 @@ def report(history, majority, classes, test_set, intro) -> dict:
     return {"final": final, "report": lines}
 
 
-PIPELINE = Pipeline(data, model, optimizer, fnn.pipeline.batches, fnn.pipeline.train, report)
+PIPELINE = Pipeline(
+    data, model, optimizer, fnn.pipeline.batches, fnn.pipeline.train, fnn.pipeline.test, report
+)
 EXPERIMENT = Experiment(
     "text-classify", "classify paragraphs of unseen State of the Union addresses by era or party",
     Config(), PIPELINE,

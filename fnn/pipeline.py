@@ -312,13 +312,14 @@ def train(
     loss,
     config: Any,
     metrics=None,
-    test_set=None,
+    eval_set=None,
     run=None,
     progress: bool = False,
 ) -> dict:
     """Stage: train ``model`` on ``batches``; makes ``state`` and ``history``.
 
-    Evaluates on ``test_set`` (if given) every ``config.train.eval_every`` steps and at the end.
+    Evaluates on ``eval_set`` (if given; a validation split) every ``config.train.eval_every``
+    steps and at the end; the test set is for the :func:`test` stage, once, after training.
     """
     t = config.train
     x_spec = jax.tree.map(
@@ -333,7 +334,7 @@ def train(
         loss,
         config,
         metrics=metrics,
-        test_set=test_set,
+        eval_set=eval_set,
         run=run,
         progress=progress,
     )
@@ -348,7 +349,7 @@ def train_from(
     config: Any,
     *,
     metrics=None,
-    test_set=None,
+    eval_set=None,
     run=None,
     progress: bool = False,
     population: bool = False,
@@ -360,11 +361,11 @@ def train_from(
     step = make_train_step(model, optimizer, loss, metrics=metrics, population=population)
     per_epoch = max(1, len(batches) // t.epochs)
     evaluate = None
-    if test_set is not None:
+    if eval_set is not None:
         eval_step = make_eval_step(model, loss, metrics=metrics, population=population)
 
         def evaluate(state):
-            return evaluate_batches(eval_step, state, loader_in_order(test_set, 512))
+            return evaluate_batches(eval_step, state, loader_in_order(eval_set, 512))
 
     state, history = train_loop(
         step,
@@ -378,6 +379,14 @@ def train_from(
         progress=progress,
     )
     return {"state": state, "history": history}
+
+
+def test(model, loss, state, test_set, metrics=None) -> dict:
+    """Stage: ``test``, the metrics of the trained model (or of each member of a population)
+    on ``test_set``, computed once, after training."""
+    population = jnp.ndim(state.step) > 0
+    eval_step = make_eval_step(model, loss, metrics=metrics, population=population)
+    return {"test": evaluate_batches(eval_step, state, loader_in_order(test_set, 512))}
 
 
 def loader_in_order(arrays: Any, batch_size: int):

@@ -137,7 +137,7 @@ def population_train(
     config: Any,
     members: list[dict],
     metrics=None,
-    test_set=None,
+    eval_set=None,
     run=None,
     progress: bool = False,
 ) -> dict:
@@ -156,7 +156,7 @@ def population_train(
         loss,
         config,
         metrics=metrics,
-        test_set=test_set,
+        eval_set=eval_set,
         run=run,
         progress=progress,
         population=True,
@@ -164,20 +164,28 @@ def population_train(
     )  # every epoch: the members' curves
 
 
-def population_report(history: list[dict], members: list[dict], run=None, title: str = "") -> dict:
-    """Stage: one row per member of its final evaluation, a table and a plot of the members' curves."""
+def population_report(
+    history: list[dict], members: list[dict], test: dict | None = None, run=None, title: str = ""
+) -> dict:
+    """Stage: a table with one row per member (its ``test`` metrics, or its last evaluation when
+    there is no test stage), and a plot of the members' curves."""
     evals = [r for r in history if r["split"] == "eval"] or [r for r in history if r["split"] == "train"]
-    last = evals[-1]
+    last = test if test is not None else {k: v for k, v in evals[-1].items() if k not in ("step", "split")}
+    prefix = "test_" if test is not None else ""
     names = [k for k in last if k not in ("step", "split")]
-    rows = [{**m, **{n: last[n][i] for n in names}} for i, m in enumerate(members)]
+    rows = [{**m, **{prefix + n: last[n][i] for n in names}} for i, m in enumerate(members)]
     table = format_table(rows)
-    final = {f"{n}_mean": float(np.mean(last[n])) for n in names}
-    final.update({f"{n}_std": float(np.std(last[n])) for n in names})
+    final = {f"{prefix}{n}_mean": float(np.mean(last[n])) for n in names}
+    final.update({f"{prefix}{n}_std": float(np.std(last[n])) for n in names})
     if run is not None:
         (Path(run.directory) / "members.json").write_text(json.dumps(rows, indent=2) + "\n")
         (Path(run.directory) / "members.md").write_text(table + "\n")
+        curve_names = [k for k in evals[-1] if k not in ("step", "split")]
         panels = {
-            n: {label(m): [(r["step"], r[n][i]) for r in evals] for i, m in enumerate(members)} for n in names
+            f"{evals[-1]['split']} {n}": {
+                label(m): [(r["step"], r[n][i]) for r in evals] for i, m in enumerate(members)
+            }
+            for n in curve_names
         }
         plots.curves(panels, Path(run.directory) / "sweep.png", title=title or "population")
     return {"final": final, "members_table": rows, "report": [table]}

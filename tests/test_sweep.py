@@ -26,8 +26,11 @@ def test_member_i_equals_the_model_trained_alone_with_seed_i():
         member_params = jax.tree.map(lambda a, i=i: np.asarray(a[i]), population["state"].params)
         for got, want in zip(jax.tree.leaves(member_params), jax.tree.leaves(alone["state"].params)):
             np.testing.assert_allclose(got, np.asarray(want), rtol=2e-5, atol=2e-6)
+        assert population["test"]["accuracy"][i] == pytest.approx(alone["final"]["test_accuracy"], abs=1 / 360 + 1e-9)
         evals = [r for r in population["history"] if r["split"] == "eval"]
-        assert evals[-1]["accuracy"][i] == pytest.approx(alone["final"]["test_accuracy"], abs=1 / 360 + 1e-9)
+        alone_evals = [r for r in alone["history"] if r["split"] == "eval"]
+        assert evals[-1]["step"] == alone_evals[-1]["step"]
+        assert evals[-1]["accuracy"][i] == pytest.approx(alone_evals[-1]["accuracy"], abs=1 / 130 + 1e-9)
 
 
 def test_grid_accepts_only_what_a_population_can_vary():
@@ -54,12 +57,14 @@ def test_fnn_sweep_writes_a_table_and_a_plot_and_resumes(tmp_path, capsys):
             "--grid", "train.learning_rate=1e-3,3e-3", "--dir", str(directory), "-q"]
     assert fnn.cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "| seed | train.learning_rate | accuracy | loss |" in out
+    assert "| seed | train.learning_rate | test_accuracy | test_loss |" in out
     rows = json.loads((directory / "members.json").read_text())
     assert [(r["seed"], r["train.learning_rate"]) for r in rows] == [(0, 1e-3), (1, 1e-3), (0, 3e-3), (1, 3e-3)]
+    assert all(0.25 < r["test_accuracy"] <= 1 for r in rows)  # chance is 0.1
+    assert rows[2]["test_accuracy"] + rows[3]["test_accuracy"] > rows[0]["test_accuracy"] + rows[1]["test_accuracy"]
     assert (directory / "sweep.png").stat().st_size > 0
     final = json.loads((directory / "final.json").read_text())
-    assert final["accuracy_mean"] == pytest.approx(np.mean([r["accuracy"] for r in rows]))
+    assert final["test_accuracy_mean"] == pytest.approx(np.mean([r["test_accuracy"] for r in rows]))
     # a finished sweep resumes to the same table (its last checkpoint is the end)
     assert fnn.cli.main(["resume", str(directory), "-q"]) == 0
     assert json.loads((directory / "members.json").read_text()) == rows
