@@ -56,15 +56,11 @@ def init_train_state(
         >>> int(state.step), state.params["w"].shape
         (0, (3, 2))
     """
-    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), x)
-
-    @jax.jit  # one compiled program, not one per initializer called eagerly
-    def init(key):
-        init_key, rng = jax.random.split(key)
-        params, model_state = model.init(init_key, spec)
-        return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
-
-    return init(key)
+    # Eagerly, not under one jit: each initializer op compiles once per shape and is then
+    # cached for every later model, where a jitted init would compile anew for each model.
+    init_key, rng = jax.random.split(key)
+    params, model_state = model.init(init_key, x)
+    return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
 
 
 def _objective(model: Layer, loss: LossFn) -> Callable:
