@@ -5,9 +5,11 @@ A model is an immutable layer description with two pure functions, ``init`` and
 """
 
 from fnn import (
+    audio,
     checkpoint,
     cli,
     config,
+    ctc,
     data,
     initializers,
     loop,
@@ -16,6 +18,7 @@ from fnn import (
     pipeline,
     plots,
     runs,
+    speech,
     text,
 )
 from fnn.core import (
@@ -53,9 +56,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Fn", "Identity", "Layer", "LayerError", "Node", "Parallel", "Residual", "Serial",
-    "ShapeError", "Summary", "TrainState", "checkpoint", "cli", "config", "data", "evaluate",
+    "ShapeError", "Summary", "TrainState", "audio", "checkpoint", "cli", "config", "ctc", "data", "evaluate",
     "fan_in_concat", "fan_in_sum",
     "fan_out", "fit", "identity", "init_train_state", "initializers", "loop", "losses",
     "make_eval_step", "make_train_step", "metrics", "parallel", "per_example_grads", "pipeline",
-    "plots", "residual", "runs", "serial", "summary", "text", *_layers,
+    "plots", "residual", "runs", "serial", "speech", "summary", "text", *_layers,
 ]

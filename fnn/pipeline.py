@@ -398,9 +398,10 @@ def loader_in_order(arrays: Any, batch_size: int):
 
 
 def predict(model, state, inputs, batch_size: int = 512) -> jax.Array:
-    """The model's outputs on ``inputs`` in evaluation mode, computed in batches."""
+    """The model's outputs on ``inputs`` (an array or a pytree such as ``(x, mask)``) in
+    evaluation mode, computed in batches."""
     apply = jax.jit(lambda params, model_state, x: model.apply(params, model_state, x)[0])
     outs = [
         apply(state.params, state.model_state, chunk) for (chunk,) in loader_in_order((inputs,), batch_size)
     ]
-    return jnp.concatenate(outs)
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)

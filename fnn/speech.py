@@ -1,0 +1,400 @@
+"""Speech synthesised offline with eSpeak NG: spoken command words and digit strings.
+
+fnn's speech experiments train on audio that nobody recorded: the ``espeakng-loader``
+wheel carries the eSpeak NG formant synthesiser (``libespeak-ng``) and its voice data,
+and :class:`Synthesizer` drives the library's C API through ``ctypes``. A *voice* is an
+accent (``en``, ``en-us``, ``en-gb-scotland``...) with a variant (``m3``, ``f2``,
+``klatt``...): different vocal tracts and pronunciations. Each utterance is spoken at its
+own rate and pitch, then augmented with a gain, a time shift and additive noise at a
+chosen signal-to-noise ratio. Every random choice comes from a seed, so a dataset is a
+pure function of its :class:`SpeechSpec`; :func:`dataset` caches it on disk under a hash
+of that spec and regenerates a cache file that is missing, unreadable or corrupt.
+
+Example:
+    >>> utterances = dataset(SpeechSpec(task="commands", voices=(("en-us", "m1"),), copies=1,
+    ...                                 words=("yes", "no")), cache_dir=None)
+    >>> utterances.transcripts, utterances.sample_rate
+    (('yes', 'no'), 16000)
+"""
+
+from __future__ import annotations
+
+import _ctypes
+import ctypes
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# Connected digit strings say 0 as "zero" or "oh", as people do; their symbols are 0-9 and o.
+DIGIT_WORDS = {**{str(i): w for i, w in enumerate(DIGITS)}, "o": "oh"}
+DIGIT_SYMBOLS = "0123456789o"
+_DIGIT_P = np.array([0.5] + [1.0] * 9 + [0.5]) / 10  # 0 is said "zero" or "oh" equally often
+
+ACCENTS = ("en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan",
+           "en-gb-x-gbcwmd")
+# Variants (vocal tracts); the test voices use variants no training voice uses.
+TRAIN_VARIANTS = ("m1", "m2", "m4", "m5", "m6", "f1", "f3", "f4", "klatt", "klatt3", "Andy", "Annie",
+                  "max", "linda", "steph", "edward")
+TEST_VARIANTS = ("m3", "m7", "f2", "f5", "klatt2", "Alex")
+SAMPLE_RATE = 16_000  # the rate fnn resamples eSpeak's 22,050 Hz output to
+
+
+class SpeechError(ValueError):
+    """Synthesis failed or a speech dataset is unusable; the message says which utterance."""
+
+
+# -- eSpeak NG through ctypes --------------------------------------------------------------
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_RATE, _PITCH = 1, 3
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class Synthesizer:
+    """A private instance of the eSpeak NG library, initialised in synchronous mode.
+
+    ``say(text, voice, rate, pitch)`` returns int16 samples at ``sample_rate`` (22,050 Hz).
+    The library keeps state in globals that carry from one utterance to the next (the
+    same call gives slightly different audio the second time) and that
+    ``espeak_Terminate`` does not reset. So each ``Synthesizer`` loads its own copy of
+    the library, from a temporary file, and starts from the library's initial state: the
+    same calls in the same order give the same audio, in any process. Close it (or use
+    it as a context manager) to unload the copy.
+    """
+
+    def __init__(self):
+        try:
+            import espeakng_loader
+        except ImportError as error:  # pragma: no cover - a dependency of fnn
+            raise SpeechError("speech synthesis needs the espeakng-loader package") from error
+        with tempfile.TemporaryDirectory() as directory:  # a new path: a new, private copy
+            private = Path(directory) / "libespeak-ng.so"
+            shutil.copyfile(espeakng_loader.get_library_path(), private)
+            self.lib = ctypes.CDLL(str(private), mode=os.RTLD_LOCAL)
+        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                          ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        self.lib.espeak_Info.restype = ctypes.c_char_p
+        self.lib.espeak_Info.argtypes = [ctypes.c_void_p]
+        data_path = espeakng_loader.get_data_path()
+        self.sample_rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), 0)
+        if self.sample_rate <= 0:
+            raise SpeechError(f"eSpeak NG failed to initialise with its data at {data_path}")
+        self.version = self.lib.espeak_Info(None).decode()
+        self.variants = frozenset(os.listdir(Path(data_path) / "voices" / "!v"))
+        self._chunks: list[np.ndarray] = []
+        self._callback = _CALLBACK(self._collect)  # kept alive as long as the library may call it
+        self.lib.espeak_SetSynthCallback(self._callback)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Terminate this copy of the library and unload it."""
+        if self.lib is not None:
+            self.lib.espeak_Terminate()
+            _ctypes.dlclose(self.lib._handle)
+            self.lib = None
+
+    def __enter__(self) -> Synthesizer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _collect(self, wav, count, events) -> int:
+        if wav and count > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+        return 0  # go on
+
+    def say(self, text: str, voice: str, *, rate: int = 175, pitch: int = 50) -> np.ndarray:
+        """``text`` spoken by ``voice`` (``"en-us+m3"``) at ``rate`` words/min and ``pitch`` (0-100)."""
+        if not text.strip():
+            raise SpeechError(f"nothing to say: the text {text!r} is empty")
+        variant = voice.partition("+")[2]
+        if variant and variant not in self.variants:  # eSpeak would quietly use another
+            raise SpeechError(f"eSpeak NG has no voice variant {variant!r} (in {voice!r})")
+        with self._lock:
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise SpeechError(f"eSpeak NG has no voice {voice!r}")
+            self.lib.espeak_SetParameter(_RATE, int(rate), 0)
+            self.lib.espeak_SetParameter(_PITCH, int(pitch), 0)
+            self._chunks = []
+            encoded = text.encode()
+            status = self.lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8,
+                                           None, None)
+            if status != 0 or self.lib.espeak_Synchronize() != 0:
+                raise SpeechError(f"eSpeak NG failed to say {text!r} with voice {voice!r} (status {status})")
+            chunks, self._chunks = self._chunks, []
+        if not chunks:
+            raise SpeechError(f"eSpeak NG produced no audio for {text!r} with voice {voice!r}")
+        return np.concatenate(chunks)
+
+
+def resample(audio: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
+    """``audio`` (float) at ``new_rate``, by polyphase filtering (SciPy)."""
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(rate, new_rate)
+    return resample_poly(audio, new_rate // g, rate // g).astype(np.float32)
+
+
+# -- augmentation --------------------------------------------------------------------------
+
+
+def add_noise(audio: np.ndarray, snr_db: float | None, rng: np.random.Generator) -> np.ndarray:
+    """``audio`` plus white noise ``snr_db`` decibels below the signal's power (None: clean)."""
+    if snr_db is None:
+        return audio
+    power = float(np.mean(audio**2))
+    noise = rng.standard_normal(audio.shape).astype(np.float32)
+    return audio + noise * np.float32(np.sqrt(power / 10 ** (snr_db / 10)))
+
+
+def augment(audio: np.ndarray, rng: np.random.Generator, spec: SpeechSpec) -> np.ndarray:
+    """Random gain, a leading silence of up to ``spec.max_shift`` seconds, then noise."""
+    gain = rng.uniform(*spec.gain)
+    shift = int(rng.integers(0, int(spec.max_shift * SAMPLE_RATE) + 1))
+    audio = np.concatenate([np.zeros(shift, np.float32), audio * np.float32(gain)])
+    snr = spec.snr_db[int(rng.integers(len(spec.snr_db)))]
+    return add_noise(audio, snr, rng).astype(np.float32)
+
+
+# -- datasets ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeechSpec:
+    """Everything that decides a synthesised dataset; its hash names the cache file.
+
+    Args:
+        task: ``"commands"`` (one word per utterance from ``words``) or ``"digits"``
+            (connected digit strings of ``min_digits`` to ``max_digits`` digits).
+        voices: ``(accent, variant)`` pairs that speak.
+        copies: utterances per word and voice (commands) or strings per voice (digits).
+        rate, pitch: ranges the rate (words/min) and pitch (0-100) are drawn from.
+        snr_db: noise levels drawn from per utterance; ``None`` is clean.
+        gain: range of the random gain.
+        max_shift: the longest leading silence, in seconds.
+        seed: the seed of every random choice.
+    """
+
+    task: str = "commands"
+    voices: tuple[tuple[str, str], ...] = ()
+    copies: int = 1
+    words: tuple[str, ...] = COMMANDS + DIGITS
+    min_digits: int = 1
+    max_digits: int = 7
+    rate: tuple[int, int] = (130, 230)
+    pitch: tuple[int, int] = (25, 75)
+    snr_db: tuple[float | None, ...] = (None, 30.0, 20.0, 10.0)
+    gain: tuple[float, float] = (0.25, 1.0)
+    max_shift: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.task not in ("commands", "digits"):
+            raise SpeechError(f"task must be 'commands' or 'digits', got {self.task!r}")
+        if not self.voices:
+            raise SpeechError("a speech dataset needs at least one voice")
+        if self.copies < 1:
+            raise SpeechError(f"copies must be at least 1, got {self.copies}")
+        if not 1 <= self.min_digits <= self.max_digits:
+            raise SpeechError(f"need 1 <= min_digits <= max_digits, got {self.min_digits}, {self.max_digits}")
+        if self.task == "commands" and not self.words:
+            raise SpeechError("the commands task needs at least one word")
+
+    def key(self) -> str:
+        """A short hash of the spec and the synthesiser's version: the cache file's name."""
+        from importlib.metadata import version
+
+        fields = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        synthesizer = version("espeakng-loader")  # the wheel fixes the library and its voices
+        return hashlib.sha256(f"{fields}|{synthesizer}|v1".encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterances:
+    """Variable-length audio with its transcripts and speakers.
+
+    ``audio`` is every utterance's float32 samples end to end; utterance ``i`` is
+    ``audio[offsets[i]:offsets[i + 1]]``. A transcript is a word (commands) or a
+    string of digit symbols such as ``"30o7"`` (digits; ``o`` is "oh").
+    """
+
+    audio: np.ndarray
+    offsets: np.ndarray
+    transcripts: tuple[str, ...]
+    voices: tuple[str, ...]
+    sample_rate: int
+
+    def __len__(self) -> int:
+        return len(self.transcripts)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.audio[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def padded(self, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(audio float32[n, length], mask bool[n, length])``, zero-padded or cut at ``length``
+        samples (default: the longest)."""
+        length = int(self.lengths.max()) if length is None else length
+        out = np.zeros((len(self), length), np.float32)
+        for i in range(len(self)):
+            clip = self[i][:length]
+            out[i, : len(clip)] = clip
+        return out, np.arange(length) < np.minimum(self.lengths, length)[:, None]
+
+
+def _scripts(spec: SpeechSpec, rng: np.random.Generator) -> list[tuple[str, str, str]]:
+    """``(voice, transcript, text to say)`` of every utterance, in a seeded order."""
+    scripts = []
+    for accent, variant in spec.voices:
+        voice = f"{accent}+{variant}"
+        for _ in range(spec.copies):
+            if spec.task == "commands":
+                scripts += [(voice, word, word) for word in spec.words]
+            else:
+                n = int(rng.integers(spec.min_digits, spec.max_digits + 1))
+                symbols = "".join(rng.choice(list(DIGIT_SYMBOLS), n, p=_DIGIT_P))
+                scripts.append((voice, symbols, " ".join(DIGIT_WORDS[s] for s in symbols)))
+    return scripts
+
+
+def synthesize(spec: SpeechSpec) -> Utterances:
+    """Generate the dataset of ``spec`` (a few hundred utterances a second), with a fresh
+    :class:`Synthesizer`, so the same spec always gives the same audio."""
+    rng = np.random.default_rng(spec.seed)
+    clips, transcripts, voices = [], [], []
+    with Synthesizer() as synth:
+        for voice, transcript, text in _scripts(spec, rng):
+            rate = int(rng.integers(spec.rate[0], spec.rate[1] + 1))
+            pitch = int(rng.integers(spec.pitch[0], spec.pitch[1] + 1))
+            raw = synth.say(text, voice, rate=rate, pitch=pitch).astype(np.float32) / 32768.0
+            clips.append(augment(resample(raw, synth.sample_rate, SAMPLE_RATE), rng, spec))
+            transcripts.append(transcript)
+            voices.append(voice)
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in clips])]).astype(np.int64)
+    return Utterances(np.concatenate(clips), offsets, tuple(transcripts), tuple(voices), SAMPLE_RATE)
+
+
+def default_cache_dir() -> Path:
+    """``$FNN_CACHE`` or ``~/.cache/fnn``, with ``speech/`` below it."""
+    return Path(os.environ.get("FNN_CACHE") or Path.home() / ".cache" / "fnn") / "speech"
+
+
+def save(utterances: Utterances, path: Path) -> None:
+    """Write ``utterances`` to ``path`` (.npz) atomically, with a SHA-256 of the arrays inside."""
+    arrays = {"audio": utterances.audio, "offsets": utterances.offsets}
+    meta = {"transcripts": list(utterances.transcripts), "voices": list(utterances.voices),
+            "sample_rate": utterances.sample_rate, "sha256": _digest(arrays)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    os.replace(f.name, path)
+
+
+def load(path: Path) -> Utterances:
+    """Read a file written by :func:`save`; raises :class:`SpeechError` if it is unreadable or
+    its arrays do not match their checksum."""
+    try:
+        with np.load(path) as f:
+            meta = json.loads(f["meta"].tobytes().decode())
+            arrays = {"audio": f["audio"], "offsets": f["offsets"]}
+    except Exception as error:
+        raise SpeechError(f"speech cache {path} is unreadable: {error}") from error
+    if _digest(arrays) != meta.get("sha256"):
+        raise SpeechError(f"speech cache {path} is corrupt: its arrays do not match their checksum")
+    return Utterances(arrays["audio"], arrays["offsets"], tuple(meta["transcripts"]), tuple(meta["voices"]),
+                      int(meta["sample_rate"]))
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return h.hexdigest()
+
+
+def dataset(spec: SpeechSpec, cache_dir: str | Path | None | Any = "default") -> Utterances:
+    """The utterances of ``spec``, from the cache when it holds them, else synthesised and cached.
+
+    ``cache_dir``: a directory, ``"default"`` (:func:`default_cache_dir`) or ``None`` (no cache).
+    A cache file that cannot be read or fails its checksum is reported with a warning and
+    made again.
+    """
+    if cache_dir is None:
+        return synthesize(spec)
+    directory = default_cache_dir() if cache_dir == "default" else Path(cache_dir)
+    path = directory / f"{spec.task}-{spec.key()}.npz"
+    if path.exists():
+        try:
+            return load(path)
+        except SpeechError as error:
+            warnings.warn(f"{error}; synthesising it again", stacklevel=2)
+    utterances = synthesize(spec)
+    save(utterances, path)
+    return utterances
+
+
+def voices(accents: tuple[str, ...], variants: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Every ``(accent, variant)`` pair."""
+    return tuple((a, v) for a in accents for v in variants)
+
+
+@dataclasses.dataclass(frozen=True)
+class VoiceSplit:
+    """Which voices speak the training and the test utterances (an experiment's ``data``).
+
+    Every accent is spoken with every variant; the test variants are never heard in
+    training, so test accuracy measures how a model does on new speakers.
+
+    Args:
+        accents, train_variants, test_variants: the voices (see :func:`voices`).
+        copies, test_copies: utterances per word or strings per voice, train and test.
+        snr_db: noise levels drawn from per utterance (``none``: clean).
+        seed: the seed of the synthesis and augmentation (the test set uses ``seed + 1``).
+        cache: a directory, ``default`` (``$FNN_CACHE`` or ``~/.cache/fnn``) or ``none``.
+    """
+
+    accents: tuple[str, ...] = ACCENTS
+    train_variants: tuple[str, ...] = TRAIN_VARIANTS
+    test_variants: tuple[str, ...] = TEST_VARIANTS
+    copies: int = 2
+    test_copies: int = 1
+    snr_db: tuple[float | None, ...] = (None, 30.0, 20.0, 10.0)
+    seed: int = 0
+    cache: str = "default"
+
+    def __post_init__(self):
+        shared = sorted(set(self.train_variants) & set(self.test_variants))
+        if shared:
+            raise SpeechError(f"data: the variants {shared} are both training and test voices")
+
+    def datasets(self, task: str, **spec: Any) -> tuple[Utterances, Utterances]:
+        """``(train, test)`` utterances of ``task``; ``spec`` sets other :class:`SpeechSpec` fields."""
+        train = SpeechSpec(task=task, voices=voices(self.accents, self.train_variants), copies=self.copies,
+                           snr_db=self.snr_db, seed=self.seed, **spec)
+        test = dataclasses.replace(train, voices=voices(self.accents, self.test_variants),
+                                   copies=self.test_copies, seed=self.seed + 1)
+        cache = None if self.cache.lower() == "none" else self.cache
+        return dataset(train, cache), dataset(test, cache)

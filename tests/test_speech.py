@@ -1,0 +1,320 @@
+"""Speech: eSpeak NG synthesis and its cache, the log-mel front end against NumPy, CTC against
+brute-force enumeration, decoding and scoring."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fnn
+from fnn import audio, ctc, speech
+
+# -- synthesis and the cache ---------------------------------------------------------------
+
+TINY = speech.SpeechSpec(task="commands", voices=(("en-us", "m1"), ("en", "f3")), words=("yes", "stop"),
+                         copies=2, seed=3)
+
+
+def test_synthesis_is_deterministic_and_labelled():
+    a, b = speech.synthesize(TINY), speech.synthesize(TINY)
+    assert a.transcripts == ("yes", "stop") * 4
+    assert a.voices[:2] == ("en-us+m1", "en-us+m1") and a.voices[-1] == "en+f3"
+    assert a.sample_rate == speech.SAMPLE_RATE == 16_000
+    np.testing.assert_array_equal(a.audio, b.audio)
+    assert a.audio.dtype == np.float32 and np.isfinite(a.audio).all()
+    seconds = a.lengths / a.sample_rate
+    assert ((seconds > 0.2) & (seconds < 1.5)).all()
+    # the same word by the same voice differs between copies (rate, pitch, gain, shift, noise)
+    assert not np.array_equal(a[0][:1000], a[2][:1000])
+
+
+def test_digit_strings_have_the_requested_lengths_and_symbols():
+    spec = speech.SpeechSpec(task="digits", voices=(("en-us", "m2"),), copies=30, min_digits=2, max_digits=4)
+    utterances = speech.synthesize(spec)
+    lengths = {len(t) for t in utterances.transcripts}
+    assert lengths <= {2, 3, 4} and len(lengths) == 3
+    assert set("".join(utterances.transcripts)) <= set(speech.DIGIT_SYMBOLS)
+    # a longer string takes longer to say, on average
+    n = np.array([len(t) for t in utterances.transcripts])
+    assert utterances.lengths[n == 4].mean() > utterances.lengths[n == 2].mean()
+
+
+def test_padded_audio_and_mask():
+    u = speech.synthesize(TINY)
+    waves, mask = u.padded()
+    assert waves.shape == (8, u.lengths.max()) and (mask.sum(1) == u.lengths).all()
+    np.testing.assert_array_equal(waves[1, : u.lengths[1]], u[1])
+    cut, cut_mask = u.padded(1000)
+    assert cut.shape == (8, 1000) and cut_mask.all()
+
+
+def test_noise_is_added_at_the_requested_snr():
+    rng = np.random.default_rng(0)
+    signal = np.sin(np.arange(16000) * 0.05).astype(np.float32)
+    for snr in (30.0, 10.0, 0.0):
+        noisy = speech.add_noise(signal, snr, rng)
+        measured = 10 * np.log10(np.mean(signal**2) / np.mean((noisy - signal) ** 2))
+        assert measured == pytest.approx(snr, abs=0.2)
+    assert speech.add_noise(signal, None, rng) is signal
+
+
+def test_the_cache_is_reused_and_a_corrupt_file_is_made_again(tmp_path, monkeypatch):
+    first = speech.dataset(TINY, tmp_path)
+    (path,) = tmp_path.glob("commands-*.npz")
+    assert path.name == f"commands-{TINY.key()}.npz"
+
+    def no_synthesis(spec):
+        raise AssertionError("synthesised although the cache holds the data")
+
+    with monkeypatch.context() as m:
+        m.setattr(speech, "synthesize", no_synthesis)
+        again = speech.dataset(TINY, tmp_path)
+    np.testing.assert_array_equal(again.audio, first.audio)
+    assert again.transcripts == first.transcripts and again.voices == first.voices
+
+    # flip bytes inside the stored audio: the checksum catches it, the data are made again
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = bytes(64)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(speech.SpeechError, match="corrupt|unreadable"):
+        speech.load(path)
+    with pytest.warns(UserWarning, match="synthesising it again"):
+        remade = speech.dataset(TINY, tmp_path)
+    np.testing.assert_array_equal(remade.audio, first.audio)
+    speech.load(path)  # the file is whole again
+
+    path.write_bytes(b"not a zip file")  # truncated or overwritten
+    with pytest.raises(speech.SpeechError, match="unreadable"):
+        speech.load(path)
+    with pytest.warns(UserWarning, match="unreadable"):
+        speech.dataset(TINY, tmp_path)
+
+
+def test_another_spec_gets_another_cache_file():
+    other = speech.SpeechSpec(**{**TINY.__dict__, "seed": 4})
+    assert other.key() != TINY.key()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(task="music", voices=(("en", "m1"),)), "task must be 'commands' or 'digits'"),
+        (dict(voices=()), "at least one voice"),
+        (dict(voices=(("en", "m1"),), copies=0), "copies must be at least 1"),
+        (dict(task="digits", voices=(("en", "m1"),), min_digits=3, max_digits=2), "min_digits <= max_digits"),
+    ],
+)
+def test_bad_specs_are_refused(kwargs, message):
+    with pytest.raises(speech.SpeechError, match=message):
+        speech.SpeechSpec(**kwargs)
+
+
+def test_unknown_voices_and_empty_text_are_refused():
+    with speech.Synthesizer() as synth, pytest.raises(speech.SpeechError, match="no voice variant 'nobody'"):
+        synth.say("yes", "en+nobody")
+    with speech.Synthesizer() as synth:
+        with pytest.raises(speech.SpeechError, match="no voice 'xx-nowhere'"):
+            synth.say("yes", "xx-nowhere")
+        with pytest.raises(speech.SpeechError, match="the text '  ' is empty"):
+            synth.say("  ", "en")
+        assert len(synth.say("yes", "en")) > 1000  # still usable after the errors
+
+
+def test_every_voice_of_the_split_exists_and_no_test_variant_is_trained_on():
+    split = speech.VoiceSplit()
+    assert not set(split.train_variants) & set(split.test_variants)
+    with speech.Synthesizer() as synth:
+        for accent, variant in speech.voices(split.accents, split.train_variants + split.test_variants):
+            assert len(synth.say("one", f"{accent}+{variant}")) > 1000
+    with pytest.raises(speech.SpeechError, match=r"\['m1'\] are both training and test voices"):
+        speech.VoiceSplit(train_variants=("m1", "m2"), test_variants=("m1",))
+
+
+# -- the log-mel front end -----------------------------------------------------------------
+
+
+def numpy_log_mel(wave, sample_rate=16000, n_fft=512, win=400, hop=160, n_mels=40, fmin=20.0):
+    """The front end written out plainly in NumPy, loop by loop, for comparison."""
+    mel = lambda f: 2595 * math.log10(1 + f / 700)
+    hz = lambda m: 700 * (10 ** (m / 2595) - 1)
+    points = [hz(mel(fmin) + i * (mel(sample_rate / 2) - mel(fmin)) / (n_mels + 1)) for i in range(n_mels + 2)]
+    window = np.array([0.5 - 0.5 * math.cos(2 * math.pi * (n + 1) / (win + 1)) for n in range(win)])
+    bins = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    rows = []
+    for start in range(0, len(wave) - win + 1, hop):
+        power = np.abs(np.fft.rfft(wave[start : start + win] * window, n_fft)) ** 2
+        energies = []
+        for m in range(n_mels):
+            lo, mid, hi = points[m], points[m + 1], points[m + 2]
+            weights = np.clip(np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)), 0, None)
+            energies.append(np.log(max(float(weights @ power), 1e-6)))
+        rows.append(energies)
+    features = np.array(rows)
+    return (features - features.mean(0)) / np.sqrt(features.var(0) + 1e-5)
+
+
+def test_log_mel_matches_a_numpy_reference():
+    wave = speech.synthesize(TINY)[1].astype(np.float64)
+    expected = numpy_log_mel(wave)
+    got = audio.LogMel()({}, jnp.asarray(wave[None], jnp.float32))[0]
+    assert got.shape == expected.shape == ((len(wave) - 400) // 160 + 1, 40)
+    np.testing.assert_allclose(np.asarray(got), expected, atol=2e-3)
+
+
+def test_padding_does_not_change_the_real_frames():
+    u = speech.synthesize(TINY)
+    waves, mask = u.padded()
+    layer = audio.LogMel()
+    front = jax.jit(lambda x: layer({}, x))
+    features, frame_mask = front((jnp.asarray(waves), jnp.asarray(mask)))
+    for i in (0, 1):
+        alone = front(jnp.asarray(u[i][None]))[0]
+        n = alone.shape[0]
+        assert int(frame_mask[i].sum()) == n == int(layer.frames(u.lengths[i]))
+        np.testing.assert_allclose(np.asarray(features[i, :n]), np.asarray(alone), atol=1e-4)
+        assert not np.asarray(features[i, n:]).any()
+
+
+def test_log_mel_removes_the_gain_and_is_differentiable():
+    wave = jnp.asarray(speech.synthesize(TINY)[0][None])
+    front = jax.jit(lambda a: audio.LogMel()({}, a))
+    np.testing.assert_allclose(np.asarray(front(0.1 * wave)), np.asarray(front(wave)), atol=2e-3)
+    grad = jax.grad(lambda a: front(a).sum() + (front(a) ** 2).mean())(wave)
+    assert grad.shape == wave.shape and bool(jnp.isfinite(grad).all())
+    model = fnn.serial(audio.LogMel(n_mels=16), fnn.SequencePool("mean"), fnn.Dense(3))
+    params, _ = model.init(jax.random.key(0), wave)
+    assert model(params, wave).shape == (1, 3)
+
+
+def test_mel_filterbank_peaks_at_its_centres():
+    bank = audio.mel_filterbank(512, 10, 16000, 0.0, 8000.0)
+    centres = audio.mel_to_hz(np.linspace(0, audio.hz_to_mel(8000.0), 12))[1:-1]
+    peaks = bank.argmax(0) * 16000 / 512
+    np.testing.assert_allclose(peaks, centres, atol=16000 / 512)
+    assert (np.diff(peaks) > 0).all() and bank.min() == 0.0 and bank.max() <= 1.0
+    with pytest.raises(ValueError, match="fmin < fmax <= sample_rate / 2"):
+        audio.mel_filterbank(512, 10, 16000, 0.0, 9000.0)
+
+
+def test_log_mel_refuses_bad_input():
+    front = audio.LogMel()
+    with pytest.raises(fnn.ShapeError, match=r"audio of 399 samples is shorter than one frame \(400 samples, 25 ms\)"):
+        front({}, jnp.zeros((2, 399)))
+    with pytest.raises(fnn.ShapeError, match=r"expects float audio \[batch, samples\], got int16\[2,1000\]"):
+        front({}, jnp.zeros((2, 1000), jnp.int16))
+    with pytest.raises(ValueError, match="win_length \\(600\\) must not exceed n_fft \\(512\\)"):
+        audio.LogMel(win_length=600)
+    with pytest.raises(ValueError, match="hop must be a positive int"):
+        audio.LogMel(hop=0)
+
+
+def test_featurize_refuses_another_sample_rate_and_too_short_audio():
+    front = audio.LogMel()
+    waves = np.zeros((3, 2000), np.float32)
+    with pytest.raises(ValueError, match="sampled at 22050 Hz but the front end expects 16000 Hz"):
+        audio.featurize(waves, [2000, 2000, 2000], 22050, front)
+    with pytest.raises(ValueError, match="utterance 1 has 300 samples, fewer than one frame \\(400\\)"):
+        audio.featurize(waves, [2000, 300, 100], 16000, front)
+    x, mask = audio.featurize(waves + 0.01, [2000, 1000, 400], 16000, front, batch_size=2)
+    assert x.shape == (3, 11, 40) and mask.sum(1).tolist() == [11, 4, 1]
+
+
+def test_stack_frames_joins_steps_and_their_mask():
+    x = jnp.arange(2 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 3)
+    mask = jnp.array([[True] * 5, [True, True, True, False, False]])
+    y, m = audio.StackFrames(2)({}, (x, mask))
+    assert y.shape == (2, 3, 6)
+    np.testing.assert_array_equal(np.asarray(y[0, 0]), np.asarray(x[0, :2].reshape(-1)))
+    np.testing.assert_array_equal(np.asarray(y[0, 2, 3:]), 0)  # the padded half
+    assert m.tolist() == [[True, True, True], [True, True, False]]
+    assert audio.StackFrames(2).lengths([5, 3]).tolist() == [3, 2]
+    assert audio.StackFrames(4)({}, x).shape == (2, 2, 12)
+
+
+# -- CTC -------------------------------------------------------------------------------------
+
+
+def brute_force_ctc(log_probs, labels, blank=0):
+    """-log of the summed probability of every frame path that collapses to ``labels``."""
+    frames, classes = log_probs.shape
+    total = 0.0
+    for path in itertools.product(range(classes), repeat=frames):
+        if ctc._collapse(path, blank) == list(labels):
+            total += math.exp(sum(log_probs[t, k] for t, k in enumerate(path)))
+    return -math.log(total)
+
+
+def test_ctc_loss_equals_brute_force_enumeration_with_padding():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], bool)
+    labels = np.array([[1, 2, 0], [2, 2, 0], [1, 1, 2]], np.int32)  # [2, 2] needs 3 frames; [1, 1, 2] 4
+    label_mask = np.array([[1, 1, 0], [1, 1, 0], [1, 1, 1]], bool)
+    log_probs = np.asarray(jax.nn.log_softmax(logits))
+    expected = np.mean([
+        brute_force_ctc(log_probs[i, : mask[i].sum()], labels[i, : label_mask[i].sum()]) / label_mask[i].sum()
+        for i in range(3)
+    ])
+    got = ctc.ctc_loss((jnp.asarray(logits), jnp.asarray(mask)), (jnp.asarray(labels), jnp.asarray(label_mask)))
+    assert float(got) == pytest.approx(expected, rel=1e-4)
+    grad = jax.grad(lambda z: ctc.ctc_loss((z, mask), (labels, label_mask)))(jnp.asarray(logits))
+    assert bool(jnp.isfinite(grad).all()) and not np.asarray(grad[1, 3:]).any()  # padding gets no gradient
+
+
+def test_ctc_refuses_empty_transcripts_and_transcripts_that_do_not_fit():
+    logits = jnp.zeros((2, 4, 3))
+    with pytest.raises(ValueError, match="utterance 1 has an empty transcript"):
+        ctc.ctc_loss(logits, (jnp.array([[1, 2], [1, 0]]), jnp.array([[True, True], [False, False]])))
+    # [1, 1, 1] needs 5 frames (a blank between repeats), and there are 4
+    with pytest.raises(ValueError, match="utterance 0's transcript of 3 labels needs at least 5 output frames "
+                                         "but the model emits 4"):
+        ctc.ctc_loss(logits, jnp.array([[1, 1, 1], [1, 2, 1]]))
+    with pytest.raises(ValueError, match="labels must be integer ids"):
+        ctc.ctc_loss(logits, jnp.zeros((2, 2)))
+    assert ctc.required_frames([3, 3, 1, 1, 1]) == 8
+
+
+def test_ctc_is_checked_at_data_time_inside_jit():
+    # under jit the lengths are traced: check_targets is what refuses them, before training
+    loss = jax.jit(ctc.ctc_loss)(jnp.zeros((1, 2, 3)), jnp.array([[1, 1]]))
+    assert bool(loss > 1000)  # impossible alignments: optax's large finite loss, not a NaN
+    with pytest.raises(ValueError, match="spoken: utterance 0's transcript"):
+        ctc.check_targets([2], [[1, 1]], [2], where="spoken")
+
+
+def test_greedy_decoding_merges_repeats_and_drops_blanks():
+    path = jnp.array([[0, 1, 1, 0, 1, 2, 2, 0]])
+    logits = jax.nn.one_hot(path, 3) * 5.0
+    assert ctc.greedy_decode(logits) == [[1, 1, 2]]
+    assert ctc.greedy_decode(logits, jnp.arange(8)[None] < 4) == [[1]]
+
+
+def test_beam_search_finds_the_most_probable_labelling():
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        log_probs = np.asarray(jax.nn.log_softmax(rng.normal(size=(5, 3)) * 2))
+        scores = {}
+        for path in itertools.product(range(3), repeat=5):
+            key = tuple(ctc._collapse(path, 0))
+            scores[key] = scores.get(key, 0.0) + math.exp(sum(log_probs[t, k] for t, k in enumerate(path)))
+        best = max(scores, key=scores.get)
+        assert tuple(ctc.beam_search(log_probs, beam_width=100, prune=-np.inf)) == best
+    # the best labelling is not always the collapsed best path: blank-blank (0.36) is the best
+    # path, but three paths spell [1] (0.16 + 0.24 + 0.24 = 0.64)
+    p = np.log(np.array([[0.6, 0.4], [0.6, 0.4]]))
+    assert ctc.greedy_decode(p[None]) == [[]]
+    assert ctc.beam_search(p, beam_width=4, prune=-np.inf) == [1]
+
+
+def test_edit_distance_alignment_and_error_rate():
+    assert ctc.edit_distance("kitten", "sitting") == 3
+    assert ctc.edit_distance([], [1, 2]) == 2 and ctc.edit_distance([1, 2], []) == 2
+    assert ctc.align("123", "13") == [("1", "1"), ("2", None), ("3", "3")]
+    assert ctc.align("13", "123") == [("1", "1"), (None, "2"), ("3", "3")]
+    assert ctc.error_rate(["123", "45"], ["123", "4"]) == pytest.approx(1 / 5)
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        ctc.error_rate(["1", "2"], ["1"])
