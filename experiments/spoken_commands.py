@@ -16,7 +16,12 @@ frequency, and a dense classifier. Striding the first convolution makes a step 6
 times cheaper on the CPU than a stride of 1 (0.075 s against 0.49 s for a batch of 64)
 for a fraction of a point of accuracy.
 
-Measured with the defaults (20 epochs, adam, seed 0) on a 2-core CPU: MEASURED
+Measured with the defaults (20 epochs, adam) on a 2-core CPU, on the 960 test
+utterances of the 48 unseen voices (chance 5%): 96.7% (``train.seed=0``) and 97.4%
+(seed 1) test accuracy, train stage 132-145 s, whole run 148-183 s (the first run also
+synthesises and caches the 6,080 utterances, about 25 s). The hardest voices are those
+of the ``klatt2`` variant (85-90%), the only test variant made by the Klatt synthesiser
+(``klatt`` and ``klatt3`` are its training relatives).
 
 Run: fnn run spoken-commands [train.epochs=20] [data.copies=2] [train.seed=0]
 """

@@ -20,7 +20,12 @@ and by prefix beam-search decoding. The digit error rate (DER) is the edit dista
 to the reference over its length, summed over the test strings; string accuracy is
 the fraction decoded exactly.
 
-Measured with the defaults (train.epochs=15, adam, seed 0) on a 2-core CPU: MEASURED
+Measured with the defaults (15 epochs, adam) on a 2-core CPU, on the 480 test strings
+(1,915 digits) of the 48 unseen voices: digit error rate 1.15% (``train.seed=0``) and
+1.41% (seed 1) with beam search (greedy: 1.15% and 1.46%), string accuracy 95.4% and
+95.0%, train stage 190-196 s, whole run 220-235 s. Of seed 0's 22 errors, 9 are
+deleted digits, 6 are fives and nines taken for each other, and 3 are inserted digits
+(the run's ``confusion.png``).
 
 Run: fnn run spoken-digits [train.epochs=15] [data.copies=20] [hidden=128] [train.seed=0]
 """
