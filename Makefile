@@ -16,9 +16,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/fnn run digits
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist): most tests wait on XLA compiling,
+# which uses one core, so a second worker keeps the second core busy.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(PY) -m ruff check fnn experiments tests benchmarks
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.train_step
