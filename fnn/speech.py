@@ -67,12 +67,18 @@ class Synthesizer:
     """A private instance of the eSpeak NG library, initialised in synchronous mode.
 
     ``say(text, voice, rate, pitch)`` returns int16 samples at ``sample_rate`` (22,050 Hz).
-    The library keeps state in globals that carry from one utterance to the next (the
-    same call gives slightly different audio the second time) and that
-    ``espeak_Terminate`` does not reset. So each ``Synthesizer`` loads its own copy of
-    the library, from a temporary file, and starts from the library's initial state: the
-    same calls in the same order give the same audio, in any process. Close it (or use
-    it as a context manager) to unload the copy.
+    Two things make eSpeak NG's output vary from run to run, and both are pinned here:
+
+    * The library keeps state in globals that carry from one utterance to the next (the
+      same call gives slightly different audio the second time) and that
+      ``espeak_Terminate`` does not reset. So each ``Synthesizer`` loads its own copy of
+      the library, from a temporary file, which starts from the library's initial state.
+    * Variants with breath noise (``f2``, ``f3``, ``f5``...) draw it from the library's
+      random generator, which it seeds from the clock. ``say`` reseeds it with ``seed``
+      (``espeak_ng_SetRandSeed``) before every utterance.
+
+    So the same calls in the same order give the same audio, in any process. Close it
+    (or use it as a context manager) to unload the copy.
     """
 
     def __init__(self):
@@ -89,6 +95,7 @@ class Synthesizer:
         self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                           ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        self.lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         self.lib.espeak_Info.restype = ctypes.c_char_p
         self.lib.espeak_Info.argtypes = [ctypes.c_void_p]
         data_path = espeakng_loader.get_data_path()
@@ -120,8 +127,9 @@ class Synthesizer:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0  # go on
 
-    def say(self, text: str, voice: str, *, rate: int = 175, pitch: int = 50) -> np.ndarray:
-        """``text`` spoken by ``voice`` (``"en-us+m3"``) at ``rate`` words/min and ``pitch`` (0-100)."""
+    def say(self, text: str, voice: str, *, rate: int = 175, pitch: int = 50, seed: int = 0) -> np.ndarray:
+        """``text`` spoken by ``voice`` (``"en-us+m3"``) at ``rate`` words/min and ``pitch`` (0-100),
+        with the voice's breath noise (if it has any) drawn from ``seed``."""
         if not text.strip():
             raise SpeechError(f"nothing to say: the text {text!r} is empty")
         variant = voice.partition("+")[2]
@@ -132,6 +140,7 @@ class Synthesizer:
                 raise SpeechError(f"eSpeak NG has no voice {voice!r}")
             self.lib.espeak_SetParameter(_RATE, int(rate), 0)
             self.lib.espeak_SetParameter(_PITCH, int(pitch), 0)
+            self.lib.espeak_ng_SetRandSeed(int(seed))
             self._chunks = []
             encoded = text.encode()
             status = self.lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8,
@@ -225,7 +234,7 @@ class SpeechSpec:
 
         fields = json.dumps(dataclasses.asdict(self), sort_keys=True)
         synthesizer = version("espeakng-loader")  # the wheel fixes the library and its voices
-        return hashlib.sha256(f"{fields}|{synthesizer}|v1".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"{fields}|{synthesizer}|v2".encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,14 +290,16 @@ def _scripts(spec: SpeechSpec, rng: np.random.Generator) -> list[tuple[str, str,
 
 def synthesize(spec: SpeechSpec) -> Utterances:
     """Generate the dataset of ``spec`` (a few hundred utterances a second), with a fresh
-    :class:`Synthesizer`, so the same spec always gives the same audio."""
+    :class:`Synthesizer` and each utterance's noise seeded from ``spec.seed``, so the same
+    spec always gives the same audio."""
     rng = np.random.default_rng(spec.seed)
     clips, transcripts, voices = [], [], []
     with Synthesizer() as synth:
         for voice, transcript, text in _scripts(spec, rng):
             rate = int(rng.integers(spec.rate[0], spec.rate[1] + 1))
             pitch = int(rng.integers(spec.pitch[0], spec.pitch[1] + 1))
-            raw = synth.say(text, voice, rate=rate, pitch=pitch).astype(np.float32) / 32768.0
+            seed = int(rng.integers(2**31))
+            raw = synth.say(text, voice, rate=rate, pitch=pitch, seed=seed).astype(np.float32) / 32768.0
             clips.append(augment(resample(raw, synth.sample_rate, SAMPLE_RATE), rng, spec))
             transcripts.append(transcript)
             voices.append(voice)
