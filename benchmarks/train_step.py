@@ -1,5 +1,9 @@
 """Train-step throughput of fnn against hand-written raw JAX and Flax Linen, in one process.
 
+``fnn K=10`` is fnn with ``make_train_step(..., steps_per_call=10)``: ten steps per
+compiled call (``lax.scan`` over ten batches already on the device), against the others'
+one step per call.
+
 Every framework trains the same architecture with the same optimizer (adam), batch size
 and data. Rounds are interleaved (each round times every framework once, in turn) so
 that machine drift hits all alike; the table reports medians over rounds, the ratio to
@@ -67,6 +71,21 @@ def make_fnn(name: str, batch: tuple) -> tuple[Callable, object]:
     state = fnn.init_train_state(model, optimizer, jax.random.key(0), batch[0])
     step = fnn.make_train_step(model, optimizer, fnn.losses.softmax_cross_entropy)
     return (lambda s, b: step(s, b)), state
+
+
+STEPS_PER_CALL = 10
+
+
+def make_fnn_scan(name: str, batch: tuple) -> tuple[Callable, object]:
+    """fnn taking STEPS_PER_CALL steps per call (``steps_per_call``: ``lax.scan`` over batches
+    staged on the device); each call is counted as that many steps."""
+    model = fnn_model(name)
+    optimizer = optax.adam(LEARNING_RATE)
+    state = fnn.init_train_state(model, optimizer, jax.random.key(0), batch[0])
+    step = fnn.make_train_step(model, optimizer, fnn.losses.softmax_cross_entropy,
+                               steps_per_call=STEPS_PER_CALL)
+    stacked = jax.device_put(jax.tree.map(lambda a: jnp.stack([a] * STEPS_PER_CALL), batch))
+    return (lambda s, _: step(s, stacked)), state
 
 
 # --- raw JAX: a params dict, jax.jit(value_and_grad), optax ------------------------------
@@ -148,7 +167,8 @@ def make_linen(name: str, batch: tuple) -> tuple[Callable, object]:
     return jax.jit(step, donate_argnums=0), (params, optimizer.init(params))
 
 
-FRAMEWORKS = {"raw jax": make_raw, "fnn": make_fnn, "flax linen": make_linen}
+FRAMEWORKS = {"raw jax": make_raw, "fnn": make_fnn, "flax linen": make_linen, f"fnn K={STEPS_PER_CALL}": make_fnn_scan}
+PER_CALL = {f"fnn K={STEPS_PER_CALL}": STEPS_PER_CALL}  # steps a call takes, where not one
 
 
 def time_steps(step: Callable, state: object, batch: tuple, n: int) -> tuple[object, float]:
@@ -170,9 +190,10 @@ def bench_model(name: str, rounds: int) -> list[tuple[str, float, float]]:
         jax.block_until_ready(metrics["loss"])
         runs[framework] = [step, state, time.perf_counter() - start, []]
     for _ in range(rounds):
-        for run in runs.values():
-            run[1], rate = time_steps(run[0], run[1], batch, steps)
-            run[3].append(rate)
+        for framework, run in runs.items():
+            k = PER_CALL.get(framework, 1)
+            run[1], rate = time_steps(run[0], run[1], batch, max(1, steps // k))
+            run[3].append(rate * k)
     return [(framework, statistics.median(r[3]), r[2]) for framework, r in runs.items()]
 
 
@@ -184,6 +205,8 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0].device_kind}), "
           f"medians of {args.rounds} interleaved rounds")
     print(f"{'model':<10} {'framework':<11} {'steps/s':>9} {'vs raw jax':>10} {'first call s':>12}")
+    print(f"(fnn K={STEPS_PER_CALL}: {STEPS_PER_CALL} steps per call with steps_per_call; its first call "
+          f"compiles and runs {STEPS_PER_CALL} steps)")
     for name in args.models:
         rows = bench_model(name, args.rounds)
         raw = dict((f, r) for f, r, _ in rows)["raw jax"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -115,6 +115,29 @@ def batches(
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
             yield tuple(a[index] for a in arrays)
+
+
+def stack_batches(batches: Iterable[Any], k: int, *, device: bool = True) -> Iterator[Any]:
+    """Groups of ``k`` consecutive batches stacked on a new leading axis, for a train step
+    made with ``steps_per_call=k``; with ``device`` each group is moved to the device as it
+    is made, so the step finds its ``k`` batches staged there. A last group of fewer than
+    ``k`` batches is dropped (it would need a program of its own).
+
+    Example:
+        >>> import numpy as np
+        >>> groups = stack_batches(batches((np.arange(10),), 2), 2, device=False)
+        >>> [g[0].tolist() for g in groups]
+        [[[0, 1], [2, 3]], [[4, 5], [6, 7]]]
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"stack_batches: k must be a positive int, got {k!r}")
+    iterator = iter(batches)
+    while True:
+        group = list(itertools.islice(iterator, k))
+        if len(group) < k:
+            return
+        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *group)
+        yield jax.device_put(stacked) if device else stacked
 
 
 def loader(

@@ -82,6 +82,7 @@ def make_train_step(
     metrics: MetricFns | None = None,
     donate: bool = True,
     population: bool = False,
+    steps_per_call: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The compiled ``step(state, (x, y)) -> (state, metrics)``.
 
@@ -96,6 +97,10 @@ def make_train_step(
             leading member axis and the step is ``jax.vmap``-ed over it, so P models (other
             seeds, other learning rates held in an ``optax.inject_hyperparams`` state) train
             in one compiled program (see ``fnn.sweep``). Metrics gain the member axis.
+        steps_per_call: take ``K`` steps per call: the batch is ``K`` batches stacked on a
+            leading axis (``fnn.data.stack_batches``) and the step runs over them with
+            ``lax.scan`` inside one compiled program, so the host dispatches once per ``K``
+            steps. Metrics gain a leading ``K`` axis. The result equals ``K`` single calls.
 
     Each step draws its dropout key as ``fold_in(state.rng, state.step)``, so a run is
     reproducible from its seed whatever the batch order of other runs.
@@ -111,6 +116,8 @@ def make_train_step(
         >>> int(state.step), sorted(m)
         (1, ['loss'])
     """
+    if not isinstance(steps_per_call, int) or isinstance(steps_per_call, bool) or steps_per_call < 1:
+        raise ValueError(f"make_train_step: steps_per_call must be a positive int, got {steps_per_call!r}")
     objective = _objective(model, loss)
     metric_fns = dict(metrics or {})
 
@@ -124,7 +131,17 @@ def make_train_step(
         logged = {"loss": value, **{name: f(outputs, batch[1]) for name, f in metric_fns.items()}}
         return TrainState(params, model_state, opt_state, state.step + 1, state.rng), logged
 
-    return jax.jit(jax.vmap(step) if population else step, donate_argnums=(0,) if donate else ())
+    def steps(state: TrainState, stacked: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        leading = {a.shape[0] for a in jax.tree.leaves(stacked)}
+        if leading != {steps_per_call}:
+            raise ValueError(
+                f"train step with steps_per_call={steps_per_call}: expected {steps_per_call} batches "
+                f"stacked on the leading axis, got leading sizes {sorted(leading)}"
+            )
+        return jax.lax.scan(step, state, stacked)
+
+    fn = step if steps_per_call == 1 else steps
+    return jax.jit(jax.vmap(fn) if population else fn, donate_argnums=(0,) if donate else ())
 
 
 def make_eval_step(

@@ -1,5 +1,6 @@
 """The train state, the compiled train and evaluation steps, fit, and per-example gradients."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,3 +147,31 @@ def test_evaluate_weights_batches_whose_inputs_are_masked_pairs():
     whole = eval_step(state, ((ids, mask), y))["loss"]
     parts = [((ids[:7], mask[:7]), y[:7]), ((ids[7:], mask[7:]), y[7:])]  # sizes 7 and 3, not 2 and 2
     np.testing.assert_allclose(fnn.evaluate(eval_step, state, parts)["loss"], whole, rtol=1e-6)
+
+
+def test_steps_per_call_equals_single_steps_and_checks_its_batches():
+    model = fnn.serial(fnn.Dense(16), jax.nn.relu, fnn.Dropout(0.2), fnn.Dense(3))
+    opt = optax.adam(1e-2)
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(48, 5)).astype(np.float32), rng.integers(0, 3, 48).astype(np.int32))
+    groups = list(fnn.data.stack_batches(fnn.data.batches(data, 8), 3))
+    assert len(groups) == 2 and groups[0][0].shape == (3, 8, 5)  # 6 batches in groups of 3
+    x_spec = jax.ShapeDtypeStruct((8, 5), jnp.float32)
+    single = fnn.make_train_step(model, opt, fnn.losses.softmax_cross_entropy)
+    many = fnn.make_train_step(model, opt, fnn.losses.softmax_cross_entropy, steps_per_call=3)
+    a = fnn.init_train_state(model, opt, jax.random.key(1), x_spec)
+    b = fnn.init_train_state(model, opt, jax.random.key(1), x_spec)
+    losses = []
+    for batch in fnn.data.batches(data, 8):
+        a, m = single(a, batch)
+        losses.append(float(m["loss"]))
+    for group in groups:
+        b, m = many(b, group)
+        assert m["loss"].shape == (3,)
+    assert int(b.step) == int(a.step) == 6  # the dropout keys follow the step: the same draws
+    chex.assert_trees_all_close(b.params, a.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(m["loss"]), losses[3:], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"expected 3 batches stacked on the leading axis, got leading sizes \[2\]"):
+        many(b, jax.tree.map(lambda v: v[:2], groups[0]))
+    with pytest.raises(ValueError, match="steps_per_call must be a positive int, got 0"):
+        fnn.make_train_step(model, opt, fnn.losses.softmax_cross_entropy, steps_per_call=0)
