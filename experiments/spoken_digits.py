@@ -21,9 +21,9 @@ to the reference over its length, summed over the test strings; string accuracy 
 the fraction decoded exactly.
 
 Measured with the defaults (15 epochs, adam) on a 2-core CPU, on the 480 test strings
-(1,915 digits) of the 48 unseen voices: digit error rate 1.15% (``train.seed=0``) and
-1.41% (seed 1) with beam search (greedy: 1.15% and 1.46%), string accuracy 95.4% and
-95.0%, train stage 190-196 s, whole run 220-235 s. Of seed 0's 22 errors, 9 are
+(1,915 digits) of the 48 unseen voices, over three runs (``train.seed`` 0 and 1): digit
+error rate 1.15-1.41% with beam search (greedy: 1.15-1.46%), string accuracy
+95.0-95.4%, train stage 186-196 s, whole run 220-235 s. In one run's 22 errors, 9 are
 deleted digits, 6 are fives and nines taken for each other, and 3 are inserted digits
 (the run's ``confusion.png``).
 
