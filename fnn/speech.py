@@ -346,7 +346,7 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def dataset(spec: SpeechSpec, cache_dir: str | Path | None | Any = "default") -> Utterances:
+def dataset(spec: SpeechSpec, cache_dir: str | Path | None = "default") -> Utterances:
     """The utterances of ``spec``, from the cache when it holds them, else synthesised and cached.
 
     ``cache_dir``: a directory, ``"default"`` (:func:`default_cache_dir`) or ``None`` (no cache).
