@@ -41,8 +41,7 @@ import fnn
 from fnn import audio, ctc, speech
 from fnn.pipeline import Experiment, Pipeline, TrainConfig
 
-SYMBOLS = speech.DIGIT_SYMBOLS  # label k + 1 is SYMBOLS[k]; 0 is the blank
-BLANK = 0
+SYMBOLS = speech.DIGIT_SYMBOLS  # label k + 1 is SYMBOLS[k]; 0 is the blank (fnn.ctc's default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +74,8 @@ def make_model(config: Config) -> fnn.Layer:
 
 def encode(transcripts) -> tuple[np.ndarray, np.ndarray]:
     """``(labels int32[n, longest], mask bool[n, longest])`` of digit-symbol strings."""
-    if any(set(t) - set(SYMBOLS) for t in transcripts):
-        bad = next(t for t in transcripts if set(t) - set(SYMBOLS))
+    bad = next((t for t in transcripts if set(t) - set(SYMBOLS)), None)
+    if bad is not None:
         raise ValueError(f"spoken-digits: transcript {bad!r} has symbols outside {SYMBOLS!r}")
     width = max(1, max(len(t) for t in transcripts))
     labels = np.zeros((len(transcripts), width), np.int32)
