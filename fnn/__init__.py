@@ -17,6 +17,7 @@ from fnn import (
     metrics,
     pipeline,
     plots,
+    rl,
     runs,
     speech,
     text,
@@ -60,5 +61,5 @@ __all__ = [
     "fan_in_concat", "fan_in_sum",
     "fan_out", "fit", "identity", "init_train_state", "initializers", "loop", "losses",
     "make_eval_step", "make_train_step", "metrics", "parallel", "per_example_grads", "pipeline",
-    "plots", "residual", "runs", "serial", "speech", "summary", "text", *_layers,
+    "plots", "residual", "rl", "runs", "serial", "speech", "summary", "text", *_layers,
 ]
