@@ -11,6 +11,7 @@ from fnn import (
     config,
     ctc,
     data,
+    distributed,
     initializers,
     loop,
     losses,
@@ -57,8 +58,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Fn", "Identity", "Layer", "LayerError", "Node", "Parallel", "Residual", "Serial",
-    "ShapeError", "Summary", "TrainState", "audio", "checkpoint", "cli", "config", "ctc", "data", "evaluate",
-    "fan_in_concat", "fan_in_sum",
+    "ShapeError", "Summary", "TrainState", "audio", "checkpoint", "cli", "config", "ctc", "data",
+    "distributed", "evaluate", "fan_in_concat", "fan_in_sum",
     "fan_out", "fit", "identity", "init_train_state", "initializers", "loop", "losses",
     "make_eval_step", "make_train_step", "metrics", "parallel", "per_example_grads", "pipeline",
     "plots", "residual", "rl", "runs", "serial", "speech", "summary", "text", *_layers,

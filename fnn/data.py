@@ -204,6 +204,9 @@ class Prefetch:
     """Iterate a batch dataset from position ``start``, keeping ``size`` batches on the
     device ahead of the consumer.
 
+    Batches go to ``device`` (default: JAX's default device), or through ``put`` when given
+    (e.g. ``DataParallel.put_batch``, which splits each batch among several devices).
+
     ``state()`` is grain's iterator state for the batches consumed so far (not those
     prefetched), ``{"next_index": k}``; a new ``Prefetch(dataset, state=...)`` continues
     from there.
@@ -219,7 +222,7 @@ class Prefetch:
     """
 
     def __init__(self, dataset: Any, *, state: dict | None = None, size: int = 2,
-                 device: jax.Device | None = None):
+                 device: jax.Device | None = None, put: Callable[[Any], Any] | None = None):
         import grain
 
         start = 0 if state is None else state.get("next_index")
@@ -230,7 +233,8 @@ class Prefetch:
         self._consumed = start
         iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=size)))
         iterator.set_state({"next_index": start})
-        put = functools.partial(jax.device_put, device=device) if device is not None else jax.device_put
+        if put is None:
+            put = functools.partial(jax.device_put, device=device) if device is not None else jax.device_put
         self._source = map(put, iterator)
         self._queue: collections.deque = collections.deque(itertools.islice(self._source, size))
 

@@ -21,13 +21,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 
 from fnn.data import Prefetch
 from fnn.train import Batch, MetricsWindow, TrainState, step_of
+
+if TYPE_CHECKING:
+    from fnn.distributed import DataParallel
 
 Evaluate = Callable[[TrainState], dict[str, float]]
 
@@ -108,6 +111,7 @@ def train_loop(
     checkpoint_every: int = 0,
     progress: bool = True,
     log: Callable[[dict[str, Any]], None] | None = None,
+    parallel: DataParallel | None = None,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train ``state`` with ``step`` over every batch of ``data`` (a ``grain.MapDataset`` of
     batches, e.g. from ``fnn.data.loader``).
@@ -124,6 +128,9 @@ def train_loop(
         checkpoint_every: steps between checkpoints; 0: only at the end (and on a signal).
         progress: show a progress bar (step, loss, examples/s, ETA).
         log: also called with every record.
+        parallel: the ``fnn.distributed.DataParallel`` layout the step was made with: batches
+            are split among its devices as they are prefetched, and a restored state is
+            laid out on them.
 
     Returns the final state and every record (training and evaluation) of the run,
     including those logged before a resumption.
@@ -142,6 +149,8 @@ def train_loop(
     data_state = None
     if run is not None and run.checkpoints.latest() is not None:
         state, extra = run.checkpoints.restore(state)
+        if parallel is not None:
+            state = parallel.put_state(state)
         data_state = extra.get("data")
         window.load(extra.get("pending", []))
         run.rewind(step_of(state))
@@ -161,7 +170,8 @@ def train_loop(
         if run is not None:
             run.checkpoints.save(state, {"data": batches.state(), "pending": window.to_json()})
 
-    batches = Prefetch(data, state=data_state or {"next_index": start})
+    batches = Prefetch(data, state=data_state or {"next_index": start},
+                       put=parallel.put_batch if parallel is not None else None)
     examples = None
     stopper = _Stop()
     # without a run directory there is nothing to save: Ctrl-C stops as it always does

@@ -259,6 +259,9 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 0  # 0: four times in a run, and at the end
     keep_checkpoints: int = 3
+    # devices: "one" (the default device), "data" (every batch split among all devices,
+    # parameters replicated) or "fsdp" (parameters and optimizer state split too)
+    devices: str = dataclasses.field(default="one", metadata={"choices": ("one", "data", "fsdp")})
 
     def __post_init__(self):
         for key, low in (
@@ -326,6 +329,14 @@ def train(
         lambda a: jax.ShapeDtypeStruct((t.batch_size, *a.shape[1:]), a.dtype), batches[0][0]
     )
     state = init_train_state(model, optimizer, jax.random.key(t.seed), x_spec)
+    parallel = layout(t)
+    if parallel is not None:
+        if t.batch_size % parallel.size:
+            raise config_lib.ConfigError(
+                f"train.batch_size {t.batch_size} does not divide among {parallel.size} devices "
+                f"(train.devices={t.devices!r}); use a multiple of {parallel.size}"
+            )
+        state = parallel.put_state(state)
     return train_from(
         state,
         model,
@@ -358,7 +369,13 @@ def train_from(
     """Train ``state`` (one model, or a population with ``population=True``) with the loop
     settings of ``config.train``; ``eval_every`` is the default when the config says 0."""
     t = config.train
-    step = make_train_step(model, optimizer, loss, metrics=metrics, population=population)
+    parallel = layout(t)
+    if population and parallel is not None:
+        raise config_lib.ConfigError(
+            f"train.devices={t.devices!r} cannot be combined with a population (fnn sweep) yet; "
+            "use train.devices=one"
+        )
+    step = make_train_step(model, optimizer, loss, metrics=metrics, population=population, parallel=parallel)
     per_epoch = max(1, len(batches) // t.epochs)
     evaluate = None
     if eval_set is not None:
@@ -377,8 +394,19 @@ def train_from(
         eval_every=t.eval_every or eval_every,
         checkpoint_every=t.checkpoint_every or max(1, len(batches) // 4),
         progress=progress,
+        parallel=parallel,
     )
     return {"state": state, "history": history}
+
+
+def layout(train: TrainConfig):
+    """The ``fnn.distributed.DataParallel`` layout that ``train.devices`` asks for, or None."""
+    devices = getattr(train, "devices", "one")
+    if devices == "one":
+        return None
+    from fnn.distributed import DataParallel
+
+    return DataParallel.over(fsdp=devices == "fsdp")
 
 
 def test(model, loss, state, test_set, metrics=None) -> dict:

@@ -15,7 +15,7 @@ arrays, so nothing waits for the host between steps.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,9 @@ import numpy as np
 import optax
 
 from fnn.core import Layer, Params, State
+
+if TYPE_CHECKING:
+    from fnn.distributed import DataParallel
 
 Batch = tuple[Any, Any]
 LossFn = Callable[[Any, Any], jax.Array]
@@ -83,6 +86,7 @@ def make_train_step(
     donate: bool = True,
     population: bool = False,
     steps_per_call: int = 1,
+    parallel: DataParallel | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The compiled ``step(state, (x, y)) -> (state, metrics)``.
 
@@ -101,6 +105,11 @@ def make_train_step(
             leading axis (``fnn.data.stack_batches``) and the step runs over them with
             ``lax.scan`` inside one compiled program, so the host dispatches once per ``K``
             steps. Metrics gain a leading ``K`` axis. The result equals ``K`` single calls.
+        parallel: a ``fnn.distributed.DataParallel`` layout: the batch is split among its
+            devices and the parameters and optimizer state keep their layout (replicated,
+            or sharded with ``fsdp``); place them with ``parallel.put_state`` and
+            ``parallel.put_batch``. The result equals the single-device step's up to
+            floating-point summation order.
 
     Each step draws its dropout key as ``fold_in(state.rng, state.step)``, so a run is
     reproducible from its seed whatever the batch order of other runs.
@@ -118,16 +127,22 @@ def make_train_step(
     """
     if not isinstance(steps_per_call, int) or isinstance(steps_per_call, bool) or steps_per_call < 1:
         raise ValueError(f"make_train_step: steps_per_call must be a positive int, got {steps_per_call!r}")
+    if parallel is not None and population:
+        raise ValueError("make_train_step: population=True and parallel= cannot be combined yet")
     objective = _objective(model, loss)
     metric_fns = dict(metrics or {})
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        if parallel is not None:
+            batch = parallel.constrain_batch(batch)
         key = jax.random.fold_in(state.rng, state.step)
         (value, (model_state, outputs)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params, state.model_state, batch, key
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if parallel is not None:
+            params, opt_state = parallel.constrain_state((params, opt_state))
         logged = {"loss": value, **{name: f(outputs, batch[1]) for name, f in metric_fns.items()}}
         return TrainState(params, model_state, opt_state, state.step + 1, state.rng), logged
 

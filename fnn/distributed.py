@@ -1,0 +1,194 @@
+"""Training on many devices and many processes with JAX's own runtime.
+
+:class:`DataParallel` lays a training run out on a one-axis device mesh
+(``jax.sharding.Mesh``): every batch is split along that axis, one slice per device, and
+the parameters and optimizer state are either replicated on every device (data
+parallelism) or, with ``fsdp=True``, split along the same axis (fully sharded data
+parallelism: each device keeps 1/n of every large array and XLA gathers a layer's
+weights when the step needs them). The train step stays the one ``make_train_step``
+builds; ``parallel=`` only tells it the layout, and XLA's partitioner inserts the
+collectives (the gradient all-reduce, the weight all-gathers)::
+
+    parallel = fnn.distributed.DataParallel.over(fsdp=True)        # all devices, one "data" axis
+    state = parallel.put_state(fnn.init_train_state(model, optimizer, key, x))
+    step = fnn.make_train_step(model, optimizer, loss, parallel=parallel)
+    state, metrics = step(state, parallel.put_batch((x, y)))
+
+Several processes (one per host, or several on one host) run the same program after
+:func:`initialize`, which calls ``jax.distributed.initialize``; ``jax.devices()`` then
+lists every process's devices, the mesh spans them all, and each process hands
+``put_batch`` only its own part of the global batch (its rows, in process order)::
+
+    fnn.distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=0)   # on host 0
+    fnn.distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=1)   # on host 1
+
+On CPUs the processes exchange gradients through gloo; on GPUs and TPUs through the
+platform's own collectives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+class ParallelError(ValueError):
+    """A layout that does not fit: a batch that does not divide among the devices, a
+    leaf that is not where it should be."""
+
+
+def initialize(
+    coordinator_address: str,
+    num_processes: int,
+    process_id: int,
+    *,
+    local_device_ids: Sequence[int] | None = None,
+) -> None:
+    """Join a multi-process run: ``jax.distributed.initialize`` with CPU collectives
+    through gloo (on GPUs and TPUs the platform's own are used).
+
+    Call it in every process before anything else touches JAX's devices.
+    ``coordinator_address`` is ``host:port`` of process 0, reachable from all processes.
+    """
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise ParallelError(f"initialize: num_processes must be a positive int, got {num_processes!r}")
+    if not isinstance(process_id, int) or not 0 <= process_id < num_processes:
+        raise ParallelError(f"initialize: process_id must be in [0, {num_processes}), got {process_id!r}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address, num_processes=num_processes, process_id=process_id,
+        local_device_ids=local_device_ids,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """A run laid out on a one-axis mesh: batches split along ``axis``; parameters and
+    optimizer state replicated, or split along ``axis`` too with ``fsdp``.
+
+    Args:
+        mesh: a ``jax.sharding.Mesh`` with the axis ``axis`` (see :meth:`over`).
+        axis: the mesh axis that batches (and, with ``fsdp``, parameters) are split along.
+        fsdp: split every parameter and optimizer-state array with at least ``min_size``
+            elements along its first dimension that the number of devices divides; others
+            stay replicated.
+        min_size: arrays smaller than this stay replicated under ``fsdp`` (biases, norms:
+            gathering them costs more than keeping copies).
+
+    Example:
+        >>> parallel = DataParallel.over(fsdp=True)   # every device (here: one CPU)
+        >>> parallel.size, parallel.spec((512, 256))  # one device: nothing to split
+        (1, P())
+        >>> parallel.batch_sharding().spec
+        P('data',)
+
+    On 8 devices, ``spec((512, 256))`` is ``PartitionSpec('data',)`` under ``fsdp``: each
+    device holds 64 of the 512 rows.
+    """
+
+    mesh: Mesh
+    axis: str = "data"
+    fsdp: bool = False
+    min_size: int = 2**10
+
+    def __post_init__(self):
+        if self.axis not in self.mesh.axis_names:
+            raise ParallelError(f"DataParallel: the mesh has no axis {self.axis!r}; its axes are "
+                                f"{self.mesh.axis_names}")
+        if not isinstance(self.min_size, int) or self.min_size < 0:
+            raise ParallelError(f"DataParallel: min_size must be an int >= 0, got {self.min_size!r}")
+
+    @classmethod
+    def over(
+        cls, devices: Sequence[jax.Device] | None = None, *, axis: str = "data", fsdp: bool = False,
+        min_size: int = 2**10,
+    ) -> DataParallel:
+        """The layout over ``devices`` (default: every device of every process)."""
+        devices = list(jax.devices() if devices is None else devices)
+        if not devices:
+            raise ParallelError("DataParallel.over: no devices given")
+        return cls(Mesh(np.array(devices), (axis,)), axis, fsdp, min_size)
+
+    @property
+    def size(self) -> int:
+        """The number of devices along the axis."""
+        return self.mesh.shape[self.axis]
+
+    # -- where each array lives ---------------------------------------------------------
+
+    def spec(self, shape: Sequence[int]) -> P:
+        """The partition spec of a parameter or optimizer-state array of ``shape``."""
+        if not self.fsdp or self.size == 1 or math.prod(shape) < max(self.min_size, 1):
+            return P()
+        for dim, length in enumerate(shape):
+            if length % self.size == 0:
+                return P(*([None] * dim), self.axis)
+        return P()
+
+    def state_shardings(self, tree: Any) -> Any:
+        """The ``NamedSharding`` of every leaf of a state (parameters, optimizer state, step, keys)."""
+        return jax.tree.map(lambda leaf: NamedSharding(self.mesh, self.spec(np.shape(leaf))), tree)
+
+    def batch_sharding(self, stacked: bool = False) -> NamedSharding:
+        """Batches split along their first axis (the second, for ``steps_per_call`` stacks)."""
+        return NamedSharding(self.mesh, P(None, self.axis) if stacked else P(self.axis))
+
+    def put_state(self, state: Any) -> Any:
+        """``state`` placed on the mesh (each process passes the same values, e.g. from the same seed)."""
+
+        def put(leaf: Any) -> jax.Array:
+            sharding = NamedSharding(self.mesh, self.spec(np.shape(leaf)))
+            if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+                data = put(jax.random.key_data(leaf))
+                return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+            value = np.asarray(leaf)
+            return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+        return jax.tree.map(put, state)
+
+    def put_batch(self, batch: Any, *, stacked: bool = False) -> Any:
+        """A global batch from this process's part of it (all of it, with one process).
+
+        With several processes each passes its own rows (process ``i`` the ``i``-th of
+        ``jax.process_count()`` equal parts); the global batch is their concatenation.
+        With ``stacked``, the batch is ``K`` batches stacked on a leading axis
+        (``fnn.data.stack_batches``) and the split is along the second axis.
+        """
+        sharding = self.batch_sharding(stacked)
+        devices_here = len(self.mesh.local_devices)
+        axis = 1 if stacked else 0
+
+        def put(leaf: Any) -> jax.Array:
+            leaf = np.asarray(leaf)
+            if leaf.ndim <= axis or leaf.shape[axis] % devices_here:
+                raise ParallelError(
+                    f"put_batch: a batch of {leaf.shape[axis] if leaf.ndim > axis else 'no'} rows "
+                    f"(array {leaf.dtype}{list(leaf.shape)}) does not divide among this process's "
+                    f"{devices_here} devices; make the batch size a multiple of {devices_here}"
+                )
+            return jax.make_array_from_process_local_data(sharding, leaf)
+
+        return jax.tree.map(put, batch)
+
+    # -- inside the compiled step -------------------------------------------------------
+
+    def constrain_state(self, tree: Any) -> Any:
+        """Pin a state's leaves to their layout inside a compiled function, so that an updated
+        state keeps the layout of the state it came from."""
+
+        def constrain(leaf: jax.Array) -> jax.Array:
+            if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                return leaf
+            return jax.lax.with_sharding_constraint(leaf, NamedSharding(self.mesh, self.spec(leaf.shape)))
+
+        return jax.tree.map(constrain, tree)
+
+    def constrain_batch(self, batch: Any) -> Any:
+        return jax.tree.map(lambda leaf: jax.lax.with_sharding_constraint(leaf, self.batch_sharding()), batch)

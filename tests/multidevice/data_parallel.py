@@ -1,0 +1,128 @@
+"""Data parallelism and FSDP on 8 simulated CPU devices against single-device training.
+
+Run as a script (the device count must be set before JAX starts):
+``python -m tests.multidevice.data_parallel``; exits non-zero with the failing check.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import fnn  # noqa: E402
+from fnn.distributed import DataParallel, ParallelError  # noqa: E402
+from tests.multidevice import common  # noqa: E402
+
+
+def train(parallel, steps_per_call=1):
+    step = fnn.make_train_step(common.MODEL, common.OPTIMIZER, common.LOSS, parallel=parallel,
+                               steps_per_call=steps_per_call)
+    state = parallel.put_state(common.initial_state())
+    losses = []
+    data = common.batches()
+    if steps_per_call > 1:
+        data = fnn.data.stack_batches(data, steps_per_call, device=False)
+    for batch in data:
+        state, metrics = step(state, parallel.put_batch(batch, stacked=steps_per_call > 1))
+        losses.extend(np.ravel(metrics["loss"]).tolist())
+    return state, losses
+
+
+def check_close(state, losses, expected_params, expected_losses, what):
+    np.testing.assert_allclose(losses, expected_losses[: len(losses)], rtol=1e-5, err_msg=what)
+    for path, got in jax.tree_util.tree_leaves_with_path(jax.device_get(state.params)):
+        want = expected_params
+        for key in path:
+            want = want[key.key]
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"{what}: {path}")
+
+
+def main():
+    assert jax.device_count() == 8, jax.devices()
+    expected_params, expected_losses = common.reference()
+
+    # data parallel: parameters and optimizer state replicated, the batch split in 8
+    dp = DataParallel.over()
+    state, losses = train(dp)
+    check_close(state, losses, expected_params, expected_losses, "data parallel")
+    for leaf in jax.tree.leaves((state.params, state.opt_state)):
+        assert leaf.sharding.is_fully_replicated, leaf.sharding
+    batch = dp.put_batch(common.batches()[0])
+    assert batch[0].sharding.spec == P("data") and len(batch[0].addressable_shards) == 8
+    assert {s.data.shape for s in batch[0].addressable_shards} == {(8, 16)}
+
+    # FSDP: every array of >= 512 elements split along its first dimension divisible by 8
+    fsdp = DataParallel.over(fsdp=True, min_size=512)
+    state, losses = train(fsdp)
+    check_close(state, losses, expected_params, expected_losses, "fsdp")
+    w0 = state.params["dense_0"]["w"]  # [16, 64]
+    assert w0.sharding.spec == P("data"), w0.sharding
+    assert {s.data.shape for s in w0.addressable_shards} == {(2, 64)}
+    assert state.params["dense_0"]["b"].sharding.is_fully_replicated  # 64 elements: replicated
+    mu = state.opt_state[0].mu["dense_0"]["w"]  # adam's first moment follows its parameter
+    assert mu.sharding.spec == P("data"), mu.sharding
+    assert state.params["dense_1"]["w"].sharding.spec == P("data")  # [64, 32]
+    assert state.params["dense_2"]["w"].sharding.is_fully_replicated  # [32, 10]: 320 elements
+    # K steps per call under the same layout
+    state, losses = train(fsdp, steps_per_call=2)  # 5 batches: two calls of 2, the last one dropped
+    assert len(losses) == 4
+    np.testing.assert_allclose(losses, expected_losses[:4], rtol=1e-5)
+    assert state.params["dense_0"]["w"].sharding.spec == P("data")
+
+    # a batch that does not divide among the devices is refused, naming the fix
+    try:
+        dp.put_batch((np.zeros((60, 16), np.float32),))
+    except ParallelError as error:
+        assert "does not divide among this process's 8 devices" in str(error), error
+    else:
+        raise AssertionError("a batch of 60 rows on 8 devices was accepted")
+    check_pipeline()
+    print("data parallel and fsdp match single-device training")
+
+
+def check_pipeline():
+    """`train.devices` in a pipeline experiment: the same parameters on 1 and 8 devices, and a
+    restored checkpoint laid out again on the 8."""
+    import dataclasses
+    import tempfile
+
+    from fnn.pipeline import Pipeline, TrainConfig
+    from fnn.runs import Run
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        train: TrainConfig = TrainConfig(epochs=2, batch_size=64)
+
+    rng = np.random.default_rng(1)
+    train_set = (rng.normal(size=(256, 16)).astype(np.float32), rng.integers(0, 10, 256).astype(np.int32))
+    stages = Pipeline(fnn.pipeline.optimizer, fnn.pipeline.batches, fnn.pipeline.train)
+
+    def run(devices, run=None):
+        config = Config(TrainConfig(epochs=2, batch_size=64, devices=devices))
+        return stages.run(config=config, model=common.MODEL, loss=common.LOSS, train_set=train_set, run=run)
+
+    one = jax.device_get(run("one")["state"].params)
+    for devices in ("data", "fsdp"):
+        with tempfile.TemporaryDirectory() as directory:
+            state = run(devices, Run.create(directory, "check", {}))["state"]
+            for got, want in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(one)):
+                np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=devices)
+            restored = run(devices, Run(directory))["state"]  # the checkpoint at the end: nothing left to do
+            w = restored.params["dense_0"]["w"]
+            assert len(w.sharding.device_set) == 8, w.sharding
+            assert (w.sharding.spec == P("data")) == (devices == "fsdp"), w.sharding
+            np.testing.assert_array_equal(jax.device_get(w), jax.device_get(state.params["dense_0"]["w"]))
+    try:
+        stages.run(config=Config(TrainConfig(batch_size=60, devices="data")), model=common.MODEL,
+                   loss=common.LOSS, train_set=train_set)
+    except fnn.config.ConfigError as error:
+        assert "train.batch_size 60 does not divide among 8 devices" in str(error), error
+    else:
+        raise AssertionError("a batch of 60 on 8 devices was accepted")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""fnn.distributed: data parallelism and FSDP on 8 simulated CPU devices, and a two-process
+run through jax.distributed, each against single-device training.
+
+The device count is fixed when JAX starts, so the multi-device checks run in child
+processes (``tests/multidevice/``) with ``--xla_force_host_platform_device_count`` set
+there; this process keeps its one device.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+import fnn
+from fnn.distributed import DataParallel, ParallelError
+from tests.multidevice import common
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def python(*args):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process, timeout=300):
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+        pytest.fail(f"timed out:\n{out[-3000:]}")
+    assert process.returncode == 0, out[-3000:]
+    return out
+
+
+def test_data_parallel_and_fsdp_on_8_devices_match_one_device():
+    out = finish(python("-m", "tests.multidevice.data_parallel"))
+    assert "data parallel and fsdp match single-device training" in out
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_end_with_the_parameters_of_one(tmp_path):
+    port = free_port()
+    processes = [python("-m", "tests.multidevice.multiprocess", str(i), str(port), str(tmp_path)) for i in (0, 1)]
+    for process in processes:
+        finish(process)
+    expected_params, expected_losses = common.reference()
+    for layout in ("replicated", "fsdp"):
+        first, second = (np.load(tmp_path / f"{layout}_{i}.npz") for i in (0, 1))
+        assert sorted(first.files) == sorted(second.files)
+        for name in first.files:
+            np.testing.assert_array_equal(first[name], second[name], err_msg=f"{layout}: {name}")
+        np.testing.assert_allclose(first["losses"], expected_losses, rtol=1e-5)
+        for name in first.files:
+            if name != "losses":
+                layer, leaf = name.split("/")
+                np.testing.assert_allclose(first[name], expected_params[layer][leaf], rtol=2e-5, atol=2e-6,
+                                           err_msg=f"{layout}: {name}")
+
+
+def test_on_one_device_the_layout_changes_nothing():
+    parallel = DataParallel.over(fsdp=True, min_size=0)
+    step = fnn.make_train_step(common.MODEL, common.OPTIMIZER, common.LOSS, parallel=parallel)
+    state = parallel.put_state(common.initial_state())
+    for batch in common.batches():
+        state, _ = step(state, parallel.put_batch(batch))
+    expected, _ = common.reference()
+    for got, want in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_bad_layouts_are_refused():
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    with pytest.raises(ParallelError, match="the mesh has no axis 'batch'"):
+        DataParallel(mesh, axis="batch")
+    with pytest.raises(ParallelError, match="min_size must be an int >= 0"):
+        DataParallel(mesh, min_size=-1)
+    with pytest.raises(ParallelError, match="process_id must be in \\[0, 2\\), got 2"):
+        fnn.distributed.initialize("localhost:1", 2, 2)
+    with pytest.raises(ValueError, match="population=True and parallel= cannot be combined"):
+        fnn.make_train_step(common.MODEL, common.OPTIMIZER, common.LOSS, population=True,
+                            parallel=DataParallel(mesh))
+
+
+def test_a_population_on_several_devices_is_refused_until_supported():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        train: fnn.pipeline.TrainConfig = fnn.pipeline.TrainConfig(devices="data")
+
+    with pytest.raises(fnn.config.ConfigError, match="train.devices='data' cannot be combined with a population"):
+        fnn.pipeline.train_from(None, common.MODEL, common.OPTIMIZER, [], common.LOSS, Config(), population=True)
