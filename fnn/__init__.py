@@ -30,6 +30,7 @@ from fnn.core import (
     LayerError,
     Node,
     Parallel,
+    Remat,
     Residual,
     Serial,
     ShapeError,
@@ -38,6 +39,7 @@ from fnn.core import (
     fan_out,
     identity,
     parallel,
+    remat,
     residual,
     serial,
 )
@@ -57,10 +59,10 @@ from fnn.train import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Fn", "Identity", "Layer", "LayerError", "Node", "Parallel", "Residual", "Serial",
+    "Fn", "Identity", "Layer", "LayerError", "Node", "Parallel", "Remat", "Residual", "Serial",
     "ShapeError", "Summary", "TrainState", "audio", "checkpoint", "cli", "config", "ctc", "data",
     "distributed", "evaluate", "fan_in_concat", "fan_in_sum",
     "fan_out", "fit", "identity", "init_train_state", "initializers", "loop", "losses",
     "make_eval_step", "make_train_step", "metrics", "parallel", "per_example_grads", "pipeline",
-    "plots", "residual", "rl", "runs", "serial", "speech", "summary", "text", *_layers,
+    "plots", "remat", "residual", "rl", "runs", "serial", "speech", "summary", "text", *_layers,
 ]

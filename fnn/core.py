@@ -433,4 +433,62 @@ def residual(*layers: Layer | Callable) -> Residual:
     return Residual(body)
 
 
+@dataclasses.dataclass(frozen=True)
+class Remat(Layer):
+    """``body`` with its activations recomputed in the backward pass instead of stored
+    (gradient checkpointing, ``jax.checkpoint``). Build it with ``fnn.remat``.
+
+    The parameters, the output and the gradients are the body's; only the memory the
+    backward pass keeps differs: the body's intermediate activations are not saved but
+    computed again from its input when the gradient needs them. ``policy`` names a
+    ``jax.checkpoint_policies`` entry saying what may still be saved (e.g.
+    ``"dots_with_no_batch_dims_saveable"`` keeps matrix products and recomputes the
+    cheap element-wise work). The layer takes its body's name, so wrapping a layer does
+    not change the parameter tree.
+    """
+
+    body: Layer
+    policy: str | None = None
+
+    def __post_init__(self):
+        if self.policy is not None and not callable(getattr(jax.checkpoint_policies, self.policy, None)):
+            raise ValueError(
+                f"Remat: policy {self.policy!r} is not in jax.checkpoint_policies; e.g. "
+                "'dots_saveable', 'dots_with_no_batch_dims_saveable', 'nothing_saveable'"
+            )
+
+    @property
+    def name(self) -> str:
+        return self.body.name
+
+    def init(self, key, x):
+        return self.body.init(key, x)
+
+    def apply(self, params, state, x, *, key=None, train=False):
+        policy = getattr(jax.checkpoint_policies, self.policy) if self.policy is not None else None
+
+        def body(params, state, x, key):
+            return self.body.apply(params, state, x, key=key, train=train)
+
+        return jax.checkpoint(body, policy=policy)(params, state, x, key)
+
+    def trace(self, params, state, x, path=()):
+        return self.body.trace(params, state, x, path)
+
+
+def remat(*layers: Layer | Callable, policy: str | None = None) -> Remat:
+    """The given layer (or the ``serial`` of several) with gradient checkpointing: its
+    activations are recomputed in the backward pass, trading compute for memory.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> block = fnn.remat(fnn.Dense(8), jax.nn.relu, fnn.Dense(8))
+        >>> params, _ = block.init(jax.random.key(0), jnp.zeros((2, 8)))
+        >>> sorted(params), block(params, jnp.ones((2, 8))).shape
+        (['dense_0', 'dense_1'], (2, 8))
+    """
+    body = as_layer(layers[0]) if len(layers) == 1 else serial(*layers)
+    return Remat(body, policy)
+
+
 identity = Identity()

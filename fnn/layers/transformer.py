@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fnn.core import Layer, ShapeError, apply_child, init_child, serial, shape_str
+from fnn.core import Layer, Remat, ShapeError, apply_child, init_child, serial, shape_str
 from fnn.layers._common import positive_int, require_rank
 from fnn.layers.attention import (
     LearnedPositions,
@@ -154,6 +154,9 @@ class TransformerLM(Layer):
         norm: ``"layer"`` or ``"rms"``.
         tie_embeddings: score the output against the embedding table instead of a
             separate ``head``.
+        remat: recompute each block's activations in the backward pass instead of storing
+            them (``fnn.remat``): less memory for more compute; the same parameters and
+            gradients.
 
     Shapes: ``ids: int[batch, time]`` or ``(ids, mask)`` -> ``[batch, time, vocab_size]``.
     Params ``{"embed", "positions"?, "block_0", ..., "norm", "head"?}``.
@@ -179,6 +182,7 @@ class TransformerLM(Layer):
     positions: str = "learned"
     norm: str = "layer"
     tie_embeddings: bool = False
+    remat: bool = False
 
     def __post_init__(self):
         for field in ("vocab_size", "d_model", "num_heads", "num_layers", "max_len"):
@@ -218,7 +222,8 @@ class TransformerLM(Layer):
         children: dict[str, Layer] = {"embed": self.embed}
         if self.position_layer is not None:
             children["positions"] = self.position_layer
-        children.update({f"block_{i}": self.block for i in range(self.num_layers)})
+        block = Remat(self.block) if self.remat else self.block
+        children.update({f"block_{i}": block for i in range(self.num_layers)})
         children["norm"] = _NORMS[self.norm]()
         if not self.tie_embeddings:
             children["head"] = Dense(self.vocab_size)
