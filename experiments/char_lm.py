@@ -26,7 +26,7 @@ checkpoints, sampling) took 315 s and 123 s on a machine that ran the raw-JAX
 benchmark at about 55% of the speed of the one where training alone took 150 s and
 56 s.
 
-Run: fnn run char-lm [model=transformer|lstm] [steps=1000] [seed=0]
+Run: fnn run char-lm [model=transformer|lstm] [steps=1000] [seed=0] [precision=bfloat16]
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ class Config:
     prompt: str = "The "
     temperature: float = 0.8
     seed: int = 0
+    # what the model computes in while training and evaluating (fnn.precision); the
+    # parameters stay float32, and sampling runs in float32
+    precision: str = dataclasses.field(default="float32", metadata={"choices": fnn.precision.DTYPES})
 
 
 def make_model(config: Config, vocab_size: int) -> fnn.Layer:
@@ -163,8 +166,9 @@ def train(model, optimizer, loss, metrics, train_ids, valid_ids, config: Config,
     character on the same spread of held-out windows."""
     x_spec = jax.ShapeDtypeStruct((config.batch_size, config.length), jnp.int32)
     state = fnn.init_train_state(model, optimizer, jax.random.key(config.seed), x_spec)
-    step = fnn.make_train_step(model, optimizer, loss, metrics=metrics)
-    eval_step = fnn.make_eval_step(model, loss, metrics=metrics)
+    policy = fnn.precision.policy(config.precision)
+    step = fnn.make_train_step(model, optimizer, loss, metrics=metrics, policy=policy)
+    eval_step = fnn.make_eval_step(model, loss, metrics=metrics, policy=policy)
     held_out = eval_windows(valid_ids, config.length, config.eval_windows)
 
     def evaluate(state):

@@ -18,6 +18,7 @@ from fnn import (
     metrics,
     pipeline,
     plots,
+    precision,
     rl,
     runs,
     speech,
@@ -64,5 +65,5 @@ __all__ = [
     "distributed", "evaluate", "fan_in_concat", "fan_in_sum",
     "fan_out", "fit", "identity", "init_train_state", "initializers", "loop", "losses",
     "make_eval_step", "make_train_step", "metrics", "parallel", "per_example_grads", "pipeline",
-    "plots", "remat", "residual", "rl", "runs", "serial", "speech", "summary", "text", *_layers,
+    "plots", "precision", "remat", "residual", "rl", "runs", "serial", "speech", "summary", "text", *_layers,
 ]

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from fnn import config as config_lib
+from fnn import precision as precision_lib
 from fnn.data import loader
 from fnn.loop import train_loop
 from fnn.runs import Run
@@ -262,6 +263,9 @@ class TrainConfig:
     # devices: "one" (the default device), "data" (every batch split among all devices,
     # parameters replicated) or "fsdp" (parameters and optimizer state split too)
     devices: str = dataclasses.field(default="one", metadata={"choices": ("one", "data", "fsdp")})
+    # what the model computes in; parameters, gradients and optimizer state stay float32
+    # (fnn.precision; float16 uses a loss scale of 2**12)
+    precision: str = dataclasses.field(default="float32", metadata={"choices": precision_lib.DTYPES})
 
     def __post_init__(self):
         for key, low in (
@@ -375,11 +379,13 @@ def train_from(
             f"train.devices={t.devices!r} cannot be combined with a population (fnn sweep) yet; "
             "use train.devices=one"
         )
-    step = make_train_step(model, optimizer, loss, metrics=metrics, population=population, parallel=parallel)
+    policy = precision_lib.policy(getattr(t, "precision", "float32"))
+    step = make_train_step(model, optimizer, loss, metrics=metrics, population=population, parallel=parallel,
+                           policy=policy)
     per_epoch = max(1, len(batches) // t.epochs)
     evaluate = None
     if eval_set is not None:
-        eval_step = make_eval_step(model, loss, metrics=metrics, population=population)
+        eval_step = make_eval_step(model, loss, metrics=metrics, population=population, policy=policy)
 
         def evaluate(state):
             return evaluate_batches(eval_step, state, loader_in_order(eval_set, 512))
@@ -409,11 +415,13 @@ def layout(train: TrainConfig):
     return DataParallel.over(fsdp=devices == "fsdp")
 
 
-def test(model, loss, state, test_set, metrics=None) -> dict:
+def test(model, loss, state, test_set, metrics=None, config: Any = None) -> dict:
     """Stage: ``test``, the metrics of the trained model (or of each member of a population)
-    on ``test_set``, computed once, after training."""
+    on ``test_set``, computed once, after training, in the precision it was trained in."""
     population = jnp.ndim(state.step) > 0
-    eval_step = make_eval_step(model, loss, metrics=metrics, population=population)
+    train_config = getattr(config, "train", None)
+    policy = precision_lib.policy(getattr(train_config, "precision", "float32"))
+    eval_step = make_eval_step(model, loss, metrics=metrics, population=population, policy=policy)
     return {"test": evaluate_batches(eval_step, state, loader_in_order(test_set, 512))}
 
 

@@ -26,6 +26,7 @@ from fnn.core import Layer, Params, State
 
 if TYPE_CHECKING:
     from fnn.distributed import DataParallel
+    from fnn.precision import Policy
 
 Batch = tuple[Any, Any]
 LossFn = Callable[[Any, Any], jax.Array]
@@ -66,13 +67,21 @@ def init_train_state(
     return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
 
 
-def _objective(model: Layer, loss: LossFn) -> Callable:
-    """``(params, model_state, batch, key) -> (loss, (model_state, outputs))`` in train mode."""
+def _objective(model: Layer, loss: LossFn, policy: Policy | None = None) -> Callable:
+    """``(params, model_state, batch, key) -> (loss, (model_state, outputs))`` in train mode,
+    computed in the dtypes of ``policy`` (if given; the model state keeps its own dtypes)."""
 
     def objective(params, model_state, batch, key):
         x, y = batch
-        outputs, model_state = model.apply(params, model_state, x, key=key, train=True)
-        return loss(outputs, y), (model_state, outputs)
+        if policy is None:
+            outputs, model_state = model.apply(params, model_state, x, key=key, train=True)
+            return loss(outputs, y), (model_state, outputs)
+        outputs, new_state = model.apply(
+            policy.cast_params(params), model_state, policy.cast_inputs(x), key=key, train=True
+        )
+        new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, model_state)
+        outputs = policy.cast_outputs(outputs)
+        return loss(outputs, y), (new_state, outputs)
 
     return objective
 
@@ -87,6 +96,7 @@ def make_train_step(
     population: bool = False,
     steps_per_call: int = 1,
     parallel: DataParallel | None = None,
+    policy: Policy | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The compiled ``step(state, (x, y)) -> (state, metrics)``.
 
@@ -110,6 +120,9 @@ def make_train_step(
             or sharded with ``fsdp``); place them with ``parallel.put_state`` and
             ``parallel.put_batch``. The result equals the single-device step's up to
             floating-point summation order.
+        policy: a ``fnn.precision.Policy``: compute in bfloat16 (or float16 with a loss
+            scale) while parameters, gradients and optimizer state stay float32, and the
+            outputs and loss are float32.
 
     Each step draws its dropout key as ``fold_in(state.rng, state.step)``, so a run is
     reproducible from its seed whatever the batch order of other runs.
@@ -129,7 +142,15 @@ def make_train_step(
         raise ValueError(f"make_train_step: steps_per_call must be a positive int, got {steps_per_call!r}")
     if parallel is not None and population:
         raise ValueError("make_train_step: population=True and parallel= cannot be combined yet")
-    objective = _objective(model, loss)
+    objective = _objective(model, loss, policy)
+    scale = policy.loss_scale if policy is not None else None
+    if scale is not None:
+        unscaled = objective
+
+        def objective(*args):
+            value, aux = unscaled(*args)
+            return value * scale, aux
+
     metric_fns = dict(metrics or {})
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -139,6 +160,8 @@ def make_train_step(
         (value, (model_state, outputs)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params, state.model_state, batch, key
         )
+        if scale is not None:
+            value, grads = value / scale, jax.tree.map(lambda g: g / scale, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if parallel is not None:
@@ -160,16 +183,26 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: Layer, loss: LossFn, *, metrics: MetricFns | None = None, population: bool = False
+    model: Layer,
+    loss: LossFn,
+    *,
+    metrics: MetricFns | None = None,
+    population: bool = False,
+    policy: Policy | None = None,
 ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
     """The compiled ``eval_step(state, (x, y)) -> metrics`` in evaluation mode (no dropout,
     running batch-norm statistics). With ``population``, the state has a leading member
-    axis, every member sees the same batch and each metric is one value per member."""
+    axis, every member sees the same batch and each metric is one value per member. With
+    ``policy`` the model computes in the policy's dtypes, as in training."""
     metric_fns = dict(metrics or {})
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
         x, y = batch
-        outputs, _ = model.apply(state.params, state.model_state, x, train=False)
+        if policy is None:
+            outputs, _ = model.apply(state.params, state.model_state, x, train=False)
+        else:
+            params, x = policy.cast_params(state.params), policy.cast_inputs(x)
+            outputs = policy.cast_outputs(model.apply(params, state.model_state, x, train=False)[0])
         return {"loss": loss(outputs, y), **{name: f(outputs, y) for name, f in metric_fns.items()}}
 
     return jax.jit(jax.vmap(eval_step, in_axes=(0, None)) if population else eval_step)

@@ -1,0 +1,125 @@
+"""Mixed precision: parameters stored in float32, computation in bfloat16 (or float16),
+outputs and losses in float32.
+
+A :class:`Policy` is given to ``make_train_step(..., policy=...)`` (or set in a pipeline
+as ``train.precision=bfloat16``). In each step it casts the float32 parameters and the
+floating inputs to the computation dtype, runs the model, and casts the outputs back to
+float32 before the loss; the gradient flows back through the casts, so the gradients,
+the optimizer state and the stored parameters stay float32. Layers compute in their
+inputs' dtype, so a model needs no change.
+
+Per-layer overrides:
+
+- ``keep``: parameter paths (``fnmatch`` patterns over ``"block_0/attention/query/w"``
+  style paths) that are not cast. A layer whose weights stay float32 computes in float32
+  (JAX promotes its bfloat16 input), e.g. ``keep=("head/*",)`` for the output layer.
+- A layer's own ``dtype`` field (``fnn.Dense(10, dtype=jnp.float32)``) still fixes what
+  that layer computes in.
+- Normalisation layers compute their statistics in at least float32 whatever the policy.
+
+float16 has a narrow range: small gradients underflow to zero. A float16 policy needs a
+``loss_scale``: the loss is multiplied by it before differentiation and the gradients
+divided by it after, which keeps them in float16's range (a non-finite loss then shows a
+scale that is too large; ``fnn.fit`` raises on it, naming the step).
+
+Example:
+    >>> import jax, jax.numpy as jnp, fnn
+    >>> policy = Policy("bfloat16", keep=("dense_1/*",))
+    >>> params = {"dense_0": {"w": jnp.ones((2, 2))}, "dense_1": {"w": jnp.ones((2, 2))}}
+    >>> jax.tree.map(lambda p: p.dtype.name, policy.cast_params(params))
+    {'dense_0': {'w': 'bfloat16'}, 'dense_1': {'w': 'float32'}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _path(path: tuple) -> str:
+    parts = []
+    for key in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                parts.append(str(getattr(key, attribute)))
+                break
+    return "/".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What a train step computes in.
+
+    Args:
+        compute: the dtype of the model's computation: ``"bfloat16"``, ``"float16"`` or
+            ``"float32"`` (no casting).
+        output: the dtype the model's outputs are cast to before the loss.
+        keep: parameter paths (``fnmatch`` patterns) left in their stored dtype.
+        loss_scale: multiply the loss by this before differentiating and divide the
+            gradients by it after; required for ``"float16"``.
+    """
+
+    compute: str = "bfloat16"
+    output: str = "float32"
+    keep: tuple[str, ...] = ()
+    loss_scale: float | None = None
+
+    def __post_init__(self):
+        for field in ("compute", "output"):
+            if getattr(self, field) not in DTYPES:
+                raise ValueError(
+                    f"Policy: {field} must be one of {', '.join(DTYPES)}, got {getattr(self, field)!r}"
+                )
+        if isinstance(self.keep, str):
+            raise ValueError(f"Policy: keep must be a tuple of path patterns, got the string {self.keep!r}")
+        if self.loss_scale is not None and not self.loss_scale > 0:
+            raise ValueError(f"Policy: loss_scale must be positive, got {self.loss_scale!r}")
+        if self.compute == "float16" and self.loss_scale is None:
+            raise ValueError(
+                "Policy: float16 computation needs a loss_scale (e.g. 2.0**12): without one, small "
+                "gradients underflow to zero; or compute in bfloat16, which has float32's range"
+            )
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.compute)
+
+    def _cast(self, tree: Any, dtype: Any) -> Any:
+        return jax.tree.map(
+            lambda x: x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree
+        )
+
+    def cast_params(self, params: Any) -> Any:
+        """Floating parameters in the computation dtype, except those under ``keep``."""
+
+        def cast(path, x):
+            if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+                return x
+            if any(fnmatch.fnmatchcase(_path(path), pattern) for pattern in self.keep):
+                return x
+            return x.astype(self.compute_dtype)
+
+        return jax.tree_util.tree_map_with_path(cast, params)
+
+    def cast_inputs(self, x: Any) -> Any:
+        """Floating inputs in the computation dtype (integer ids and masks untouched)."""
+        return self._cast(x, self.compute_dtype)
+
+    def cast_outputs(self, y: Any) -> Any:
+        """Floating outputs in the output dtype."""
+        return self._cast(y, jnp.dtype(self.output))
+
+
+def policy(name: str) -> Policy | None:
+    """The policy a pipeline's ``train.precision`` names: ``"float32"`` is none at all."""
+    if name not in DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name == "float32":
+        return None
+    return Policy(name, loss_scale=2.0**12 if name == "float16" else None)
