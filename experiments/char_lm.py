@@ -179,8 +179,10 @@ def train(model, optimizer, loss, metrics, train_ids, valid_ids, config: Config,
     state, history = fnn.loop.train_loop(
         step, state, batches, run=run, log_every=config.eval_every, evaluate=evaluate,
         eval_every=config.eval_every, checkpoint_every=config.eval_every, progress=progress,
+        stats=(stats := {}),
     )
-    return {"state": state, "history": history, "parameters": fnn.summary(model, x_spec).total_params}
+    return {"state": state, "history": history, "parameters": fnn.summary(model, x_spec).total_params,
+            "loop_stats": stats}
 
 
 def sample(model, state, vocab, config: Config, run=None) -> dict:

@@ -112,6 +112,7 @@ def train_loop(
     progress: bool = True,
     log: Callable[[dict[str, Any]], None] | None = None,
     parallel: DataParallel | None = None,
+    stats: dict[str, float] | None = None,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train ``state`` with ``step`` over every batch of ``data`` (a ``grain.MapDataset`` of
     batches, e.g. from ``fnn.data.loader``).
@@ -131,6 +132,11 @@ def train_loop(
         parallel: the ``fnn.distributed.DataParallel`` layout the step was made with: batches
             are split among its devices as they are prefetched, and a restored state is
             laid out on them.
+        stats: a dict that the loop fills with ``seconds`` (the loop's wall time),
+            ``training_seconds`` (the same less evaluation and checkpoints),
+            ``input_wait_seconds`` (the time it spent waiting for the next batch) and
+            ``input_wait_fraction`` (wait / training). The device runs ahead of the host, so
+            the wait is an upper bound on the time the step was starved of data.
 
     Returns the final state and every record (training and evaluation) of the run,
     including those logged before a resumption.
@@ -185,8 +191,14 @@ def train_loop(
             else None
         )
         clock, clock_step = time.perf_counter(), start
+        began, waited, elsewhere = clock, 0.0, 0.0
         at = start
-        for batch in batches:
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
             state, metrics = step(state, batch)
             at += 1
             if examples is None:  # per step: the batch, times the members of a population
@@ -202,13 +214,21 @@ def train_loop(
                     bar.update(
                         task, completed=at, loss=f"{r.get('loss', float('nan')):.4f}", speed=f"{speed:,.0f}"
                     )
+            aside = time.perf_counter()
             if evaluate is not None and ((eval_every and at % eval_every == 0) or at == total):
                 record({"step": at, "split": "eval", **evaluate(state)})
             if (checkpoint_every and at % checkpoint_every == 0) or at == total:
                 save()
+            elsewhere += time.perf_counter() - aside
             if stopper.signum is not None and at < total:
                 save()
                 raise Interrupted(str(run.directory), at, stopper.signum)
         if bar is not None:
             bar.update(task, completed=at)
+    if stats is not None:
+        jax.block_until_ready(state)
+        seconds = time.perf_counter() - began
+        training = max(seconds - elsewhere, 1e-9)
+        stats.update(seconds=seconds, training_seconds=training, input_wait_seconds=waited,
+                     input_wait_fraction=waited / training)
     return state, history

@@ -151,6 +151,19 @@ class Experiment:
     ``fnn.runs.Run`` or ``None``) and ``progress`` (whether to show a progress bar) and
     must make ``final``: a dict of the final metrics. ``notes`` (a list of strings), if
     made, go into the run's summary.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     n: int = 4
+        >>> def load(config):
+        ...     return {"numbers": list(range(config.n))}
+        >>> def report(numbers):
+        ...     return {"final": {"sum": sum(numbers)}}
+        >>> experiment = Experiment("demo", "sums numbers", Config(), Pipeline(load, report))
+        >>> experiment()["final"], experiment(Config(n=5))["final"]
+        ({'sum': 6}, {'sum': 10})
     """
 
     name: str
@@ -171,7 +184,13 @@ class Experiment:
 
 
 def experiments() -> dict[str, Experiment]:
-    """The experiments that installed packages declare under the ``fnn.experiments`` entry points."""
+    """The experiments that installed packages declare under the ``fnn.experiments`` entry points,
+    by name.
+
+    Example:
+        >>> experiments()["xor"].name
+        'xor'
+    """
     from importlib.metadata import entry_points
 
     found = {}
@@ -184,6 +203,7 @@ def experiments() -> dict[str, Experiment]:
 
 
 def find(name: str) -> Experiment:
+    """The installed experiment called ``name``; a ``PipelineError`` listing them if none is."""
     known = experiments()
     if name not in known:
         raise PipelineError(f"no experiment named {name!r}; the experiments are {', '.join(known) or 'none'}")
@@ -191,13 +211,33 @@ def find(name: str) -> Experiment:
 
 
 def start(experiment: Experiment, config: Any, directory: str, *, progress: bool = True) -> tuple[Run, dict]:
-    """Create a run directory for ``config`` and run ``experiment`` in it to the end."""
+    """Create a run directory for ``config`` and run ``experiment`` in it to the end.
+
+    Returns the :class:`fnn.runs.Run` and the pipeline's values.
+
+    Example:
+        >>> import dataclasses, os, tempfile
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     n: int = 4
+        >>> experiment = Experiment("demo", "sums numbers", Config(),
+        ...                         Pipeline(total=lambda config: {"final": {"sum": config.n * 2}}))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     run, values = start(experiment, Config(), os.path.join(d, "run"), progress=False)
+        ...     values["final"], run.final()["sum"]
+        ({'sum': 8}, 8)
+    """
     run = Run.create(directory, experiment.name, config_lib.to_dict(config))
     return run, run_in(experiment, config, run, progress)
 
 
 def resume(directory: str, *, progress: bool = True) -> tuple[Run, dict]:
-    """Continue the run in ``directory`` from its latest checkpoint."""
+    """Continue the run in ``directory`` from its latest checkpoint.
+
+    The experiment is found by the name in the run's ``config.json`` (among the installed
+    ones, :func:`experiments`) and runs with the configuration recorded there; a run of
+    ``fnn sweep`` continues as a population. Returns the run and the pipeline's values.
+    """
     from fnn import sweep
 
     run = Run(directory)
@@ -285,12 +325,25 @@ class TrainConfig:
 
 
 def learning_rate(train: TrainConfig) -> float:
+    """``train.learning_rate``, or the optimizer's default when it is None.
+
+    Example:
+        >>> learning_rate(TrainConfig()), learning_rate(TrainConfig(optimizer="sgd"))
+        (0.001, 0.05)
+    """
     return OPTIMIZERS[train.optimizer] if train.learning_rate is None else train.learning_rate
 
 
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     """The optimizer of ``train`` with its learning rate injected as a hyperparameter (so a
-    population of runs can differ in it; see ``fnn.sweep``)."""
+    population of runs can differ in it; see ``fnn.sweep``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> optimizer = make_optimizer(TrainConfig(optimizer="sgd"))
+        >>> sorted(optimizer.init({"w": jnp.zeros(2)}).hyperparams)
+        ['learning_rate', 'momentum']
+    """
     if train.optimizer not in OPTIMIZERS:
         raise config_lib.ConfigError(
             f"train.optimizer: {train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"
@@ -371,7 +424,9 @@ def train_from(
     eval_every: int = 0,
 ) -> dict:
     """Train ``state`` (one model, or a population with ``population=True``) with the loop
-    settings of ``config.train``; ``eval_every`` is the default when the config says 0."""
+    settings of ``config.train``; ``eval_every`` is the default when the config says 0.
+    Makes ``state``, ``history`` and ``loop_stats`` (wall time and the time spent waiting
+    for input; see ``fnn.loop.train_loop``)."""
     t = config.train
     parallel = layout(t)
     if population and parallel is not None:
@@ -401,8 +456,9 @@ def train_from(
         checkpoint_every=t.checkpoint_every or max(1, len(batches) // 4),
         progress=progress,
         parallel=parallel,
+        stats=(stats := {}),
     )
-    return {"state": state, "history": history}
+    return {"state": state, "history": history, "loop_stats": stats}
 
 
 def layout(train: TrainConfig):
@@ -427,7 +483,13 @@ def test(model, loss, state, test_set, metrics=None, config: Any = None) -> dict
 
 def loader_in_order(arrays: Any, batch_size: int):
     """Batches of ``arrays`` (a pytree of equally long arrays) in order, the last one smaller
-    (for evaluation)."""
+    (for evaluation).
+
+    Example:
+        >>> import numpy as np
+        >>> [x.shape for (x,) in loader_in_order((np.ones((5, 3)),), 2)]
+        [(2, 3), (2, 3), (1, 3)]
+    """
     n = len(jax.tree.leaves(arrays)[0])
     for i in range(0, n, batch_size):
         yield jax.tree.map(lambda a, i=i: a[i : i + batch_size], arrays)
@@ -435,7 +497,15 @@ def loader_in_order(arrays: Any, batch_size: int):
 
 def predict(model, state, inputs, batch_size: int = 512) -> jax.Array:
     """The model's outputs on ``inputs`` (an array or a pytree such as ``(x, mask)``) in
-    evaluation mode, computed in batches."""
+    evaluation mode, computed in batches.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, fnn
+        >>> model = fnn.Dense(2)
+        >>> state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 3)))
+        >>> predict(model, state, jnp.ones((5, 3)), batch_size=2).shape
+        (5, 2)
+    """
     apply = jax.jit(lambda params, model_state, x: model.apply(params, model_state, x)[0])
     outs = [
         apply(state.params, state.model_state, chunk) for (chunk,) in loader_in_order((inputs,), batch_size)

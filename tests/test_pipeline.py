@@ -174,6 +174,38 @@ def test_loop_logs_evaluates_and_checkpoints(tmp_path):
     assert events and events[0].startswith("events.out.tfevents")
 
 
+def test_loop_reports_the_time_it_waited_for_input():
+    step, state, data, _ = _problem()
+    stats = {}
+    loop.train_loop(step, state, data, log_every=24, progress=False, stats=stats)
+    assert set(stats) == {"seconds", "training_seconds", "input_wait_seconds", "input_wait_fraction"}
+    assert 0 < stats["input_wait_seconds"] < stats["training_seconds"] <= stats["seconds"]
+    assert stats["input_wait_fraction"] == pytest.approx(stats["input_wait_seconds"] / stats["training_seconds"])
+
+    class Slow:  # a data source that takes 20 ms per batch: the wait must show it
+        def __init__(self, data):
+            self.data = data
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, i):
+            import time
+
+            time.sleep(0.02)
+            return self.data[i]
+
+        def to_iter_dataset(self, options):
+            import grain
+
+            return grain.MapDataset.range(len(self.data)).map(self.__getitem__).to_iter_dataset(options)
+
+    step, state, data, _ = _problem()  # the first loop donated its state's buffers
+    stats = {}
+    loop.train_loop(step, state, Slow(data), log_every=24, progress=False, stats=stats)
+    assert stats["input_wait_seconds"] > 0.3  # 24 batches of 20 ms, two of them fetched ahead of the loop
+
+
 def read_tensorboard(directory):
     """``{(tag, step): value}`` of every scalar in the TFRecord event files of ``directory``,
     read with the crc checks of the format (what TensorBoard itself reads)."""

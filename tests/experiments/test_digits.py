@@ -8,8 +8,9 @@ from experiments import digits
 from fnn.pipeline import TrainConfig
 
 
-def test_cnn_reaches_98_percent():
-    result = digits.run(digits.Config(model="cnn"))
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_cnn_reaches_98_percent(precision):
+    result = digits.run(digits.Config(model="cnn", train=TrainConfig(precision=precision)))
     final = result["final"]
     assert final["test_accuracy"] >= 0.98
     assert final["test_examples"] == 360

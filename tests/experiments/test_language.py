@@ -10,9 +10,10 @@ TINY_LM = dict(steps=150, batch_size=16, length=64, width=64, layers=1, heads=2,
                eval_every=75, eval_windows=128, sample_length=40, learning_rate=5e-3)
 
 
-@pytest.mark.parametrize("model", ["transformer", "lstm"])
-def test_char_models_beat_the_unigram_baseline_and_write_text(model):
-    values = char_lm.run(char_lm.Config(model=model, **TINY_LM))
+@pytest.mark.parametrize("model,precision", [("transformer", "float32"), ("lstm", "float32"),
+                                             ("transformer", "bfloat16")])
+def test_char_models_beat_the_unigram_baseline_and_write_text(model, precision):
+    values = char_lm.run(char_lm.Config(model=model, precision=precision, **TINY_LM))
     result = {**values, **values["final"]}
     assert result["unigram_bits_per_char"] == pytest.approx(4.37, abs=0.01)
     assert result["valid_bits_per_char"] < result["unigram_bits_per_char"] - 0.8
