@@ -37,6 +37,7 @@ def train(process_id: int, out: str, fsdp: bool) -> None:
 
 
 def main(process_id: int, port: int, out: str) -> None:
+    os.makedirs(out, exist_ok=True)
     fnn.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
     assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
     train(process_id, out, fsdp=False)
