@@ -37,11 +37,22 @@ from fnn.layers.sequence import join_mask, split_mask
 
 
 def hz_to_mel(hz: Any) -> Any:
-    """The mel scale (O'Shaughnessy, 1987): ``2595 log10(1 + hz / 700)``."""
+    """The mel scale (O'Shaughnessy, 1987): ``2595 log10(1 + hz / 700)``.
+
+    Example:
+        >>> round(float(hz_to_mel(1000.0)), 1)
+        1000.0
+    """
     return 2595.0 * np.log10(1.0 + np.asarray(hz, np.float64) / 700.0)
 
 
 def mel_to_hz(mel: Any) -> Any:
+    """The inverse of :func:`hz_to_mel`: ``700 (10 ** (mel / 2595) - 1)``.
+
+    Example:
+        >>> round(float(mel_to_hz(hz_to_mel(440.0))), 6)
+        440.0
+    """
     return 700.0 * (10.0 ** (np.asarray(mel, np.float64) / 2595.0) - 1.0)
 
 
@@ -67,7 +78,12 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0,
 
 
 def frame_count(samples: Any, win_length: int, hop: int) -> Any:
-    """How many whole frames fit in ``samples`` samples (0 when fewer than ``win_length``)."""
+    """How many whole frames fit in ``samples`` samples (0 when fewer than ``win_length``).
+
+    Example:
+        >>> frame_count([16000, 399], win_length=400, hop=160).tolist()
+        [98, 0]
+    """
     samples = np.asarray(samples)
     return np.where(samples >= win_length, (samples - win_length) // hop + 1, 0)
 
@@ -90,6 +106,16 @@ class LogMel(Layer):
     ``float32[batch, frames, n_mels]`` or ``(features, frame_mask bool[batch, frames])``,
     with ``frames = (samples - win_length) // hop + 1``. A frame is real when all its
     samples are; padded frames come out as zeros.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> front_end = LogMel()                              # 25 ms frames every 10 ms at 16 kHz
+        >>> front_end({}, jnp.zeros((2, 1600))).shape         # 0.1 s of audio
+        (2, 8, 40)
+        >>> mask = jnp.arange(1600) < jnp.array([[1600], [800]])
+        >>> features, frame_mask = front_end({}, (jnp.zeros((2, 1600)), mask))
+        >>> frame_mask.sum(1).tolist()
+        [8, 3]
     """
 
     sample_rate: int = 16_000
@@ -153,7 +179,16 @@ class LogMel(Layer):
 
 def normalize(features: jax.Array, mask: jax.Array, epsilon: float = 1e-5) -> jax.Array:
     """Each row's features shifted and scaled to zero mean and unit variance over its real
-    frames (``mask``), feature by feature."""
+    frames (``mask``), feature by feature.
+
+    Shapes: ``features: [batch, frames, features]``, ``mask: bool[batch, frames]``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> out = normalize(jnp.array([[[1.0], [3.0], [9.0]]]), jnp.array([[True, True, False]]))
+        >>> [round(float(v), 3) for v in out[0, :2, 0]]
+        [-1.0, 1.0]
+    """
     m = mask[..., None].astype(features.dtype)
     count = jnp.maximum(m.sum(1, keepdims=True), 1.0)
     mean = (features * m).sum(1, keepdims=True) / count
@@ -205,6 +240,13 @@ def featurize(audio: np.ndarray, lengths: np.ndarray, sample_rate: int, front_en
 
     Raises ``ValueError`` if ``sample_rate`` is not the front end's, or naming the first
     utterance too short for one frame.
+
+    Example:
+        >>> import numpy as np
+        >>> features, frame_mask = featurize(np.zeros((3, 1600), np.float32), np.array([1600, 800, 400]),
+        ...                                  16000, LogMel())
+        >>> features.shape, frame_mask.sum(1).tolist()
+        ((3, 8, 40), [8, 3, 1])
     """
     if sample_rate != front_end.sample_rate:
         raise ValueError(

@@ -39,7 +39,17 @@ _log_filter_installed = False
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model; the message
-    names the checkpoint and the first path that does not fit."""
+    names the checkpoint and the first path that does not fit.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> check_fits({"params/w": jax.ShapeDtypeStruct((2,), jnp.float32)},
+        ...            {"params/w": jax.ShapeDtypeStruct((3,), jnp.float32)}, "checkpoint 5")
+        Traceback (most recent call last):
+        ...
+        fnn.checkpoint.CheckpointError: checkpoint 5 does not fit this model at params/w: the checkpoint \
+holds float32[2], the model expects float32[3]
+    """
 
 
 def _quiet_orbax() -> None:
@@ -64,7 +74,18 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 
 def to_saved(state: TrainState) -> TrainState:
-    """The state with its typed rng key as raw key data (what orbax can store)."""
+    """The state with its typed rng key as raw key data (what orbax can store).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, fnn
+        >>> state = fnn.init_train_state(fnn.Dense(2), optax.sgd(0.1), jax.random.key(0),
+        ...                              jnp.zeros((1, 3)))
+        >>> saved = to_saved(state)
+        >>> saved.rng.dtype, saved.rng.shape
+        (dtype('uint32'), (2,))
+        >>> bool(jnp.all(jax.random.key_data(from_saved(saved, state).rng) == saved.rng))
+        True
+    """
     rng = state.rng
     if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.key_data(rng)
@@ -72,6 +93,8 @@ def to_saved(state: TrainState) -> TrainState:
 
 
 def from_saved(saved: TrainState, template: TrainState) -> TrainState:
+    """The inverse of :func:`to_saved`: the rng key data wrapped as a key of the
+    ``template``'s implementation (see the example there)."""
     rng = saved.rng
     if jax.dtypes.issubdtype(template.rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.wrap_key_data(rng, impl=jax.random.key_impl(template.rng))
@@ -79,7 +102,11 @@ def from_saved(saved: TrainState, template: TrainState) -> TrainState:
 
 
 def check_fits(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
-    """Raise a ``CheckpointError`` at the first path whose presence, shape or dtype differ."""
+    """Raise a ``CheckpointError`` at the first path whose presence, shape or dtype differ.
+
+    ``saved`` and ``expected`` map paths to anything with ``shape`` and ``dtype``; see
+    :class:`CheckpointError` for an example.
+    """
     for path, leaf in expected.items():
         if path not in saved:
             raise CheckpointError(

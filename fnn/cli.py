@@ -100,7 +100,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fnn`` console script; returns the exit status."""
+    """Entry point of the ``fnn`` console script; returns the exit status.
+
+    ``argv`` is the command line after ``fnn`` (default: ``sys.argv[1:]``).
+
+    Example:
+        >>> status = main(["run", "xor", "--keys"])
+        xor: a 2-4-1 sigmoid network learns XOR by backpropagation
+        <BLANKLINE>
+        configuration (key = default):
+          hidden = 4
+          steps = 1000
+          learning_rate = 0.5
+          momentum = 0.9
+          seed = 0
+        >>> status
+        0
+    """
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options (`fnn run digits -q model=mlp`): argparse leaves them in extra

@@ -33,7 +33,18 @@ from typing import Any
 
 
 class ConfigError(ValueError):
-    """A configuration key or value that is not valid; the message says what is."""
+    """A configuration key or value that is not valid; the message says what is.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class C:
+        ...     seed: int = 0
+        >>> override(C(), ["sede=1"])
+        Traceback (most recent call last):
+        ...
+        fnn.config.ConfigError: unknown key 'sede'; valid keys: seed
+    """
 
 
 _TRUE = {"true", "yes", "1", "on"}
@@ -94,7 +105,16 @@ def keys(config: Any, prefix: str = "") -> list[str]:
 
 
 def parse_value(text: str, hint: Any, key: str, choices: Iterable | None = None) -> Any:
-    """``text`` converted to the type ``hint`` of field ``key``; a ``ConfigError`` if it won't."""
+    """``text`` converted to the type ``hint`` of field ``key``; a ``ConfigError`` if it won't.
+
+    Example:
+        >>> parse_value("3", int, "seed"), parse_value("true", bool, "shuffle")
+        (3, True)
+        >>> parse_value("three", int, "seed")
+        Traceback (most recent call last):
+        ...
+        fnn.config.ConfigError: seed: expected int, got 'three'
+    """
     kind, optional = _split_optional(hint)
     if optional and text.strip().lower() in ("none", "null"):
         return None
@@ -127,6 +147,15 @@ def parse_value(text: str, hint: Any, key: str, choices: Iterable | None = None)
 
 
 def check_choice(key: str, value: Any, choices: Iterable | None) -> None:
+    """A ``ConfigError`` naming ``key`` unless ``value`` is one of ``choices`` (None: any).
+
+    Example:
+        >>> check_choice("model", "cnn", ("mlp", "cnn"))
+        >>> check_choice("model", "rnn", ("mlp", "cnn"))
+        Traceback (most recent call last):
+        ...
+        fnn.config.ConfigError: model: 'rnn' is not one of 'mlp', 'cnn'
+    """
     if choices is not None and value is not None and value not in tuple(choices):
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
 
@@ -159,7 +188,22 @@ def _set(config: Any, path: list[str], text: str, full: str, root: Any) -> Any:
 
 
 def override(config: Any, assignments: Iterable[str]) -> Any:
-    """``config`` with each ``"dotted.key=value"`` of ``assignments`` applied, in order."""
+    """``config`` with each ``"dotted.key=value"`` of ``assignments`` applied, in order.
+
+    Values are parsed by the field's type and checked against its ``choices`` metadata.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Train:
+        ...     lr: float = 1e-3
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class C:
+        ...     seed: int = 0
+        ...     train: Train = Train()
+        >>> override(C(), ["seed=3", "train.lr=0.01"])
+        C(seed=3, train=Train(lr=0.01))
+    """
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
@@ -172,7 +216,17 @@ def override(config: Any, assignments: Iterable[str]) -> Any:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A config as plain nested dicts (what a run directory's ``config.json`` holds)."""
+    """A config as plain nested dicts (what a run directory's ``config.json`` holds).
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class C:
+        ...     seed: int = 0
+        ...     model: str = "mlp"
+        >>> to_dict(C())
+        {'seed': 0, 'model': 'mlp'}
+    """
     return dataclasses.asdict(config)
 
 
@@ -180,6 +234,15 @@ def from_dict(config_class: type, values: Mapping[str, Any], prefix: str = "") -
     """The inverse of :func:`to_dict`, with every key and type checked.
 
     Keys missing from ``values`` keep their defaults; unknown keys are an error.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class C:
+        ...     seed: int = 0
+        ...     model: str = "mlp"
+        >>> from_dict(C, {"seed": 1})
+        C(seed=1, model='mlp')
     """
     if not isinstance(values, Mapping):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}")

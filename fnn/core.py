@@ -42,6 +42,17 @@ class LayerError(ValueError):
 
     The path is ``"dense_1"`` or ``"encoder/conv_0"``; combinators add their part of it
     as the error passes up through them.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> model = fnn.serial(head=fnn.serial(fnn.Conv(4, (3, 3))))
+        >>> try:
+        ...     model.init(jax.random.key(0), jnp.zeros((2, 8)))
+        ... except fnn.LayerError as error:
+        ...     print(error.path, type(error).__name__)
+        ...     print(error)
+        ('head', 'conv_0') ShapeError
+        head/conv_0: Conv expects input of rank 4 (batch, height, width, channels), got float32[2,8]
     """
 
     def __init__(self, message: str, path: tuple[str, ...] = ()):
@@ -56,11 +67,18 @@ class LayerError(ValueError):
 
 
 class ShapeError(LayerError):
-    """A layer got an input of a shape or dtype it cannot take; says what it expected."""
+    """A layer got an input of a shape or dtype it cannot take; says what it expected
+    (see :class:`LayerError` for an example)."""
 
 
 def shape_str(x: Any) -> str:
-    """A short description of an input spec, for error messages: ``float32[8,28,28,1]``."""
+    """A short description of an input spec, for error messages: ``float32[8,28,28,1]``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> shape_str((jnp.zeros((8, 3)), jnp.zeros((8,), bool)))
+        '(float32[8,3], bool[8])'
+    """
     if isinstance(x, tuple | list):
         return "(" + ", ".join(shape_str(v) for v in x) + ")"
     if hasattr(x, "shape") and hasattr(x, "dtype"):
@@ -69,7 +87,12 @@ def shape_str(x: Any) -> str:
 
 
 def snake_case(name: str) -> str:
-    """``"BatchNorm"`` -> ``"batch_norm"``, ``"ConvTranspose"`` -> ``"conv_transpose"``."""
+    """``"BatchNorm"`` -> ``"batch_norm"``, ``"ConvTranspose"`` -> ``"conv_transpose"``.
+
+    Example:
+        >>> snake_case("MultiHeadAttention")
+        'multi_head_attention'
+    """
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
@@ -80,6 +103,18 @@ class Layer:
     A subclass implements ``init`` and ``apply``; a layer without state may instead
     implement the shorter pair ``init_params(key, x) -> params`` and
     ``forward(params, x, *, key, train) -> y``, which the defaults below wrap.
+
+    Example:
+        >>> import dataclasses, jax, jax.numpy as jnp, fnn
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Bias(fnn.Layer):
+        ...     def init_params(self, key, x):
+        ...         return {"b": jnp.zeros(x.shape[-1:])}
+        ...     def forward(self, params, x, *, key=None, train=False):
+        ...         return x + params["b"]
+        >>> params, state = Bias().init(jax.random.key(0), jnp.zeros((2, 3)))
+        >>> params["b"].shape, state, Bias()(params, jnp.ones((2, 3))).shape
+        ((3,), {}, (2, 3))
     """
 
     def init(self, key: jax.Array, x: Any) -> tuple[Params, State]:
@@ -153,14 +188,27 @@ class Fn(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class Identity(Layer):
-    """Returns its input unchanged."""
+    """Returns its input unchanged; ``fnn.identity`` is one.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> fnn.identity({}, jnp.array([1.0, 2.0]))
+        Array([1., 2.], dtype=float32)
+    """
 
     def forward(self, params, x, *, key=None, train=False):
         return x
 
 
 def as_layer(layer: Layer | Callable[[Any], Any]) -> Layer:
-    """A layer as given, or a plain callable wrapped in ``Fn``."""
+    """A layer as given, or a plain callable wrapped in ``Fn``.
+
+    Example:
+        >>> import jax
+        >>> layer = as_layer(jax.nn.relu)
+        >>> type(layer).__name__, layer.name, as_layer(layer) is layer
+        ('Fn', 'relu', True)
+    """
     if isinstance(layer, Layer):
         return layer
     if callable(layer):
@@ -169,7 +217,13 @@ def as_layer(layer: Layer | Callable[[Any], Any]) -> Layer:
 
 
 def split_key(key: jax.Array | None, n: int) -> list[jax.Array | None]:
-    """``n`` independent keys, or ``n`` Nones when there is no key to split."""
+    """``n`` independent keys, or ``n`` Nones when there is no key to split.
+
+    Example:
+        >>> import jax
+        >>> len(split_key(jax.random.key(0), 3)), split_key(None, 2)
+        (3, [None, None])
+    """
     if key is None:
         return [None] * n
     return list(jax.random.split(key, n))
@@ -379,17 +433,36 @@ class FanInSum(Layer):
 
 
 def fan_out(n: int) -> FanOut:
-    """``x -> (x,) * n``: feeds one input to ``n`` parallel branches."""
+    """``x -> (x,) * n``: feeds one input to ``n`` parallel branches.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> fnn.fan_out(2)({}, jnp.array([1.0]))
+        (Array([1.], dtype=float32), Array([1.], dtype=float32))
+    """
     return FanOut(n)
 
 
 def fan_in_concat(axis: int = -1) -> FanInConcat:
-    """``(a, b, ...) -> concatenate([a, b, ...], axis)``."""
+    """``(a, b, ...) -> concatenate([a, b, ...], axis)``; the inputs must agree in every
+    other axis.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> fnn.fan_in_concat()({}, (jnp.ones((1, 2)), jnp.zeros((1, 1))))
+        Array([[1., 1., 0.]], dtype=float32)
+    """
     return FanInConcat(axis)
 
 
 def fan_in_sum() -> FanInSum:
-    """``(a, b, ...) -> a + b + ...``."""
+    """``(a, b, ...) -> a + b + ...``; the inputs must have one shape.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> fnn.fan_in_sum()({}, (jnp.ones(2), jnp.ones(2)))
+        Array([2., 2.], dtype=float32)
+    """
     return FanInSum()
 
 

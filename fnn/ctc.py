@@ -50,7 +50,12 @@ def _split(outputs: Any, name: str) -> tuple[Any, Any]:
 
 
 def required_frames(labels: Sequence[int]) -> int:
-    """The fewest frames that can spell ``labels``: their count plus one blank per adjacent repeat."""
+    """The fewest frames that can spell ``labels``: their count plus one blank per adjacent repeat.
+
+    Example:
+        >>> required_frames([1, 1, 2])
+        4
+    """
     labels = list(labels)
     return len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))
 
@@ -63,6 +68,13 @@ def check_targets(frames: Any, labels: Any, label_lengths: Any, *, where: str = 
         frames: ``int[n]``, the real output frames of each utterance.
         labels: ``int[n, max_labels]``, padded transcripts.
         label_lengths: ``int[n]``, each transcript's length.
+
+    Example:
+        >>> check_targets([3, 4], [[1, 2], [1, 1]], [2, 2])
+        >>> check_targets([3, 1], [[1, 2], [1, 1]], [2, 2])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ctc: utterance 1's transcript of 2 labels needs at least 3 output frames ...
     """
     frames, labels, label_lengths = (np.asarray(a) for a in (frames, labels, label_lengths))
     for i in range(len(label_lengths)):
@@ -122,7 +134,17 @@ def _collapse(path: Sequence[int], blank: int) -> list[int]:
 
 
 def greedy_decode(logits: Any, mask: Any = None, *, blank: int = 0) -> list[list[int]]:
-    """The best label of each real frame, repeats merged and blanks dropped, per utterance."""
+    """The best label of each real frame, repeats merged and blanks dropped, per utterance.
+
+    Shapes: ``logits: [batch, frames, labels]`` (label ``blank`` is the CTC blank),
+    ``mask: bool[batch, frames]`` (None: every frame is real).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> best = jnp.array([[1, 1, 0, 1, 2]])              # the best label per frame
+        >>> greedy_decode(jnp.eye(3)[best])                  # 1 1 merged; the blank splits 1 _ 1
+        [[1, 1, 2]]
+    """
     best = np.asarray(jnp.argmax(logits, -1))
     mask = np.ones(best.shape, bool) if mask is None else np.asarray(mask)
     return [_collapse(row[m], blank) for row, m in zip(best, mask)]
@@ -135,6 +157,12 @@ def beam_search(log_probs: Any, *, beam_width: int = 8, blank: int = 0, prune: f
     frame sequences that spell it ending in a blank and ending in its last label, so
     that a repeated label is only counted when a blank came between. Labels with a
     log-probability below ``prune`` at a frame are not extended there.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> log_probs = jax.nn.log_softmax(4 * jnp.eye(3)[jnp.array([1, 1, 0, 1, 2])])
+        >>> beam_search(log_probs, beam_width=4)
+        [1, 1, 2]
     """
     log_probs = np.asarray(log_probs, np.float64)
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}
@@ -160,7 +188,17 @@ def beam_search(log_probs: Any, *, beam_width: int = 8, blank: int = 0, prune: f
 
 
 def beam_decode(logits: Any, mask: Any = None, *, beam_width: int = 8, blank: int = 0) -> list[list[int]]:
-    """:func:`beam_search` over each utterance's real frames."""
+    """:func:`beam_search` over each utterance's real frames.
+
+    Shapes: ``logits: [batch, frames, labels]``, ``mask: bool[batch, frames]`` (None: every
+    frame is real); returns one list of labels per utterance.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> logits = 4 * jnp.eye(3)[jnp.array([[1, 1, 0, 1, 2], [2, 2, 2, 0, 0]])]
+        >>> beam_decode(logits, jnp.array([[True] * 5, [True, True, False, False, False]]))
+        [[1, 1, 2], [2]]
+    """
     log_probs = np.asarray(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), -1))
     mask = np.ones(log_probs.shape[:2], bool) if mask is None else np.asarray(mask)
     return [beam_search(lp[m], beam_width=beam_width, blank=blank) for lp, m in zip(log_probs, mask)]
@@ -196,12 +234,22 @@ def align(reference: Sequence[Any], hypothesis: Sequence[Any]) -> list[tuple[Any
 
 
 def edit_distance(reference: Sequence[Any], hypothesis: Sequence[Any]) -> int:
-    """Substitutions + deletions + insertions that turn ``reference`` into ``hypothesis``."""
+    """Substitutions + deletions + insertions that turn ``reference`` into ``hypothesis``.
+
+    Example:
+        >>> edit_distance("kitten", "sitting")
+        3
+    """
     return sum(r != h for r, h in align(reference, hypothesis))
 
 
 def error_rate(references: Sequence[Sequence[Any]], hypotheses: Sequence[Sequence[Any]]) -> float:
-    """Summed edit distance over summed reference length (the label or word error rate)."""
+    """Summed edit distance over summed reference length (the label or word error rate).
+
+    Example:
+        >>> error_rate([[1, 2, 3], [4]], [[1, 3], [4, 4]])            # 2 edits in 4 labels
+        0.5
+    """
     if len(references) != len(hypotheses):
         raise ValueError(f"error_rate: {len(references)} references but {len(hypotheses)} hypotheses")
     total = sum(len(r) for r in references)

@@ -22,7 +22,15 @@ from sklearn.model_selection import train_test_split
 
 
 def check_finite(name: str, array: np.ndarray) -> None:
-    """Raise if a float array holds NaN or infinity, naming the array and the first bad index."""
+    """Raise if a float array holds NaN or infinity, naming the array and the first bad index.
+
+    Example:
+        >>> import numpy as np
+        >>> check_finite("images", np.array([1.0, np.nan]))
+        Traceback (most recent call last):
+        ...
+        ValueError: images holds 1 NaN or infinite values (first at (1,))
+    """
     if np.issubdtype(array.dtype, np.floating):
         bad = ~np.isfinite(array)
         if bad.any():
@@ -31,7 +39,15 @@ def check_finite(name: str, array: np.ndarray) -> None:
 
 
 def check_dataset(name: str, arrays: Sequence[np.ndarray]) -> None:
-    """Raise unless ``arrays`` are non-empty, finite and equally long."""
+    """Raise unless ``arrays`` are non-empty, finite and equally long.
+
+    Example:
+        >>> import numpy as np
+        >>> check_dataset("train", [np.zeros((3, 2)), np.zeros(2)])
+        Traceback (most recent call last):
+        ...
+        ValueError: train: arrays differ in length: [3, 2]
+    """
     lengths = {len(a) for a in arrays}
     if len(lengths) != 1:
         raise ValueError(f"{name}: arrays differ in length: {[len(a) for a in arrays]}")

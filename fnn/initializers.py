@@ -40,7 +40,16 @@ NAMES = tuple(sorted(_NAMED))
 
 
 def get(init: str | Initializer) -> Initializer:
-    """The initializer called ``init``, or ``init`` itself when it is already a function."""
+    """The initializer called ``init`` (one of ``NAMES``), or ``init`` itself when it is
+    already a function ``(key, shape, dtype) -> array``.
+
+    Example:
+        >>> import jax, fnn
+        >>> fnn.initializers.get("zeros")(jax.random.key(0), (2,))
+        Array([0., 0.], dtype=float32)
+        >>> fnn.initializers.get(jax.nn.initializers.ones) is jax.nn.initializers.ones
+        True
+    """
     if callable(init):
         return init
     if isinstance(init, str) and init in _NAMED:

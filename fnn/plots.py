@@ -64,7 +64,18 @@ def curves(
 def confusion_matrix(
     matrix: np.ndarray, path: str | os.PathLike, *, labels: Sequence[str] | None = None, title: str = ""
 ) -> Path:
-    """A confusion matrix (rows: true class, columns: predicted) as a heat map with counts."""
+    """A confusion matrix (rows: true class, columns: predicted) as a heat map with counts.
+
+    Shapes: ``matrix: int[classes, classes]`` (e.g. ``fnn.metrics.confusion_matrix``);
+    ``labels``: one name per class. Returns the path written.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = confusion_matrix([[5, 1], [0, 4]], os.path.join(d, "m.png"), labels=["no", "yes"])
+        ...     p.name, p.stat().st_size > 0
+        ('m.png', True)
+    """
     plt = _pyplot()
     matrix = np.asarray(matrix)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:

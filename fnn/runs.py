@@ -53,7 +53,22 @@ def _jsonable(value: Any) -> Any:
 
 
 class Run:
-    """One run directory; created with ``Run.create``, reopened with ``Run(path)``."""
+    """One run directory; created with ``Run.create``, reopened with ``Run(path)``.
+
+    ``log`` appends a record to ``metrics.jsonl`` (and TensorBoard), ``checkpoints`` is the
+    run's :class:`fnn.checkpoint.Checkpoints`, and ``finish`` writes ``final.json``,
+    ``curves.png`` and ``summary.md``.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     run = Run.create(os.path.join(d, "demo"), "demo", {"seed": 0})
+        ...     run.log({"step": 10, "split": "train", "loss": 0.5})
+        ...     run.finish({"accuracy": 0.9})
+        ...     sorted(p.name for p in run.directory.iterdir()), run.records(), run.final()
+        (['config.json', 'curves.png', 'final.json', 'metrics.jsonl', 'summary.md', 'tensorboard'], \
+[{'step': 10, 'split': 'train', 'loss': 0.5}], {'accuracy': 0.9})
+    """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
@@ -232,7 +247,22 @@ def _format(value: Any) -> str:
 
 
 def show(directory: str | os.PathLike) -> str:
-    """A run's experiment, configuration, progress, final metrics and where its plots are."""
+    """A run's experiment, configuration, progress, final metrics and where its plots are.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     Run.create(os.path.join(d, "demo"), "demo", {"seed": 0}).finish({"accuracy": 0.9})
+        ...     print(show(os.path.join(d, "demo")).replace(d, "D"))  # doctest: +ELLIPSIS
+        run D/demo
+        experiment: demo
+        config:
+          seed = 0
+        checkpoints: none
+        final metrics:
+          accuracy: 0.9
+        ...
+    """
     run = Run(directory)
     lines = [f"run {run.directory}", f"experiment: {run.experiment}", "config:"]
     lines += [f"  {key} = {value}" for key, value in _flatten(run.config)]
@@ -267,7 +297,19 @@ def _flatten(config: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str,
 
 def compare(directories: Sequence[str | os.PathLike], plot_path: str | os.PathLike | None = None) -> str:
     """A table of the runs' final metrics; with ``plot_path``, one figure overlaying their
-    curves (each metric's evaluation records, or training records where there are none)."""
+    curves (each metric's evaluation records, or training records where there are none).
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     for name, accuracy in (("a", 0.9), ("b", 0.8)):
+        ...         Run.create(os.path.join(d, name), "demo", {}).finish({"accuracy": accuracy})
+        ...     table = compare([os.path.join(d, "a"), os.path.join(d, "b")])
+        >>> table.splitlines()[0].split()
+        ['run', '|', 'experiment', '|', 'accuracy']
+        >>> [row.split("|")[-1].strip() for row in table.splitlines()[2:]]
+        ['0.9', '0.8']
+    """
     runs = [Run(d) for d in directories]
     finals = [r.final() for r in runs]
     names = sorted({k for f in finals for k, v in f.items() if isinstance(v, int | float)})

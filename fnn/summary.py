@@ -24,7 +24,16 @@ def _own_shapes(params: Any) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """The layers of a model on a given input. ``print`` it for a table."""
+    """The layers of a model on a given input. ``print`` it for a table.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> s = fnn.summary(fnn.serial(fnn.Dense(4), fnn.relu), jnp.zeros((1, 3)))
+        >>> [node.path for node in s.nodes], s.total_params
+        ([(), ('dense_0',), ('relu_0',)], 16)
+        >>> s.rows()[1]
+        ('dense_0', 'Dense', 'float32[1,4]', 'b[4] w[3,4]', '16')
+    """
 
     nodes: list[Node]
     total_params: int

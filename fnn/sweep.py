@@ -45,7 +45,18 @@ def init_population(
     model, optimizer, seeds: Sequence[int], x: Any, hyperparams: Mapping[str, Sequence[float]] | None = None
 ) -> TrainState:
     """The stacked train states of ``len(seeds)`` members (member ``i`` from ``jax.random.key(seeds[i])``),
-    with each named hyperparameter of the ``inject_hyperparams`` optimizer set per member."""
+    with each named hyperparameter of the ``inject_hyperparams`` optimizer set per member.
+
+    Every leaf gains a leading member axis of length ``len(seeds)``.
+
+    Example:
+        >>> import jax.numpy as jnp, optax, fnn
+        >>> optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+        >>> state = init_population(fnn.Dense(2), optimizer, [0, 1, 2], jnp.zeros((1, 3)),
+        ...                         {"learning_rate": [0.1, 0.1, 0.3]})
+        >>> state.params["w"].shape, state.opt_state.hyperparams["learning_rate"]
+        ((3, 3, 2), Array([0.1, 0.1, 0.3], dtype=float32))
+    """
     states = [init_train_state(model, optimizer, jax.random.key(int(s)), x) for s in seeds]
     state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
     for name, values in (hyperparams or {}).items():
@@ -56,6 +67,8 @@ def init_population(
 
 
 def set_hyperparam(state: TrainState, name: str, values: jax.Array) -> TrainState:
+    """A population's state with hyperparameter ``name`` of its ``inject_hyperparams``
+    optimizer set to ``values``, one per member (see :func:`init_population`)."""
     opt_state = state.opt_state
     hyper = getattr(opt_state, "hyperparams", None)
     if hyper is None or name not in hyper:
@@ -71,7 +84,16 @@ def set_hyperparam(state: TrainState, name: str, values: jax.Array) -> TrainStat
 
 def parse_grid(config: Any, specs: Sequence[str]) -> list[tuple[str, list]]:
     """``["train.learning_rate=1e-3,3e-3"]`` as ``[("train.learning_rate", [0.001, 0.003])]``, each
-    value checked like an override."""
+    value checked like an override.
+
+    Example:
+        >>> import dataclasses, fnn
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     train: fnn.pipeline.TrainConfig = fnn.pipeline.TrainConfig()
+        >>> parse_grid(Config(), ["train.learning_rate=1e-3,3e-3"])
+        [('train.learning_rate', [0.001, 0.003])]
+    """
     grid = []
     for spec in specs:
         key, sep, text = spec.partition("=")
@@ -94,7 +116,16 @@ def getattr_path(config: Any, key: str) -> Any:
 
 
 def members(seeds: int, grid: Mapping[str, Sequence]) -> list[dict[str, Any]]:
-    """Every grid point times seeds ``0..seeds-1``: ``[{"seed": 0, "train.learning_rate": ...}, ...]``."""
+    """Every grid point times seeds ``0..seeds-1``: ``[{"seed": 0, "train.learning_rate": ...}, ...]``.
+
+    Example:
+        >>> for member in members(2, {"train.learning_rate": [1e-3, 3e-3]}):
+        ...     print(label(member))
+        seed=0 learning_rate=0.001
+        seed=1 learning_rate=0.001
+        seed=0 learning_rate=0.003
+        seed=1 learning_rate=0.003
+    """
     if not isinstance(seeds, int) or seeds < 1:
         raise config_lib.ConfigError(f"--seeds must be a positive int, got {seeds!r}")
     keys = list(grid)
@@ -192,6 +223,7 @@ def population_report(
 
 
 def label(member: Mapping[str, Any]) -> str:
+    """A member as ``seed=0 learning_rate=0.001`` (see :func:`members`)."""
     return " ".join(
         f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
         for k, v in member.items()
@@ -199,7 +231,15 @@ def label(member: Mapping[str, Any]) -> str:
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table of dicts with the same keys."""
+    """A Markdown table of dicts with the same keys.
+
+    Example:
+        >>> print(format_table([{"variant": "a", "accuracy": 0.9}, {"variant": "b", "accuracy": 0.85}]))
+        | variant | accuracy |
+        | --- | --- |
+        | a | 0.9 |
+        | b | 0.85 |
+    """
     keys = list(rows[0])
 
     def cell(v):

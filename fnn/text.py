@@ -41,6 +41,11 @@ class CharVocab:
 
     A character not in the vocabulary is an error naming it, unless the vocabulary
     has an ``unknown`` character to map it to.
+
+    Example:
+        >>> vocab = CharVocab.from_text("hello")
+        >>> vocab.size, vocab.encode("hole").tolist(), vocab.decode([1, 3, 2, 0])
+        (4, [1, 3, 2, 0], 'hole')
     """
 
     chars: str
@@ -91,7 +96,12 @@ class CharVocab:
 
 @dataclasses.dataclass(frozen=True)
 class ByteVocab:
-    """The 256 byte values of a UTF-8 encoding: every text encodes, nothing is unknown."""
+    """The 256 byte values of a UTF-8 encoding: every text encodes, nothing is unknown.
+
+    Example:
+        >>> ByteVocab().encode("é").tolist(), ByteVocab().decode([195, 169])
+        ([195, 169], 'é')
+    """
 
     size: int = 256
 
@@ -120,7 +130,15 @@ PAD, UNKNOWN = "<pad>", "<unk>"
 
 @dataclasses.dataclass(frozen=True)
 class WordVocab:
-    """The most frequent words of a corpus; id 0 is padding, id 1 any other word."""
+    """The most frequent words of a corpus; id 0 is padding, id 1 any other word.
+
+    Example:
+        >>> vocab = WordVocab.from_texts(["the cat sat", "the dog"], max_size=4)
+        >>> vocab.tokens
+        ('<pad>', '<unk>', 'the', 'cat')
+        >>> vocab.encode("the cat ran").tolist(), vocab.decode([2, 3, 1])
+        ([2, 3, 1], 'the cat <unk>')
+    """
 
     tokens: tuple[str, ...]
 
@@ -185,6 +203,12 @@ def lm_windows(
     ``int32[batch_size, length]`` with ``y[:, t] = x[:, t + 1]`` in the stream.
 
     Yields ``steps`` batches, or forever when ``steps`` is None.
+
+    Example:
+        >>> import numpy as np
+        >>> x, y = next(lm_windows(np.arange(20), batch_size=2, length=4, seed=0))
+        >>> x.tolist(), y.tolist()
+        ([[13, 14, 15, 16], [10, 11, 12, 13]], [[14, 15, 16, 17], [11, 12, 13, 14]])
     """
     ids = np.asarray(ids)
     if ids.ndim != 1 or len(ids) < length + 1:
@@ -232,6 +256,13 @@ def lm_streams(ids: np.ndarray, batch_size: int, length: int) -> Iterator[tuple[
     through time: row ``b`` of batch ``k + 1`` continues row ``b`` of batch ``k``.
 
     The stream is cut into ``batch_size`` equal parts (the remainder dropped); one pass.
+
+    Example:
+        >>> import numpy as np
+        >>> for x, y in lm_streams(np.arange(14), batch_size=2, length=3):
+        ...     print(x.tolist(), y.tolist())
+        [[0, 1, 2], [6, 7, 8]] [[1, 2, 3], [7, 8, 9]]
+        [[3, 4, 5], [9, 10, 11]] [[4, 5, 6], [10, 11, 12]]
     """
     ids = np.asarray(ids)
     per_stream = (len(ids) - 1) // batch_size

@@ -34,7 +34,19 @@ MetricFns = Mapping[str, Callable[[Any, Any], jax.Array]]
 
 
 class TrainState(NamedTuple):
-    """Everything a training run carries from step to step; a pytree."""
+    """Everything a training run carries from step to step; a pytree.
+
+    ``params`` and ``model_state`` are the model's nested dicts, ``opt_state`` the
+    optimizer's, ``step`` an int32 scalar (a ``[members]`` vector in a population), and
+    ``rng`` a typed key from which each step's dropout key is folded.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, fnn
+        >>> state = fnn.init_train_state(fnn.Dense(1), optax.sgd(0.1), jax.random.key(0),
+        ...                              jnp.zeros((4, 2)))
+        >>> state._fields, int(state.step), state.params["w"].shape
+        (('params', 'model_state', 'opt_state', 'step', 'rng'), 0, (2, 1))
+    """
 
     params: Params
     model_state: State
@@ -193,7 +205,18 @@ def make_eval_step(
     """The compiled ``eval_step(state, (x, y)) -> metrics`` in evaluation mode (no dropout,
     running batch-norm statistics). With ``population``, the state has a leading member
     axis, every member sees the same batch and each metric is one value per member. With
-    ``policy`` the model computes in the policy's dtypes, as in training."""
+    ``policy`` the model computes in the policy's dtypes, as in training.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, fnn
+        >>> model = fnn.Dense(1)
+        >>> x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
+        >>> state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), x)
+        >>> eval_step = fnn.make_eval_step(model, fnn.losses.mean_squared_error,
+        ...                                metrics={"mae": lambda out, y: jnp.abs(out - y).mean()})
+        >>> sorted(eval_step(state, (x, y)))
+        ['loss', 'mae']
+    """
     metric_fns = dict(metrics or {})
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
@@ -213,7 +236,17 @@ def evaluate(
     state: TrainState,
     batches: Iterable[Batch],
 ) -> dict[str, float]:
-    """Metrics over all ``batches``, each batch weighted by its size; one host transfer."""
+    """Metrics over all ``batches``, each batch weighted by its size; one host transfer.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, fnn
+        >>> model = fnn.Dense(1, w_init="zeros")                # predicts 0 everywhere
+        >>> state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 2)))
+        >>> eval_step = fnn.make_eval_step(model, fnn.losses.mean_squared_error)
+        >>> batches = [(jnp.ones((3, 2)), jnp.ones((3, 1))), (jnp.ones((1, 2)), jnp.zeros((1, 1)))]
+        >>> fnn.evaluate(eval_step, state, batches)             # (3 * 1 + 1 * 0) / 4
+        {'loss': 0.75}
+    """
     totals: dict[str, jax.Array] | None = None
     count = 0
     for batch in batches:
@@ -282,6 +315,16 @@ def fit(
     is the same loop for a run with a directory: checkpoints, resumption, evaluation.)
 
     Returns the final state and the list of logged records ``{"step": ..., "loss": ...}``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, fnn
+        >>> model, optimizer = fnn.Dense(1), optax.sgd(0.1)
+        >>> x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
+        >>> state = fnn.init_train_state(model, optimizer, jax.random.key(0), x)
+        >>> step = fnn.make_train_step(model, optimizer, fnn.losses.mean_squared_error)
+        >>> state, history = fnn.fit(step, state, [(x, y)] * 5, log_every=2)
+        >>> [record["step"] for record in history], history[-1]["loss"] < history[0]["loss"]
+        ([2, 4, 5], True)
     """
     history: list[dict[str, float]] = []
     window = MetricsWindow(log_every)

@@ -39,6 +39,7 @@ def require_features(layer: Layer, x: Any, expected: int, axis: int = -1) -> Non
 
 
 def positive_int(layer: Any, field: str, value: Any) -> None:
+    """A ``ValueError`` naming ``layer`` and ``field`` unless ``value`` is an int >= 1 (not a bool)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{type(layer).__name__}: {field} must be a positive int, got {value!r}")
 

@@ -33,7 +33,17 @@ ACTIVATIONS = {
 
 
 def activation(name: str) -> Fn:
-    """The activation layer called ``name`` (``"relu"``, ``"tanh"``, ...)."""
+    """The activation layer called ``name`` (``"relu"``, ``"tanh"``, ...; ``ACTIVATIONS`` has
+    them all); it keeps the shape of its input.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> relu = fnn.activation("relu")
+        >>> relu({}, jnp.array([-1.0, 2.0]))
+        Array([0., 2.], dtype=float32)
+        >>> relu is fnn.relu
+        True
+    """
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]

@@ -130,6 +130,7 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Arr
 
 
 def check_rate(layer: Any, rate: Any) -> None:
+    """A ``ValueError`` naming ``layer`` unless the dropout ``rate`` is in [0, 1)."""
     if not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
         raise ValueError(f"{type(layer).__name__}: dropout must be in [0, 1), got {rate!r}")
 
@@ -276,6 +277,7 @@ class MultiHeadAttention(WeightOptions, Layer):
 
 
 def check_length(layer: Any, time: int, max_len: int) -> None:
+    """A ``ShapeError`` naming ``layer`` when a sequence of ``time`` steps exceeds ``max_len``."""
     if time > max_len:
         raise ShapeError(
             f"{type(layer).__name__}: the sequence has {time} steps, more than max_len {max_len}"

@@ -60,6 +60,12 @@ def padding_spec(layer: Any, padding: Any, n: int) -> str | tuple[tuple[int, int
 
 
 def layout(n: int) -> str:
+    """The axes of an input with ``n`` spatial axes, for error messages.
+
+    Example:
+        >>> layout(2)
+        'batch, height, width, channels'
+    """
     return "batch, " + ", ".join(("depth", "height", "width")[3 - n :]) + ", channels"
 
 

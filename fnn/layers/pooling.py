@@ -99,7 +99,13 @@ class _GlobalPool(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class GlobalAvgPool(_GlobalPool):
-    """The mean over all spatial axes: ``[batch, *spatial, channels] -> [batch, channels]``."""
+    """The mean over all spatial axes: ``[batch, *spatial, channels] -> [batch, channels]``.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> fnn.GlobalAvgPool()({}, jnp.arange(8.0).reshape(1, 2, 2, 2))
+        Array([[3., 4.]], dtype=float32)
+    """
 
     def forward(self, params, x, *, key=None, train=False):
         return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
@@ -107,7 +113,13 @@ class GlobalAvgPool(_GlobalPool):
 
 @dataclasses.dataclass(frozen=True)
 class GlobalMaxPool(_GlobalPool):
-    """The maximum over all spatial axes: ``[batch, *spatial, channels] -> [batch, channels]``."""
+    """The maximum over all spatial axes: ``[batch, *spatial, channels] -> [batch, channels]``.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> fnn.GlobalMaxPool()({}, jnp.arange(8.0).reshape(1, 2, 2, 2))
+        Array([[6., 7.]], dtype=float32)
+    """
 
     def forward(self, params, x, *, key=None, train=False):
         return jnp.max(x, axis=tuple(range(1, x.ndim - 1)))

@@ -55,6 +55,18 @@ class Cell(_CellOptions, Layer):
     has) and implements ``initial_carry`` and ``recur``. Params are
     ``{"input": {"w": [in, gates * hidden], "b": [gates * hidden]},
     "hidden": {"w": [hidden, gates * hidden], ...}}``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> cell = fnn.GRU(4)                                  # a Cell with 3 gates
+        >>> x_t = jnp.ones((2, 3))                              # one step: [batch, features]
+        >>> carry = cell.initial_carry((2,))
+        >>> params, _ = cell.init(jax.random.key(0), (carry, x_t))
+        >>> params["input"]["w"].shape
+        (3, 12)
+        >>> carry, y_t = cell(params, (carry, x_t))
+        >>> carry.shape, y_t.shape
+        ((2, 4), (2, 4))
     """
 
     hidden: int
