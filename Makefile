@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS)
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.suite
 
 # The documentation site, offline, into site/ (strict: a warning is an error).
 docs: $(STAMP)

@@ -1,0 +1,85 @@
+"""Flax Linen: ``nn.Module`` models, ``jax.jit(value_and_grad)`` and optax."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import optax
+
+from benchmarks.frameworks.raw_jax import cross_entropy
+from benchmarks.models import (
+    D_MODEL,
+    HEADS,
+    LAYERS,
+    LEARNING_RATE,
+    LSTM_EMBED,
+    LSTM_HIDDEN,
+    MLP_DIM,
+    MLP_WIDTHS,
+    SEQ,
+    SPECS,
+    VOCAB,
+    Bench,
+    count_floats,
+)
+
+
+class Block(nn.Module):
+    @nn.compact
+    def __call__(self, h, mask):
+        h = h + nn.MultiHeadDotProductAttention(num_heads=HEADS, qkv_features=D_MODEL)(nn.LayerNorm()(h), mask=mask)
+        m = nn.Dense(D_MODEL)(nn.gelu(nn.Dense(MLP_DIM)(nn.LayerNorm()(h))))
+        return h + m
+
+
+class Model(nn.Module):
+    model: str
+
+    @nn.compact
+    def __call__(self, x):
+        kind = SPECS[self.model].kind
+        if kind == "lstm":
+            h = nn.RNN(nn.OptimizedLSTMCell(LSTM_HIDDEN))(nn.Embed(VOCAB, LSTM_EMBED)(x))
+            return nn.Dense(VOCAB)(h)
+        if kind == "transformer":
+            pos = self.param("pos", nn.initializers.normal(0.02), (SEQ, D_MODEL))
+            h = nn.Embed(VOCAB, D_MODEL)(x) + pos[: x.shape[1]]
+            mask = nn.make_causal_mask(x)
+            for _ in range(LAYERS):
+                h = Block()(h, mask)
+            return nn.Dense(VOCAB)(nn.LayerNorm()(h))
+        if kind == "lenet":
+            x = nn.max_pool(nn.relu(nn.Conv(6, (5, 5))(x)), (2, 2), (2, 2))
+            x = nn.max_pool(nn.relu(nn.Conv(16, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
+            x = x.reshape(x.shape[0], -1)
+            widths = (120, 84, 10)
+        else:
+            widths = MLP_WIDTHS[self.model][1:]
+        for width in widths[:-1]:
+            x = nn.relu(nn.Dense(width)(x))
+        return nn.Dense(widths[-1])(x)
+
+
+def make(name: str, batch: tuple) -> Bench:
+    model = Model(name)
+    optimizer = optax.adam(LEARNING_RATE)
+    batch = jax.device_put(batch)
+    params = model.init(jax.random.key(0), batch[0])
+
+    def step(state, batch):
+        params, opt_state = state
+        x, y = batch
+        loss, grads = jax.value_and_grad(lambda q: cross_entropy(model.apply(q, x), y))(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    step = jax.jit(step, donate_argnums=0)
+    count = sum(a.size for a in jax.tree.leaves(params))
+    return Bench(step, (params, optimizer.init(params)), batch, count, jax.block_until_ready, step.lower)
+
+
+
+
+def count_params(name: str, batch: tuple) -> int:
+    """The parameter count, from shapes alone (nothing is computed)."""
+    return count_floats(jax.eval_shape(Model(name).init, jax.random.key(0), batch[0]))

@@ -1,0 +1,72 @@
+"""The benchmark suite builds and runs: every framework's model has the architecture's
+parameter count, and every JAX framework's step compiles and trains (timings are not
+checked: they belong to the benchmark, not the tests)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import pytest
+
+from benchmarks import suite
+from benchmarks.frameworks import JAX_FRAMEWORKS, PARAM_COUNTS
+from benchmarks.models import SPECS, batch_for, expected_params
+
+# Compiling is what costs: every framework on the small MLP, and fnn on every model, so
+# that every framework and every model runs at least once.
+RUNS = {"mlp-small": list(JAX_FRAMEWORKS), **{name: ["fnn"] for name in SPECS if name != "mlp-small"}}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_every_framework_has_the_models_parameter_count(name):
+    batch = batch_for(name)
+    counts = {f: count(name, batch) for f, count in PARAM_COUNTS.items()}
+    assert set(counts) >= {"raw jax", "fnn", "flax linen", "flax nnx", "equinox", "haiku"}
+    assert set(counts.values()) == {expected_params(name)}, counts
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_quick_rows_run_and_train(name):
+    frameworks = {f: JAX_FRAMEWORKS[f] for f in RUNS[name]}
+    rows = suite.bench_model(name, frameworks, rounds=1, steps=1, analysis=False)
+    assert [r.framework for r in rows] == list(frameworks)
+    for row in rows:
+        assert row.params == expected_params(name)
+        assert row.rate > 0 and row.first > 0
+    if "raw jax" in frameworks:
+        assert next(r for r in rows if r.framework == "raw jax").vs_raw == 1.0
+        assert all(math.isfinite(r.vs_raw) for r in rows)
+
+
+def test_training_lowers_the_loss_alike():
+    """A few steps on one batch lower the loss in every framework, from the same start
+    value (the same loss of ~uniform predictions)."""
+    name = "mlp-small"
+    losses = {}
+    for framework in ("raw jax", "fnn"):
+        bench = JAX_FRAMEWORKS[framework](name, batch_for(name))
+        state, first = bench.step(bench.state, bench.batch)
+        first = float(first)
+        for _ in range(5):
+            state, loss = bench.step(state, bench.batch)
+        losses[framework] = (first, float(loss))
+    for first, last in losses.values():
+        assert last < first
+    assert max(f for f, _ in losses.values()) - min(f for f, _ in losses.values()) < 0.5
+
+
+def test_analysis_reports_memory_and_flops():
+    bench = JAX_FRAMEWORKS["fnn"]("mlp-small", batch_for("mlp-small"))
+    mib, gflop = suite.analyse(bench)
+    state_mib = 3 * expected_params("mlp-small") * 4 / 2**20  # params and adam's two moments
+    assert mib > state_mib
+    # forward and backward of the dense layers: about 6 flops per weight per example
+    assert 0.5 < gflop / (6 * expected_params("mlp-small") * SPECS["mlp-small"].batch / 1e9) < 2
+
+
+def test_tables_list_every_row():
+    rows = [suite.Row("mlp-small", f, 1, 10.0, 1.0) for f in ("raw jax", "fnn")]
+    assert suite.markdown_table(rows).count("\n") == 3
+    assert "fnn" in suite.text_table(rows)
+    assert jax.devices()  # the suite runs on the default backend
