@@ -39,17 +39,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fnn.checkpoint import _key_name
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _path(path: tuple) -> str:
-    parts = []
-    for key in path:
-        for attribute in ("key", "name", "idx"):
-            if hasattr(key, attribute):
-                parts.append(str(getattr(key, attribute)))
-                break
-    return "/".join(parts)
+    """``"block_0/attention/query/w"``: the path as checkpoints name it."""
+    return "/".join(_key_name(key) for key in path)
 
 
 @dataclasses.dataclass(frozen=True)
