@@ -175,7 +175,7 @@ def _dispatch(args) -> int:
 
         experiment, config = _resolve(args)
         directory = args.dir or _default_dir(f"{experiment.name}-sweep")
-        grid = dict(sweep.parse_grid(experiment.config, args.grid))
+        grid = dict(sweep.parse_grid(config, args.grid))
         table = sweep.run_sweep(
             experiment, config, directory, seeds=args.seeds, grid=grid, progress=not args.quiet
         )
@@ -195,7 +195,24 @@ def _print_final(run: runs.Run, values: dict) -> None:
 
 
 def experiment_main(name: str, argv: Sequence[str] | None = None) -> None:
-    """``python -m experiments.NAME KEY=VALUE ...``: the same as ``fnn run NAME ...``."""
+    """``python -m experiments.NAME KEY=VALUE ...``: the same as ``fnn run NAME ...``
+    (``experiment_main("xor", ["steps=20", "--dir", "runs/xor"])`` trains and saves a run).
+
+    Example:
+        >>> experiment_main("xor", ["--help"])                  # the configuration keys
+        xor: a 2-4-1 sigmoid network learns XOR by backpropagation
+        <BLANKLINE>
+        configuration (key = default):
+          hidden = 4
+          steps = 1000
+          learning_rate = 0.5
+          momentum = 0.9
+          seed = 0
+        >>> experiment_main("xor", ["steps=many"])  # stderr: fnn run: steps: expected int, got 'many'
+        Traceback (most recent call last):
+            ...
+        SystemExit: 2
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(_keys_help(pipeline.find(name)))

@@ -68,7 +68,20 @@ def init_population(
 
 def set_hyperparam(state: TrainState, name: str, values: jax.Array) -> TrainState:
     """A population's state with hyperparameter ``name`` of its ``inject_hyperparams``
-    optimizer set to ``values``, one per member (see :func:`init_population`)."""
+    optimizer set to ``values``, one per member (see :func:`init_population`).
+
+    Example:
+        >>> import jax.numpy as jnp, optax, fnn
+        >>> optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+        >>> state = init_population(fnn.Dense(2), optimizer, [0, 1], jnp.zeros((1, 3)))
+        >>> state = set_hyperparam(state, "learning_rate", jnp.array([0.5, 0.25]))
+        >>> state.opt_state.hyperparams["learning_rate"]
+        Array([0.5 , 0.25], dtype=float32)
+        >>> set_hyperparam(state, "momentum", jnp.array([0.9, 0.9]))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: the optimizer state holds no hyperparameter 'momentum' (it holds ['learning_rate']); ...
+    """
     opt_state = state.opt_state
     hyper = getattr(opt_state, "hyperparams", None)
     if hyper is None or name not in hyper:
@@ -93,6 +106,10 @@ def parse_grid(config: Any, specs: Sequence[str]) -> list[tuple[str, list]]:
         ...     train: fnn.pipeline.TrainConfig = fnn.pipeline.TrainConfig()
         >>> parse_grid(Config(), ["train.learning_rate=1e-3,3e-3"])
         [('train.learning_rate', [0.001, 0.003])]
+        >>> parse_grid(Config(), ["train.momentum=0.5,0.9"])         # adam has no momentum
+        Traceback (most recent call last):
+            ...
+        fnn.config.ConfigError: --grid train.momentum: the adam optimizer has no momentum ...
     """
     grid = []
     for spec in specs:
@@ -105,6 +122,17 @@ def parse_grid(config: Any, specs: Sequence[str]) -> list[tuple[str, list]]:
                 f"({', '.join(SWEEPABLE)}) and the seed (--seeds); run separate sweeps for {key}"
             )
         values = [getattr_path(config_lib.override(config, [f"{key}={v}"]), key) for v in text.split(",")]
+        name = key.split(".")[-1]
+        train = getattr(config, "train", None)
+        if train is not None:  # checked here, before a sweep directory is made
+            from fnn.pipeline import make_optimizer
+
+            held = make_optimizer(train).init({}).hyperparams
+            if name not in held:
+                raise config_lib.ConfigError(
+                    f"--grid {key}: the {train.optimizer} optimizer has no {name} (its "
+                    f"hyperparameters are {', '.join(sorted(held))}); choose train.optimizer=sgd"
+                )
         grid.append((key, values))
     return grid
 
@@ -137,7 +165,17 @@ def members(seeds: int, grid: Mapping[str, Sequence]) -> list[dict[str, Any]]:
 
 
 def member_config(config: Any, member: Mapping[str, Any]) -> Any:
-    """The configuration that trains member ``member`` alone."""
+    """The configuration that trains member ``member`` alone.
+
+    Example:
+        >>> import dataclasses, fnn
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     train: fnn.pipeline.TrainConfig = fnn.pipeline.TrainConfig()
+        >>> train = member_config(Config(), {"seed": 1, "train.learning_rate": 0.003}).train
+        >>> train.seed, train.learning_rate
+        (1, 0.003)
+    """
     overrides = [f"train.seed={member['seed']}"] + [f"{k}={v}" for k, v in member.items() if k != "seed"]
     return config_lib.override(config, overrides)
 
@@ -146,7 +184,20 @@ def member_config(config: Any, member: Mapping[str, Any]) -> Any:
 
 
 def population_batches(train_set: tuple, config: Any, members: list[dict], augment=None) -> dict:
-    """Stage: each member's batches (its own seed's order and augmentation), stacked."""
+    """Stage: each member's batches (its own seed's order and augmentation), stacked.
+
+    Example:
+        >>> import dataclasses, numpy as np, fnn
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     train: fnn.pipeline.TrainConfig = fnn.pipeline.TrainConfig(batch_size=4, epochs=2)
+        >>> train_set = (np.arange(8, dtype=np.float32)[:, None], np.zeros(8, np.int32))
+        >>> data = population_batches(train_set, Config(), members(2, {}))["batches"]
+        >>> len(data), [a.shape for a in data[0]]               # [member, batch, ...]
+        (4, [(2, 4, 1), (2, 4)])
+        >>> [sorted(x[:, 0].tolist()) for x in data[0][0]] != [sorted(x[:, 0].tolist()) for x in data[1][0]]
+        True
+    """
     t = config.train
     per_member = [
         loader(train_set, t.batch_size, seed=m["seed"], epochs=t.epochs, transform=augment) for m in members
@@ -173,7 +224,25 @@ def population_train(
     progress: bool = False,
 ) -> dict:
     """Stage: train every member in one compiled program; makes ``state`` (stacked) and ``history``
-    (records whose metrics are lists, one value per member)."""
+    (records whose metrics are lists, one value per member).
+
+    Example:
+        >>> import dataclasses, numpy as np, fnn
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     train: fnn.pipeline.TrainConfig = fnn.pipeline.TrainConfig(optimizer="sgd", batch_size=4,
+        ...                                                                epochs=2)
+        >>> config = Config()
+        >>> population = members(2, {"train.learning_rate": [0.1, 0.3]})       # 4 members
+        >>> x, y = np.ones((8, 3), np.float32), np.zeros(8, np.int32)
+        >>> made = population_train(fnn.Dense(2), fnn.pipeline.make_optimizer(config.train),
+        ...                         population_batches((x, y), config, population)["batches"],
+        ...                         fnn.losses.softmax_cross_entropy, config, population, eval_set=(x, y))
+        >>> made["state"].params["w"].shape, made["state"].opt_state.hyperparams["learning_rate"]
+        ((4, 3, 2), Array([0.1, 0.1, 0.3, 0.3], dtype=float32))
+        >>> [(r["step"], r["split"], len(r["loss"])) for r in made["history"]]   # eval every epoch
+        [(2, 'train', 4), (2, 'eval', 4), (4, 'train', 4), (4, 'eval', 4)]
+    """
     t = config.train
     first = batches[0][0]
     x_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), first)
@@ -199,7 +268,22 @@ def population_report(
     history: list[dict], members: list[dict], test: dict | None = None, run=None, title: str = ""
 ) -> dict:
     """Stage: a table with one row per member (its ``test`` metrics, or its last evaluation when
-    there is no test stage), and a plot of the members' curves."""
+    there is no test stage), and a plot of the members' curves.
+
+    Example:
+        >>> history = [{"step": 2, "split": "eval", "loss": [0.75, 0.5]},
+        ...            {"step": 4, "split": "eval", "loss": [0.5, 0.25]}]
+        >>> made = population_report(history, [{"seed": 0}, {"seed": 1}])   # the last evaluation
+        >>> print(made["report"][0])
+        | seed | loss |
+        | --- | --- |
+        | 0 | 0.5 |
+        | 1 | 0.25 |
+        >>> made["final"]
+        {'loss_mean': 0.375, 'loss_std': 0.125}
+        >>> population_report(history, [{"seed": 0}, {"seed": 1}], test={"accuracy": [1.0, 0.5]})["final"]
+        {'test_accuracy_mean': 0.75, 'test_accuracy_std': 0.25}
+    """
     evals = [r for r in history if r["split"] == "eval"] or [r for r in history if r["split"] == "train"]
     last = test if test is not None else {k: v for k, v in evals[-1].items() if k not in ("step", "split")}
     prefix = "test_" if test is not None else ""
@@ -252,7 +336,18 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def population_pipeline(experiment):
     """The experiment's pipeline with its ``batches``, ``train`` and ``report`` stages swapped for
-    the population versions above."""
+    the population versions above.
+
+    Example:
+        >>> import fnn
+        >>> digits = fnn.pipeline.find("digits")
+        >>> pipeline = population_pipeline(digits)
+        >>> pipeline.names == digits.pipeline.names
+        True
+        >>> stages = dict(pipeline.stages)
+        >>> stages["batches"] is population_batches, stages["train"] is population_train
+        (True, True)
+    """
     if experiment.sweep is not None:
         return experiment.sweep
     return experiment.pipeline.replace(
@@ -269,7 +364,39 @@ def run_sweep(
     grid: Mapping[str, Sequence],
     progress: bool = True,
 ) -> str:
-    """``fnn sweep``: train the population in a new run directory; returns the members table."""
+    """``fnn sweep``: train the population in a new run directory; returns the members table.
+
+    Example:
+        >>> import dataclasses, os, tempfile, numpy as np, fnn
+        >>> from fnn.pipeline import Experiment, Pipeline, TrainConfig
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     train: TrainConfig = TrainConfig(optimizer="sgd", batch_size=4, epochs=1)
+        >>> def data(config):
+        ...     x, y = np.ones((8, 3), np.float32), np.zeros(8, np.int32)
+        ...     return {"train_set": (x, y), "test_set": (x, y), "model": fnn.Dense(2),
+        ...             "loss": fnn.losses.softmax_cross_entropy}
+        >>> def report(test):
+        ...     return {"final": test}
+        >>> experiment = Experiment("tiny", "a tiny experiment", Config(), Pipeline(
+        ...     data, fnn.pipeline.optimizer, fnn.pipeline.batches, fnn.pipeline.train, fnn.pipeline.test,
+        ...     report))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     table = run_sweep(experiment, Config(), os.path.join(d, "sweep"), seeds=2,
+        ...                       grid={"train.learning_rate": [0.1, 0.3]}, progress=False)
+        ...     print(table.replace(d, "D"))
+        ...     print(sorted(os.listdir(os.path.join(d, "sweep"))))
+        | seed | train.learning_rate | test_loss |
+        | --- | --- | --- |
+        | 0 | 0.1 | ... |
+        | 1 | 0.1 | ... |
+        | 0 | 0.3 | ... |
+        | 1 | 0.3 | ... |
+        <BLANKLINE>
+        run directory: D/sweep (sweep.png, members.md)
+        ['checkpoints', 'config.json', 'final.json', 'members.json', 'members.md', 'metrics.jsonl', \
+'summary.md', 'sweep.json', 'sweep.png', 'tensorboard']
+    """
     population = members(seeds, grid)
     run = Run.create(directory, experiment.name, config_lib.to_dict(config))
     (Path(directory) / "sweep.json").write_text(json.dumps({"members": population}, indent=2) + "\n")

@@ -43,6 +43,18 @@ def test_grid_accepts_only_what_a_population_can_vary():
         sweep.members(0, {})
 
 
+def test_a_grid_over_a_hyperparameter_the_optimizer_lacks_is_refused_before_anything_is_written(
+    tmp_path, capsys
+):
+    directory = tmp_path / "sweep"
+    args = ["sweep", "digits", "--grid", "train.momentum=0.5,0.9", "--dir", str(directory), "-q"]
+    assert fnn.cli.main(args) != 0  # digits trains with adam, which has b1 and b2, not momentum
+    assert "the adam optimizer has no momentum" in capsys.readouterr().err
+    assert not directory.exists()
+    sgd = TINY.__class__(train=TrainConfig(optimizer="sgd"))
+    assert sweep.parse_grid(sgd, ["train.momentum=0.5,0.9"]) == [("train.momentum", [0.5, 0.9])]
+
+
 def test_set_hyperparam_needs_an_injected_optimizer():
     import optax
 
