@@ -94,7 +94,18 @@ def to_saved(state: TrainState) -> TrainState:
 
 def from_saved(saved: TrainState, template: TrainState) -> TrainState:
     """The inverse of :func:`to_saved`: the rng key data wrapped as a key of the
-    ``template``'s implementation (see the example there)."""
+    ``template``'s implementation.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, fnn
+        >>> state = fnn.init_train_state(fnn.Dense(2), optax.sgd(0.1), jax.random.key(0),
+        ...                              jnp.zeros((1, 3)))
+        >>> back = from_saved(to_saved(state), state)
+        >>> jax.dtypes.issubdtype(back.rng.dtype, jax.dtypes.prng_key)
+        True
+        >>> bool(jnp.all(jax.random.key_data(back.rng) == jax.random.key_data(state.rng)))
+        True
+    """
     rng = saved.rng
     if jax.dtypes.issubdtype(template.rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.wrap_key_data(rng, impl=jax.random.key_impl(template.rng))
@@ -104,8 +115,16 @@ def from_saved(saved: TrainState, template: TrainState) -> TrainState:
 def check_fits(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str) -> None:
     """Raise a ``CheckpointError`` at the first path whose presence, shape or dtype differ.
 
-    ``saved`` and ``expected`` map paths to anything with ``shape`` and ``dtype``; see
-    :class:`CheckpointError` for an example.
+    ``saved`` and ``expected`` map paths to anything with ``shape`` and ``dtype``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> w = jax.ShapeDtypeStruct((3, 2), jnp.float32)
+        >>> check_fits({"params/w": w}, {"params/w": w}, "checkpoint 5")   # fits: no error
+        >>> check_fits({"params/w": w}, {"params/w": w, "params/b": w}, "checkpoint 5")
+        Traceback (most recent call last):
+        ...
+        fnn.checkpoint.CheckpointError: checkpoint 5 does not fit this model: it has no params/b ...
     """
     for path, leaf in expected.items():
         if path not in saved:
@@ -133,6 +152,28 @@ class Checkpoints:
     Args:
         directory: where the checkpoints live; created when missing.
         keep: how many of the latest checkpoints to keep.
+
+    Example:
+        >>> import tempfile, jax, jax.numpy as jnp, optax, fnn
+        >>> state = fnn.init_train_state(fnn.Dense(2), optax.adam(1e-3), jax.random.key(0),
+        ...                              jnp.zeros((1, 3)))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     ckpts = Checkpoints(d, keep=2)
+        ...     for step in (10, 20, 30):
+        ...         _ = ckpts.save(state._replace(step=jnp.array(step, jnp.int32)), {"epoch": step // 10})
+        ...     restored, extra = ckpts.restore(state)          # the latest
+        ...     kept = ckpts.steps()
+        ...     try:
+        ...         ckpts.restore(fnn.init_train_state(fnn.Dense(4), optax.adam(1e-3),
+        ...                                            jax.random.key(0), jnp.zeros((1, 3))))
+        ...     except CheckpointError as error:
+        ...         message = str(error)
+        >>> kept, int(restored.step), extra
+        ([20, 30], 30, {'epoch': 3})
+        >>> bool(jnp.all(restored.params["w"] == state.params["w"]))
+        True
+        >>> print(message)
+        checkpoint .../30 does not fit this model at params/b: the checkpoint holds float32[2], ...
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3):

@@ -67,8 +67,16 @@ class LayerError(ValueError):
 
 
 class ShapeError(LayerError):
-    """A layer got an input of a shape or dtype it cannot take; says what it expected
-    (see :class:`LayerError` for an example)."""
+    """A layer got an input of a shape or dtype it cannot take; says what it expected.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> model = fnn.serial(fnn.Dense(4), fnn.Conv(8, (3, 3)))
+        >>> model.init(jax.random.key(0), jnp.ones((2, 3)))
+        Traceback (most recent call last):
+        ...
+        fnn.core.ShapeError: conv_0: Conv expects input of rank 4 (batch, height, width, channels), got ...
+    """
 
 
 def shape_str(x: Any) -> str:
@@ -154,7 +162,17 @@ class Layer:
 
 
 class Node(NamedTuple):
-    """One layer of a model as ``fnn.summary`` lists it."""
+    """One layer of a model as ``fnn.summary`` lists it: its path, the layer, its output
+    spec and its own parameters.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> model = fnn.serial(fnn.Dense(4), jax.nn.relu)
+        >>> params, state = model.init(jax.random.key(0), jnp.ones((2, 3)))
+        >>> [(n.path, type(n.layer).__name__, n.output.shape)
+        ...  for n in model.trace(params, state, jnp.ones((2, 3)))]
+        [((), 'Serial', (2, 4)), (('dense_0',), 'Dense', (2, 4)), (('relu_0',), 'Fn', (2, 4))]
+    """
 
     path: tuple[str, ...]
     layer: Layer
@@ -246,7 +264,20 @@ def _named(layers: Sequence[Any], named: dict[str, Any]) -> tuple[tuple[Layer, .
 
 
 def init_child(name: str, layer: Layer, key: jax.Array, x: Any) -> tuple[Params, State, Any]:
-    """Initialise one child and compute its output spec, naming it in any error."""
+    """Initialise one child and compute its output spec, naming it in any error; for
+    writing a combinator.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> from fnn.core import init_child
+        >>> params, state, out = init_child("proj", fnn.Dense(4), jax.random.key(0), jnp.ones((2, 3)))
+        >>> params["w"].shape, out.shape
+        ((3, 4), (2, 4))
+        >>> init_child("proj", fnn.Dense(4), jax.random.key(0), jnp.ones(()))
+        Traceback (most recent call last):
+        ...
+        fnn.core.ShapeError: proj: Dense expects ...
+    """
     try:
         params, state = layer.init(key, x)
         return params, state, layer.output_spec(params, state, x)
@@ -261,7 +292,17 @@ def apply_child(
     name: str, layer: Layer, params: Params, state: State, x: Any, key: jax.Array | None,
     train: bool,
 ) -> tuple[Any, State]:
-    """Apply one child to its part of the parameters and state, naming it in any error."""
+    """Apply one child to its part of the parameters and state, naming it in any error;
+    for writing a combinator.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> from fnn.core import apply_child
+        >>> params = {"proj": fnn.Dense(4).init(jax.random.key(0), jnp.ones((2, 3)))[0]}
+        >>> y, state = apply_child("proj", fnn.Dense(4), params, {}, jnp.ones((2, 3)), None, False)
+        >>> y.shape, state
+        ((2, 4), {})
+    """
     try:
         return layer.apply(params.get(name, {}), state.get(name, {}), x, key=key, train=train)
     except LayerError as error:
@@ -275,7 +316,16 @@ def _keep(tree: dict[str, Any]) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class Serial(Layer):
-    """Layers applied one after another. Build it with ``fnn.serial``."""
+    """Layers applied one after another. Build it with ``fnn.serial``.
+
+    Example:
+        >>> import jax, fnn
+        >>> model = fnn.serial(fnn.Dense(8), jax.nn.relu, fnn.Dense(2))
+        >>> type(model).__name__, model.names
+        ('Serial', ('dense_0', 'relu_0', 'dense_1'))
+        >>> fnn.serial(hidden=fnn.Dense(8), head=fnn.Dense(2)).names
+        ('hidden', 'head')
+    """
 
     layers: tuple[Layer, ...]
     names: tuple[str, ...]
@@ -321,7 +371,14 @@ def serial(*layers: Layer | Callable, **named: Layer | Callable) -> Serial:
 
 @dataclasses.dataclass(frozen=True)
 class Parallel(Layer):
-    """Child ``i`` applied to input ``i`` of a tuple. Build it with ``fnn.parallel``."""
+    """Child ``i`` applied to input ``i`` of a tuple. Build it with ``fnn.parallel``.
+
+    Example:
+        >>> import jax, fnn
+        >>> branches = fnn.parallel(fnn.Dense(2), fnn.Dense(3))
+        >>> type(branches).__name__, branches.names
+        ('Parallel', ('dense_0', 'dense_1'))
+    """
 
     layers: tuple[Layer, ...]
     names: tuple[str, ...]
@@ -376,7 +433,14 @@ def parallel(*layers: Layer | Callable, **named: Layer | Callable) -> Parallel:
 
 @dataclasses.dataclass(frozen=True)
 class FanOut(Layer):
-    """Copies its input into a tuple of ``n``."""
+    """Copies its input into a tuple of ``n``. Build it with ``fnn.fan_out``.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> a, b = fnn.core.FanOut(2)({}, jnp.ones(3))
+        >>> a.shape, b.shape
+        ((3,), (3,))
+    """
 
     n: int
 
@@ -395,7 +459,14 @@ def _check_tuple(layer: Layer, x: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class FanInConcat(Layer):
-    """Concatenates a tuple of arrays along ``axis`` (the feature axis by default)."""
+    """Concatenates a tuple of arrays along ``axis`` (the feature axis by default).
+    Build it with ``fnn.fan_in_concat``.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> fnn.core.FanInConcat()({}, (jnp.ones((2, 3)), jnp.ones((2, 5)))).shape
+        (2, 8)
+    """
 
     axis: int = -1
 
@@ -417,7 +488,13 @@ class FanInConcat(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class FanInSum(Layer):
-    """Sums a tuple of arrays of one shape."""
+    """Sums a tuple of arrays of one shape. Build it with ``fnn.fan_in_sum``.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> fnn.core.FanInSum()({}, (jnp.ones(3), 2 * jnp.ones(3))).tolist()
+        [3.0, 3.0, 3.0]
+    """
 
     def init_params(self, key, x):
         _check_tuple(self, x)
@@ -468,7 +545,15 @@ def fan_in_sum() -> FanInSum:
 
 @dataclasses.dataclass(frozen=True)
 class Residual(Layer):
-    """``x + body(x)``. Build it with ``fnn.residual``; the parameters are the body's."""
+    """``x + body(x)``. Build it with ``fnn.residual``; the parameters are the body's.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> block = fnn.Residual(fnn.Dense(3, w_init="zeros"))   # body(x) = 0 at the start
+        >>> params, _ = block.init(jax.random.key(0), jnp.ones((2, 3)))
+        >>> sorted(params), block(params, jnp.ones((2, 3))).tolist()
+        (['b', 'w'], [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    """
 
     body: Layer
 
@@ -518,6 +603,18 @@ class Remat(Layer):
     ``"dots_with_no_batch_dims_saveable"`` keeps matrix products and recomputes the
     cheap element-wise work). The layer takes its body's name, so wrapping a layer does
     not change the parameter tree.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> dense, x = fnn.Dense(4), jnp.ones((2, 3))
+        >>> params, _ = dense.init(jax.random.key(0), x)
+        >>> wrapped = fnn.Remat(dense, policy="dots_saveable")
+        >>> wrapped.name, bool(jnp.all(wrapped(params, x) == dense(params, x)))
+        ('dense', True)
+        >>> fnn.Remat(dense, policy="everything")
+        Traceback (most recent call last):
+        ...
+        ValueError: Remat: policy 'everything' is not in jax.checkpoint_policies; ...
     """
 
     body: Layer

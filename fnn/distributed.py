@@ -41,7 +41,15 @@ from jax.sharding import PartitionSpec as P
 
 class ParallelError(ValueError):
     """A layout that does not fit: a batch that does not divide among the devices, a
-    leaf that is not where it should be."""
+    leaf that is not where it should be.
+
+    Example:
+        >>> from fnn.distributed import DataParallel
+        >>> DataParallel.over(axis="batch", devices=[])
+        Traceback (most recent call last):
+        ...
+        fnn.distributed.ParallelError: DataParallel.over: no devices given
+    """
 
 
 def initialize(
@@ -56,6 +64,18 @@ def initialize(
 
     Call it in every process before anything else touches JAX's devices.
     ``coordinator_address`` is ``host:port`` of process 0, reachable from all processes.
+    Then ``DataParallel.over()`` spans every process's devices, and each process passes
+    ``put_batch`` only its own rows. Process 1 of 2 on a second host runs::
+
+        fnn.distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=1)
+
+    A process id outside ``range(num_processes)`` is refused before JAX is touched:
+
+        >>> from fnn.distributed import initialize
+        >>> initialize("localhost:1234", num_processes=2, process_id=2)
+        Traceback (most recent call last):
+        ...
+        fnn.distributed.ParallelError: initialize: process_id must be in [0, 2), got 2
     """
     if not isinstance(num_processes, int) or num_processes < 1:
         raise ParallelError(f"initialize: num_processes must be a positive int, got {num_processes!r}")

@@ -36,7 +36,20 @@ Evaluate = Callable[[TrainState], dict[str, float]]
 
 
 class Interrupted(Exception):  # noqa: N818  (a stop the user asked for, not an error)
-    """Training stopped on a signal after saving a checkpoint; ``str()`` says how to resume."""
+    """Training stopped on a signal after saving a checkpoint; ``str()`` says how to resume.
+
+    ``train_loop`` raises it after SIGINT (Ctrl-C) or SIGTERM, once the step in flight has
+    finished and a checkpoint of it is saved; ``fnn run`` and ``fnn resume`` print it.
+
+    Example:
+        >>> import signal
+        >>> from fnn.loop import Interrupted
+        >>> stop = Interrupted("runs/digits", step=120, signum=signal.SIGTERM)
+        >>> print(stop)
+        SIGTERM: stopped after step 120 and saved a checkpoint; continue with `fnn resume runs/digits`
+        >>> stop.step, stop.directory
+        (120, 'runs/digits')
+    """
 
     def __init__(self, directory: str, step: int, signum: int):
         self.directory, self.step, self.signum = directory, step, signum
@@ -140,6 +153,28 @@ def train_loop(
 
     Returns the final state and every record (training and evaluation) of the run,
     including those logged before a resumption.
+
+    Example:
+        >>> import tempfile, jax, jax.numpy as jnp, numpy as np, optax, fnn
+        >>> from fnn.data import loader
+        >>> from fnn.loop import train_loop
+        >>> from fnn.runs import Run
+        >>> x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+        >>> y = x @ np.array([[1.0], [-2.0], [0.5]], np.float32)
+        >>> model, opt = fnn.Dense(1), optax.sgd(0.1)
+        >>> state = fnn.init_train_state(model, opt, jax.random.key(0), x[:16])
+        >>> step = fnn.make_train_step(model, opt, fnn.losses.mean_squared_error)
+        >>> data = loader((x, y), 16, seed=0, epochs=10)              # 40 batches
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     run = Run.create(d, "regression", {"lr": 0.1})
+        ...     state, records = train_loop(step, state, data, run=run, log_every=20,
+        ...                                 progress=False)
+        ...     saved = run.checkpoints.latest()
+        ...     run.close()
+        >>> fnn.train.step_of(state), saved, [r["step"] for r in records]
+        (40, 40, [20, 40])
+        >>> records[-1]["loss"] < 0.01 < records[0]["loss"]
+        True
     """
     for name, value in (
         ("log_every", log_every),

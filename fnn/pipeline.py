@@ -48,7 +48,19 @@ Stage = Callable[..., Mapping[str, Any] | None]
 
 
 class PipelineError(ValueError):
-    """A pipeline whose stages do not fit together; the message names the stage."""
+    """A pipeline whose stages do not fit together; the message names the stage.
+
+    Example:
+        >>> def total(numbers):
+        ...     return {"final": {"sum": sum(numbers)}}
+        >>> Pipeline(total).run(config=4)
+        Traceback (most recent call last):
+            ...
+        fnn.pipeline.PipelineError: stage 'total' needs 'numbers', which neither the caller nor an \
+earlier stage provides; available: config, stage_seconds
+        >>> issubclass(PipelineError, ValueError)
+        True
+    """
 
 
 def _stage_name(fn: Callable) -> str:
@@ -64,6 +76,25 @@ class Pipeline:
     Args:
         *stages: functions, named by their ``__name__``.
         **named: functions under the given names (after the positional ones).
+
+    Example:
+        >>> def load(config):
+        ...     return {"numbers": list(range(config))}
+        >>> def total(numbers, offset=0):
+        ...     return {"final": {"sum": sum(numbers) + offset}}
+        >>> pipeline = Pipeline(load, total)
+        >>> pipeline, pipeline.names
+        (Pipeline(load -> total), ['load', 'total'])
+        >>> values = pipeline.run(config=4, offset=10)     # offset: an optional input from the caller
+        >>> values["final"], sorted(values["stage_seconds"])
+        ({'sum': 16}, ['load', 'total'])
+        >>> def double(numbers):
+        ...     return {"numbers": [2 * n for n in numbers]}
+        >>> doubled = pipeline.insert(after="load", double=double)
+        >>> doubled, doubled.run(config=4)["final"]
+        (Pipeline(load -> double -> total), {'sum': 12})
+        >>> sorted(doubled.without("total").run(config=2))
+        ['config', 'numbers', 'stage_seconds']
     """
 
     def __init__(self, *stages: Stage, **named: Stage):
@@ -203,7 +234,16 @@ def experiments() -> dict[str, Experiment]:
 
 
 def find(name: str) -> Experiment:
-    """The installed experiment called ``name``; a ``PipelineError`` listing them if none is."""
+    """The installed experiment called ``name``; a ``PipelineError`` listing them if none is.
+
+    Example:
+        >>> find("xor").description
+        'a 2-4-1 sigmoid network learns XOR by backpropagation'
+        >>> find("nope")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        fnn.pipeline.PipelineError: no experiment named 'nope'; the experiments are ...digits, ...
+    """
     known = experiments()
     if name not in known:
         raise PipelineError(f"no experiment named {name!r}; the experiments are {', '.join(known) or 'none'}")
@@ -237,6 +277,18 @@ def resume(directory: str, *, progress: bool = True) -> tuple[Run, dict]:
     The experiment is found by the name in the run's ``config.json`` (among the installed
     ones, :func:`experiments`) and runs with the configuration recorded there; a run of
     ``fnn sweep`` continues as a population. Returns the run and the pipeline's values.
+
+    Example:
+        >>> import dataclasses, os, tempfile
+        >>> xor = find("xor")
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _, first = start(xor, dataclasses.replace(xor.config, steps=10), os.path.join(d, "run"),
+        ...                      progress=False)
+        ...     run, again = resume(os.path.join(d, "run"), progress=False)  # restores step 10's checkpoint
+        ...     run.experiment, run.config["steps"], int(again["state"].step)
+        ('xor', 10, 10)
+        >>> again["final"] == first["final"]
+        True
     """
     from fnn import sweep
 
@@ -260,7 +312,21 @@ def run_in(
     **values: Any,
 ) -> dict:
     """Run ``pipeline`` (default: the experiment's) in ``run`` to the end and write its
-    final metrics, plots and summary; returns the pipeline's values."""
+    final metrics, plots and summary; returns the pipeline's values.
+
+    Example:
+        >>> import dataclasses, os, tempfile
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     n: int = 4
+        >>> experiment = Experiment("demo", "sums numbers", Config(),
+        ...                         Pipeline(total=lambda config: {"final": {"sum": config.n * 2}}))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     run = Run.create(os.path.join(d, "run"), "demo", {"n": 3})
+        ...     values = run_in(experiment, Config(n=3), run, progress=False)
+        ...     values["final"], run.final()["sum"], (run.directory / "summary.md").exists()
+        ({'sum': 6}, 6, True)
+    """
     run.keep_checkpoints = getattr(getattr(config, "train", None), "keep_checkpoints", 3)
     began = time.perf_counter()
     try:
@@ -288,7 +354,21 @@ class TrainConfig:
     """How a supervised experiment trains: optimizer, batches, how often to log, evaluate
     and checkpoint. Intervals are in steps; 0 means once per epoch (log), only at the end
     (eval) or four times a run (checkpoint). Values are checked when the config is made
-    (or overridden): a bad one is a ``ConfigError`` naming the key."""
+    (or overridden): a bad one is a ``ConfigError`` naming the key.
+
+    Example:
+        >>> train = TrainConfig(optimizer="sgd", batch_size=32, epochs=2)
+        >>> train.optimizer, train.batch_size, train.epochs, train.devices, train.precision
+        ('sgd', 32, 2, 'one', 'float32')
+        >>> TrainConfig(batch_size=0)
+        Traceback (most recent call last):
+            ...
+        fnn.config.ConfigError: train.batch_size must be at least 1, got 0
+        >>> TrainConfig(devices="gpus")
+        Traceback (most recent call last):
+            ...
+        fnn.config.ConfigError: train.devices: 'gpus' is not one of 'one', 'data', 'fsdp'
+    """
 
     optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(OPTIMIZERS)})
     learning_rate: float | None = None  # None: the optimizer's default (OPTIMIZERS)
@@ -308,6 +388,9 @@ class TrainConfig:
     precision: str = dataclasses.field(default="float32", metadata={"choices": precision_lib.DTYPES})
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            config_lib.check_choice(f"train.{field.name}", getattr(self, field.name),
+                                    field.metadata.get("choices"))
         for key, low in (
             ("batch_size", 1),
             ("epochs", 1),
@@ -355,12 +438,34 @@ def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
 
 
 def optimizer(config: Any) -> dict:
-    """Stage: ``optimizer`` from ``config.train``."""
+    """Stage: ``optimizer`` from ``config.train``.
+
+    Example:
+        >>> import dataclasses, jax.numpy as jnp
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     train: TrainConfig = TrainConfig(optimizer="sgd", learning_rate=0.1)
+        >>> made = optimizer(Config())
+        >>> opt_state = made["optimizer"].init({"w": jnp.zeros(2)})
+        >>> list(made), round(float(opt_state.hyperparams["learning_rate"]), 3)
+        (['optimizer'], 0.1)
+    """
     return {"optimizer": make_optimizer(config.train)}
 
 
 def batches(train_set: tuple, config: Any, augment: Callable | None = None) -> dict:
-    """Stage: ``batches``, the shuffled training batches of every epoch (a grain dataset)."""
+    """Stage: ``batches``, the shuffled training batches of every epoch (a grain dataset).
+
+    Example:
+        >>> import dataclasses, numpy as np
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     train: TrainConfig = TrainConfig(batch_size=4, epochs=2)
+        >>> train_set = (np.ones((10, 3), np.float32), np.zeros(10, np.int32))
+        >>> data = batches(train_set, Config())["batches"]
+        >>> len(data), [a.shape for a in data[0]]                # 2 full batches an epoch, 2 epochs
+        (4, [(4, 3), (4,)])
+    """
     t = config.train
     return {"batches": loader(train_set, t.batch_size, seed=t.seed, epochs=t.epochs, transform=augment)}
 
@@ -380,6 +485,20 @@ def train(
 
     Evaluates on ``eval_set`` (if given; a validation split) every ``config.train.eval_every``
     steps and at the end; the test set is for the :func:`test` stage, once, after training.
+
+    Example:
+        >>> import dataclasses, numpy as np, fnn
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     train: TrainConfig = TrainConfig(optimizer="sgd", batch_size=4, epochs=2)
+        >>> x, y = np.ones((8, 3), np.float32), np.zeros(8, np.int32)
+        >>> config = Config()
+        >>> made = train(fnn.Dense(2), optimizer(config)["optimizer"], batches((x, y), config)["batches"],
+        ...              fnn.losses.softmax_cross_entropy, config, eval_set=(x, y))
+        >>> sorted(made), int(made["state"].step), made["state"].params["w"].shape
+        (['history', 'loop_stats', 'state'], 4, (3, 2))
+        >>> [(r["step"], r["split"]) for r in made["history"]]  # a record an epoch; eval at the end
+        [(2, 'train'), (4, 'train'), (4, 'eval')]
     """
     t = config.train
     x_spec = jax.tree.map(
@@ -426,7 +545,22 @@ def train_from(
     """Train ``state`` (one model, or a population with ``population=True``) with the loop
     settings of ``config.train``; ``eval_every`` is the default when the config says 0.
     Makes ``state``, ``history`` and ``loop_stats`` (wall time and the time spent waiting
-    for input; see ``fnn.loop.train_loop``)."""
+    for input; see ``fnn.loop.train_loop``).
+
+    Example:
+        >>> import dataclasses, jax, numpy as np, fnn
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     train: TrainConfig = TrainConfig(optimizer="sgd", batch_size=4, epochs=2)
+        >>> x, y = np.ones((8, 3), np.float32), np.zeros(8, np.int32)
+        >>> config, model = Config(), fnn.Dense(2)
+        >>> opt = make_optimizer(config.train)
+        >>> state = fnn.init_train_state(model, opt, jax.random.key(0), x[:4])
+        >>> made = train_from(state, model, opt, batches((x, y), config)["batches"],
+        ...                   fnn.losses.softmax_cross_entropy, config, eval_set=(x, y), eval_every=1)
+        >>> int(made["state"].step), [(r["step"], r["split"]) for r in made["history"]]
+        (4, [(1, 'eval'), (2, 'train'), (2, 'eval'), (3, 'eval'), (4, 'train'), (4, 'eval')])
+    """
     t = config.train
     parallel = layout(t)
     if population and parallel is not None:
@@ -462,7 +596,16 @@ def train_from(
 
 
 def layout(train: TrainConfig):
-    """The ``fnn.distributed.DataParallel`` layout that ``train.devices`` asks for, or None."""
+    """The ``fnn.distributed.DataParallel`` layout that ``train.devices`` asks for, or None.
+
+    Example:
+        >>> import jax
+        >>> layout(TrainConfig()) is None                       # devices="one"
+        True
+        >>> parallel = layout(TrainConfig(devices="fsdp"))
+        >>> type(parallel).__name__, parallel.fsdp, parallel.size == len(jax.devices())
+        ('DataParallel', True, True)
+    """
     devices = getattr(train, "devices", "one")
     if devices == "one":
         return None
@@ -473,12 +616,26 @@ def layout(train: TrainConfig):
 
 def test(model, loss, state, test_set, metrics=None, config: Any = None) -> dict:
     """Stage: ``test``, the metrics of the trained model (or of each member of a population)
-    on ``test_set``, computed once, after training, in the precision it was trained in."""
+    on ``test_set``, computed once, after training, in the precision it was trained in.
+
+    Example:
+        >>> import jax, numpy as np, optax, fnn
+        >>> model = fnn.Dense(2, w_init="zeros")                 # equal logits: loss log 2
+        >>> state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), np.zeros((1, 3)))
+        >>> test_set = (np.ones((5, 3), np.float32), np.zeros(5, np.int32))
+        >>> made = test(model, fnn.losses.softmax_cross_entropy, state, test_set,
+        ...             metrics={"accuracy": fnn.metrics.accuracy})
+        >>> {k: round(float(v), 3) for k, v in sorted(made["test"].items())}
+        {'accuracy': 1.0, 'loss': 0.693}
+    """
     population = jnp.ndim(state.step) > 0
     train_config = getattr(config, "train", None)
     policy = precision_lib.policy(getattr(train_config, "precision", "float32"))
     eval_step = make_eval_step(model, loss, metrics=metrics, population=population, policy=policy)
     return {"test": evaluate_batches(eval_step, state, loader_in_order(test_set, 512))}
+
+
+test.__test__ = False  # a pipeline stage, not a test: pytest must not collect it
 
 
 def loader_in_order(arrays: Any, batch_size: int):

@@ -60,6 +60,26 @@ class Policy:
         keep: parameter paths (``fnmatch`` patterns) left in their stored dtype.
         loss_scale: multiply the loss by this before differentiating and divide the
             gradients by it after; required for ``"float16"``.
+
+    Example: a train step that computes in bfloat16 except for the last layer.
+
+        >>> import jax, jax.numpy as jnp, optax, fnn
+        >>> from fnn.precision import Policy
+        >>> model = fnn.serial(fnn.Dense(8), fnn.relu, fnn.Dense(2))
+        >>> bf16 = Policy("bfloat16", keep=("dense_1/*",))         # the last layer stays float32
+        >>> x, y = jnp.ones((4, 3)), jnp.array([0, 1, 0, 1])
+        >>> state = fnn.init_train_state(model, optax.adam(1e-3), jax.random.key(0), x)
+        >>> step = fnn.make_train_step(model, optax.adam(1e-3), fnn.losses.softmax_cross_entropy,
+        ...                            policy=bf16)
+        >>> state, metrics = step(state, (x, y))
+        >>> metrics["loss"].dtype, state.params["dense_0"]["w"].dtype  # stored in float32
+        (dtype('float32'), dtype('float32'))
+        >>> {k: v["w"].dtype.name for k, v in bf16.cast_params(state.params).items()}
+        {'dense_0': 'bfloat16', 'dense_1': 'float32'}
+        >>> Policy("float16")
+        Traceback (most recent call last):
+        ...
+        ValueError: Policy: float16 computation needs a loss_scale (e.g. 2.0**12): ...
     """
 
     compute: str = "bfloat16"
@@ -114,7 +134,13 @@ class Policy:
 
 
 def policy(name: str) -> Policy | None:
-    """The policy a pipeline's ``train.precision`` names: ``"float32"`` is none at all."""
+    """The policy a pipeline's ``train.precision`` names: ``"float32"`` is none at all.
+
+    Example:
+        >>> from fnn.precision import policy
+        >>> policy("float32") is None, policy("bfloat16").compute, policy("float16").loss_scale
+        (True, 'bfloat16', 4096.0)
+    """
     if name not in DTYPES:
         raise ValueError(f"precision must be one of {', '.join(DTYPES)}, got {name!r}")
     if name == "float32":

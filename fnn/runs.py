@@ -31,7 +31,23 @@ from fnn.checkpoint import Checkpoints
 
 
 class RunError(ValueError):
-    """A run directory that is missing or unreadable; the message names the file."""
+    """A run directory that is missing or unreadable; the message names the file.
+
+    Example:
+        >>> import os, tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     Run(d)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        fnn.runs.RunError: .../config.json is missing: is ... a run directory?
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = Run.create(os.path.join(d, "run"), "demo", {})
+        ...     Run.create(os.path.join(d, "run"), "demo", {})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        fnn.runs.RunError: .../run already holds a run; continue it with `fnn resume .../run` or choose \
+another directory
+    """
 
 
 def _read_json(path: Path) -> Any:

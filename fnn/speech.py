@@ -51,7 +51,19 @@ SAMPLE_RATE = 16_000  # the rate fnn resamples eSpeak's 22,050 Hz output to
 
 
 class SpeechError(ValueError):
-    """Synthesis failed or a speech dataset is unusable; the message says which utterance."""
+    """Synthesis failed or a speech dataset is unusable; the message says which utterance.
+
+    Example:
+        >>> SpeechSpec(task="commands", voices=())
+        Traceback (most recent call last):
+            ...
+        fnn.speech.SpeechError: a speech dataset needs at least one voice
+        >>> with Synthesizer() as synth:
+        ...     synth.say("yes", "en-us+nobody")
+        Traceback (most recent call last):
+            ...
+        fnn.speech.SpeechError: eSpeak NG has no voice variant 'nobody' (in 'en-us+nobody')
+    """
 
 
 # -- eSpeak NG through ctypes --------------------------------------------------------------
@@ -79,6 +91,16 @@ class Synthesizer:
 
     So the same calls in the same order give the same audio, in any process. Close it
     (or use it as a context manager) to unload the copy.
+
+    Example:
+        >>> import numpy as np
+        >>> with Synthesizer() as synth:
+        ...     audio = synth.say("yes", "en-us+m3", rate=150, pitch=40, seed=0)
+        ...     synth.sample_rate, audio.dtype, audio.ndim, 0.1 < len(audio) / synth.sample_rate < 2
+        (22050, dtype('int16'), 1, True)
+        >>> with Synthesizer() as synth:                 # a fresh copy says it the same way
+        ...     np.array_equal(synth.say("yes", "en-us+m3", rate=150, pitch=40, seed=0), audio)
+        True
     """
 
     def __init__(self):
@@ -190,7 +212,20 @@ def add_noise(audio: np.ndarray, snr_db: float | None, rng: np.random.Generator)
 
 
 def augment(audio: np.ndarray, rng: np.random.Generator, spec: SpeechSpec) -> np.ndarray:
-    """Random gain, a leading silence of up to ``spec.max_shift`` seconds, then noise."""
+    """Random gain, a leading silence of up to ``spec.max_shift`` seconds, then noise.
+
+    Example:
+        >>> import numpy as np
+        >>> spec = SpeechSpec(voices=(("en", "m1"),), snr_db=(None,), gain=(0.5, 0.5), max_shift=0.1)
+        >>> out = augment(np.ones(1000, np.float32), np.random.default_rng(0), spec)
+        >>> shift = len(out) - 1000                              # up to 0.1 s * 16,000 samples
+        >>> out.dtype, 0 <= shift <= 1600, bool((out[:shift] == 0).all()), bool((out[shift:] == 0.5).all())
+        (dtype('float32'), True, True, True)
+        >>> noisy = augment(np.ones(1000, np.float32), np.random.default_rng(0),
+        ...                 SpeechSpec(voices=(("en", "m1"),), snr_db=(10.0,)))
+        >>> bool((noisy[:len(noisy) - 1000] != 0).any())         # the noise covers the silence too
+        True
+    """
     gain = rng.uniform(*spec.gain)
     shift = int(rng.integers(0, int(spec.max_shift * SAMPLE_RATE) + 1))
     audio = np.concatenate([np.zeros(shift, np.float32), audio * np.float32(gain)])
@@ -215,6 +250,20 @@ class SpeechSpec:
         gain: range of the random gain.
         max_shift: the longest leading silence, in seconds.
         seed: the seed of every random choice.
+
+    Example:
+        >>> import dataclasses
+        >>> spec = SpeechSpec(task="commands", voices=(("en-us", "m1"),), copies=1, words=("yes", "no"))
+        >>> spec.rate, spec.snr_db, len(spec.key())
+        ((130, 230), (None, 30.0, 20.0, 10.0), 16)
+        >>> spec.key() == SpeechSpec(task="commands", voices=(("en-us", "m1"),), words=("yes", "no")).key()
+        True
+        >>> dataclasses.replace(spec, seed=1).key() == spec.key()    # another seed: another dataset
+        False
+        >>> SpeechSpec(task="digits", voices=(("en", "m1"),), min_digits=3, max_digits=2)
+        Traceback (most recent call last):
+            ...
+        fnn.speech.SpeechError: need 1 <= min_digits <= max_digits, got 3, 2
     """
 
     task: str = "commands"
@@ -258,6 +307,18 @@ class Utterances:
     ``audio`` is every utterance's float32 samples end to end; utterance ``i`` is
     ``audio[offsets[i]:offsets[i + 1]]``. A transcript is a word (commands) or a
     string of digit symbols such as ``"30o7"`` (digits; ``o`` is "oh").
+
+    Example:
+        >>> import numpy as np
+        >>> utterances = Utterances(np.arange(1, 6, dtype=np.float32), np.array([0, 2, 5]),
+        ...                         ("yes", "no"), ("en+m1", "en+f1"), 16000)
+        >>> len(utterances), utterances[1].tolist(), utterances.lengths.tolist()
+        (2, [3.0, 4.0, 5.0], [2, 3])
+        >>> audio, mask = utterances.padded()
+        >>> audio.tolist(), mask.tolist()
+        ([[1.0, 2.0, 0.0], [3.0, 4.0, 5.0]], [[True, True, False], [True, True, True]])
+        >>> utterances.padded(2)[0].tolist()
+        [[1.0, 2.0], [3.0, 4.0]]
     """
 
     audio: np.ndarray
@@ -305,7 +366,17 @@ def _scripts(spec: SpeechSpec, rng: np.random.Generator) -> list[tuple[str, str,
 def synthesize(spec: SpeechSpec) -> Utterances:
     """Generate the dataset of ``spec`` (a few hundred utterances a second), with a fresh
     :class:`Synthesizer` and each utterance's noise seeded from ``spec.seed``, so the same
-    spec always gives the same audio."""
+    spec always gives the same audio.
+
+    Example:
+        >>> import numpy as np
+        >>> spec = SpeechSpec(task="digits", voices=(("en", "m1"),), copies=3, max_digits=3)
+        >>> utterances = synthesize(spec)
+        >>> utterances.transcripts, utterances.voices, utterances.sample_rate
+        (('300', '89', '75'), ('en+m1', 'en+m1', 'en+m1'), 16000)
+        >>> utterances.audio.dtype, np.array_equal(synthesize(spec).audio, utterances.audio)
+        (dtype('float32'), True)
+    """
     rng = np.random.default_rng(spec.seed)
     clips, transcripts, voices = [], [], []
     with Synthesizer() as synth:
@@ -322,7 +393,19 @@ def synthesize(spec: SpeechSpec) -> Utterances:
 
 
 def default_cache_dir() -> Path:
-    """``$FNN_CACHE`` or ``~/.cache/fnn``, with ``speech/`` below it."""
+    """``$FNN_CACHE`` or ``~/.cache/fnn``, with ``speech/`` below it.
+
+    Example:
+        >>> import os
+        >>> from pathlib import Path
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"FNN_CACHE": "my-cache"}):
+        ...     str(default_cache_dir())
+        'my-cache/speech'
+        >>> with mock.patch.dict(os.environ, {"FNN_CACHE": ""}):
+        ...     default_cache_dir() == Path.home() / ".cache" / "fnn" / "speech"
+        True
+    """
     return Path(os.environ.get("FNN_CACHE") or Path.home() / ".cache" / "fnn") / "speech"
 
 
@@ -350,7 +433,23 @@ def save(utterances: Utterances, path: Path) -> None:
 
 def load(path: Path) -> Utterances:
     """Read a file written by :func:`save`; raises :class:`SpeechError` if it is unreadable or
-    its arrays do not match their checksum."""
+    its arrays do not match their checksum.
+
+    Example:
+        >>> import pathlib, tempfile, numpy as np
+        >>> utterances = Utterances(np.arange(5, dtype=np.float32), np.array([0, 2, 5]),
+        ...                         ("yes", "no"), ("en+m1", "en+f1"), 16000)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     save(utterances, pathlib.Path(d) / "u.npz")
+        ...     back = load(pathlib.Path(d) / "u.npz")
+        ...     _ = (pathlib.Path(d) / "bad.npz").write_bytes(b"not a zip file")
+        ...     load(pathlib.Path(d) / "bad.npz")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        fnn.speech.SpeechError: speech cache .../bad.npz is unreadable: ...
+        >>> back.transcripts, back.voices, back.sample_rate, back[1].tolist()
+        (('yes', 'no'), ('en+m1', 'en+f1'), 16000, [2.0, 3.0, 4.0])
+    """
     try:
         with np.load(path) as f:
             meta = json.loads(f["meta"].tobytes().decode())
@@ -377,6 +476,17 @@ def dataset(spec: SpeechSpec, cache_dir: str | Path | None = "default") -> Utter
     ``cache_dir``: a directory, ``"default"`` (:func:`default_cache_dir`) or ``None`` (no cache).
     A cache file that cannot be read or fails its checksum is reported with a warning and
     made again.
+
+    Example:
+        >>> import os, tempfile, numpy as np
+        >>> spec = SpeechSpec(task="commands", voices=(("en-us", "m1"),), copies=1, words=("yes", "no"))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     made = dataset(spec, cache_dir=d)               # synthesised and written to d
+        ...     cached = dataset(spec, cache_dir=d)             # read back
+        ...     os.listdir(d) == [f"commands-{spec.key()}.npz"]
+        True
+        >>> cached.transcripts, cached.voices, np.array_equal(cached.audio, made.audio)
+        (('yes', 'no'), ('en-us+m1', 'en-us+m1'), True)
     """
     if cache_dir is None:
         return synthesize(spec)
@@ -415,6 +525,19 @@ class VoiceSplit:
         snr_db: noise levels drawn from per utterance (``none``: clean).
         seed: the seed of the synthesis and augmentation (the test set uses ``seed + 1``).
         cache: a directory, ``default`` (``$FNN_CACHE`` or ``~/.cache/fnn``) or ``none``.
+
+    Example:
+        >>> split = VoiceSplit(accents=("en-us",), train_variants=("m1", "f1"), test_variants=("m3",),
+        ...                    copies=1, test_copies=1, cache="none")
+        >>> train, test = split.datasets("commands", words=("yes", "no"))
+        >>> train.transcripts, train.voices
+        (('yes', 'no', 'yes', 'no'), ('en-us+m1', 'en-us+m1', 'en-us+f1', 'en-us+f1'))
+        >>> test.transcripts, test.voices
+        (('yes', 'no'), ('en-us+m3', 'en-us+m3'))
+        >>> VoiceSplit(train_variants=("m1", "m3"), test_variants=("m3",))
+        Traceback (most recent call last):
+            ...
+        fnn.speech.SpeechError: data: the variants ['m3'] are both training and test voices
     """
 
     accents: tuple[str, ...] = ACCENTS

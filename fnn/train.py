@@ -56,7 +56,14 @@ class TrainState(NamedTuple):
 
 
 def step_of(state: TrainState) -> int:
-    """The state's step as an int (a population's members all share one)."""
+    """The state's step as an int (a population's members all share one).
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> state = fnn.TrainState({}, {}, (), jnp.array(7, jnp.int32), None)
+        >>> fnn.train.step_of(state), fnn.train.step_of(state._replace(step=jnp.array([7, 7])))
+        (7, 7)
+    """
     return int(np.ravel(jax.device_get(state.step))[0])
 
 
@@ -266,7 +273,24 @@ def _number(value: np.ndarray) -> float | list[float]:
 
 
 class MetricsWindow:
-    """Training metrics of the steps since the last record, kept on the device until logged."""
+    """Training metrics of the steps since the last record, kept on the device until logged.
+
+    Each step's metrics stay device arrays until a record is due, so logging does not make
+    the host wait for every step; ``flush`` averages them into one record.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from fnn.train import MetricsWindow
+        >>> window = MetricsWindow(log_every=2)
+        >>> window.add({"loss": jnp.array(1.0)}), window.add({"loss": jnp.array(3.0)})
+        (False, True)
+        >>> window.flush(step=2)
+        {'step': 2, 'split': 'train', 'loss': 2.0}
+        >>> window.add({"loss": jnp.array(jnp.nan)}) or window.flush(step=3)
+        Traceback (most recent call last):
+        ...
+        FloatingPointError: training loss became nan in the 1 steps up to step 3; ...
+    """
 
     def __init__(self, log_every: int):
         self.log_every = log_every
