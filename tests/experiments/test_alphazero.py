@@ -91,6 +91,7 @@ def test_rollout_mcts_beats_random():
         ({"eval_simulations": 1}, "eval_simulations"),
         ({"batch_size": 0}, "batch_size"),
         ({"weight_decay": -1.0}, "weight_decay"),
+        ({"anneal": -1}, "anneal"),
         ({"random_moves": 5}, "random_moves"),  # a tic-tac-toe game can end after 5 moves
     ],
 )
@@ -108,7 +109,7 @@ def test_bad_config_override_names_the_key():
 
 TINY_TICTACTOE = alphazero.Config(
     channels=8, blocks=1, games=32, moves=3, simulations=8, random_moves=2, buffer=1024, batch_size=64,
-    sgd_steps=4, learning_rate=2e-3, iterations=40, eval_simulations=0, eval_games=100, log_every=10,
+    sgd_steps=4, learning_rate=2e-3, iterations=40, anneal=40, eval_simulations=0, eval_games=100, log_every=10,
     eval_every=20,
 )
 
