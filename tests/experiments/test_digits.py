@@ -48,7 +48,7 @@ def test_random_shifts_move_each_image_by_at_most_one_pixel():
 def test_bad_choices_are_clear_errors():
     with pytest.raises(ValueError, match="unknown model 'rnn'; choose cnn or mlp"):
         digits.make_model(digits.Config(model="rnn"))
-    with pytest.raises(ValueError, match="train.optimizer: 'lbfgs' is not one of adam, sgd, rmsprop"):
+    with pytest.raises(ValueError, match="train.optimizer: 'lbfgs' is not one of 'adam', 'sgd', 'rmsprop'"):
         fnn.pipeline.make_optimizer(TrainConfig(optimizer="lbfgs"))
     with pytest.raises(ValueError, match="train.learning_rate must be positive, got -1.0"):
         fnn.pipeline.make_optimizer(TrainConfig(learning_rate=-1.0))
