@@ -105,6 +105,7 @@ class Config:
     iterations: int = 400
     seed: int = 0
     eval_simulations: int = 32  # the agent's search when evaluated; 0: greedy from the network
+    pass_from: int = 0  # go: the agent may pass only from this move of the game on; 0: at any move
     eval_games: int = 200  # against the random player, half in each seat
     baseline_games: int = 0  # against rollout MCTS at the end (connect four); 0: none
     log_every: int = 25
@@ -116,7 +117,7 @@ class Config:
             ("channels", 1), ("blocks", 0), ("games", 1), ("moves", 1), ("simulations", 2),
             ("considered", 1), ("random_moves", 0), ("buffer", 1), ("batch_size", 1), ("sgd_steps", 1),
             ("iterations", 1), ("anneal", 0), ("eval_simulations", 0), ("eval_games", 2),
-            ("baseline_games", 0),
+            ("baseline_games", 0), ("pass_from", 0),
             ("log_every", 1), ("eval_every", 0), ("checkpoint_every", 0), ("seed", 0),
         ):
             if getattr(self, key) < low:
@@ -128,6 +129,8 @@ class Config:
                 f"random_moves must be below {SHORTEST[self.game]} (the shortest {self.game} game), "
                 f"got {self.random_moves}"
             )
+        if self.pass_from and self.game != "go_9x9":
+            raise ConfigError(f"pass_from is a rule of Go's agent; {self.game} has no pass move")
         if self.eval_simulations == 1:
             raise ConfigError("eval_simulations must be 0 (greedy) or at least 2, got 1")
         if self.buffer < self.games:
@@ -182,9 +185,19 @@ class Agent:
     env: pgx.Env
     network: fnn.Layer
     considered: int
+    pass_from: int = 0  # go: no pass (the last action) before this move while another move is legal
 
     def forward(self, params, obs):
         return self.network(params, obs)
+
+    def legal(self, states) -> jax.Array:
+        """The moves the agent considers: the game's legal moves, less Go's pass before move
+        ``pass_from`` (the agent's own rule, kept by both sides inside its search)."""
+        mask = states.legal_action_mask
+        if not self.pass_from:
+            return mask
+        early = (states._step_count < self.pass_from) & mask[..., :-1].any(-1)
+        return mask.at[..., -1].set(mask[..., -1] & ~early)
 
     def recurrent_fn(self, params, key, action, states):
         """One step of the real game inside the search: the reward of the mover, then -1 to turn
@@ -197,19 +210,18 @@ class Agent:
         out = mctx.RecurrentFnOutput(
             reward=states.rewards[jnp.arange(action.shape[0]), mover],
             discount=jnp.where(over, 0.0, -1.0),
-            prior_logits=masked(logits, states.legal_action_mask),
+            prior_logits=masked(logits, self.legal(states)),
             value=jnp.where(over, 0.0, value),
         )
         return out, states
 
     def search(self, params, key, states, simulations: int, gumbel_scale: float) -> mctx.PolicyOutput:
         logits, value = self.forward(params, states.observation)
-        root = mctx.RootFnOutput(
-            prior_logits=masked(logits, states.legal_action_mask), value=value, embedding=states
-        )
+        legal = self.legal(states)
+        root = mctx.RootFnOutput(prior_logits=masked(logits, legal), value=value, embedding=states)
         return mctx.gumbel_muzero_policy(
             params, key, root, self.recurrent_fn, simulations,
-            invalid_actions=~states.legal_action_mask,
+            invalid_actions=~legal,
             max_num_considered_actions=self.considered, gumbel_scale=gumbel_scale,
         )
 
@@ -219,7 +231,7 @@ class Agent:
         def play(key, states):
             if simulations == 0:
                 logits, _ = self.forward(params, states.observation)
-                return jnp.argmax(masked(logits, states.legal_action_mask), axis=-1)
+                return jnp.argmax(masked(logits, self.legal(states)), axis=-1)
             return self.search(params, key, states, simulations, 0.0).action
 
         return play
@@ -401,7 +413,7 @@ def match(agent: Agent, opponent: board_search.Player, config: Config, games: in
 @functools.cache
 def _programs(config: Config) -> Programs:
     env = pgx.make(config.game)
-    agent = Agent(env, make_network(config, env.num_actions), config.considered)
+    agent = Agent(env, make_network(config, env.num_actions), config.considered, config.pass_from)
     learning_rate = config.learning_rate
     if config.anneal:  # a function of the optimizer's own step: a resumed run follows it as it was
         learning_rate = optax.cosine_decay_schedule(
@@ -538,8 +550,8 @@ CONNECT_FOUR = Experiment(
 GO = Experiment(
     "go-9x9", "AlphaZero self-play on 9x9 Go (a long run); played against random",
     Config(game="go_9x9", channels=32, blocks=2, games=32, moves=16, simulations=16, random_moves=0,
-           buffer=32768, sgd_steps=8, iterations=200, anneal=0,
-           eval_simulations=0, eval_games=32, log_every=10, eval_every=50),
+           buffer=32768, sgd_steps=8, iterations=200, anneal=0, pass_from=40,
+           eval_simulations=16, eval_games=32, log_every=10, eval_every=50),
     PIPELINE,
 )
 EXPERIMENTS = {e.name: e for e in (TICTACTOE, CONNECT_FOUR, GO)}

@@ -93,6 +93,8 @@ def test_rollout_mcts_beats_random():
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"anneal": -1}, "anneal"),
         ({"random_moves": 5}, "random_moves"),  # a tic-tac-toe game can end after 5 moves
+        ({"pass_from": 10}, "pass_from"),  # tic-tac-toe has no pass
+        ({"game": "go_9x9", "random_moves": 0, "pass_from": -1}, "pass_from"),
     ],
 )
 def test_bad_config_values_name_the_key(change, key):
@@ -189,6 +191,26 @@ def test_connect_four_learns_something():
     train = [r for r in values["history"] if r["split"] == "train"]
     assert train[-1]["loss"] < train[0]["loss"]
     assert values["final"]["random_win"] >= 0.6, values["final"]
+
+
+def test_go_agent_does_not_pass_before_pass_from_unless_nothing_else_is_legal():
+    env = pgx.make("go_9x9")
+    agent = alphazero.Agent(env, alphazero.make_network(alphazero.GO.config, env.num_actions), 4, pass_from=3)
+    states = jax.vmap(env.init)(jax.random.split(jax.random.key(0), 2))
+    pass_move = env.num_actions - 1
+    assert np.asarray(states.legal_action_mask[:, pass_move]).all()  # the game allows it
+    assert not np.asarray(agent.legal(states)[:, pass_move]).any()
+    np.testing.assert_array_equal(agent.legal(states)[:, :pass_move], states.legal_action_mask[:, :pass_move])
+    only_pass = states.replace(legal_action_mask=jnp.zeros_like(states.legal_action_mask).at[:, -1].set(True))
+    assert np.asarray(agent.legal(only_pass)[:, pass_move]).all()
+    for move in (0, 1, 2):
+        states = jax.vmap(env.step)(states, jnp.array([move, move + 10]))
+    assert np.asarray(agent.legal(states)[:, pass_move]).all()  # move 3 of the game: passing is allowed
+    params, _ = agent.network.init(jax.random.key(1), states.observation)
+    early = jax.vmap(env.init)(jax.random.split(jax.random.key(2), 2))
+    out = agent.search(params, jax.random.key(3), early, 4, 1.0)
+    assert np.asarray(out.action_weights[:, pass_move] == 0).all()
+    assert np.asarray(out.action != pass_move).all()
 
 
 def test_go_smoke_loss_falls():
