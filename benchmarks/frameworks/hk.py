@@ -5,14 +5,12 @@ from __future__ import annotations
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import optax
 
-from benchmarks.frameworks.raw_jax import cross_entropy
+from benchmarks.frameworks.raw_jax import adam_bench
 from benchmarks.models import (
     D_MODEL,
     HEADS,
     LAYERS,
-    LEARNING_RATE,
     LSTM_EMBED,
     LSTM_HIDDEN,
     MLP_DIM,
@@ -60,20 +58,8 @@ def forward(name: str, x: jax.Array) -> jax.Array:
 
 def make(name: str, batch: tuple) -> Bench:
     model = hk.without_apply_rng(hk.transform(lambda x: forward(name, x)))
-    optimizer = optax.adam(LEARNING_RATE)
-    batch = jax.device_put(batch)
-    params = model.init(jax.random.key(0), batch[0])
-
-    def step(state, batch):
-        params, opt_state = state
-        x, y = batch
-        loss, grads = jax.value_and_grad(lambda q: cross_entropy(model.apply(q, x), y))(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    step = jax.jit(step, donate_argnums=0)
-    count = sum(a.size for a in jax.tree.leaves(params))
-    return Bench(step, (params, optimizer.init(params)), batch, count, jax.block_until_ready, step.lower)
+    params = model.init(jax.random.key(0), jax.device_put(batch[0]))
+    return adam_bench(model.apply, params, batch)
 
 
 def count_params(name: str, batch: tuple) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -127,14 +129,16 @@ def apply(name: str, p: dict, x: jax.Array) -> jax.Array:
     return _layer_norm(p["norm"], h) @ p["head"]["w"] + p["head"]["b"]
 
 
-def make(name: str, batch: tuple) -> Bench:
+def adam_bench(apply, params, batch: tuple) -> Bench:
+    """The plain JAX train step around ``apply(params, x) -> logits``: ``jax.jit`` of
+    ``value_and_grad`` and an optax adam update, the state donated. Every pytree-of-arrays
+    framework (raw JAX, Linen, Haiku) is timed through this one step."""
     optimizer = optax.adam(LEARNING_RATE)
-    params = init(name, jax.random.key(0))
 
     def step(state, batch):
         params, opt_state = state
         x, y = batch
-        loss, grads = jax.value_and_grad(lambda q: cross_entropy(apply(name, q, x), y))(params)
+        loss, grads = jax.value_and_grad(lambda q: cross_entropy(apply(q, x), y))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -142,6 +146,10 @@ def make(name: str, batch: tuple) -> Bench:
     count = sum(a.size for a in jax.tree.leaves(params))
     return Bench(step, (params, optimizer.init(params)), jax.device_put(batch), count, jax.block_until_ready,
                  step.lower)
+
+
+def make(name: str, batch: tuple) -> Bench:
+    return adam_bench(functools.partial(apply, name), init(name, jax.random.key(0)), batch)
 
 
 def count_params(name: str, batch: tuple) -> int:
