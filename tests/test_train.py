@@ -175,3 +175,25 @@ def test_steps_per_call_equals_single_steps_and_checks_its_batches():
         many(b, jax.tree.map(lambda v: v[:2], groups[0]))
     with pytest.raises(ValueError, match="steps_per_call must be a positive int, got 0"):
         fnn.make_train_step(model, opt, fnn.losses.softmax_cross_entropy, steps_per_call=0)
+
+
+@pytest.mark.parametrize("unroll", [True, 2])
+def test_unrolled_steps_per_call_equal_the_loop_and_have_no_loop_when_fully_unrolled(unroll):
+    model = fnn.serial(fnn.Conv(4, (3, 3)), jax.nn.relu, fnn.Flatten(), fnn.Dropout(0.2), fnn.Dense(3))
+    opt = optax.adam(1e-2)
+    rng = np.random.default_rng(0)
+    group = (rng.normal(size=(4, 8, 6, 6, 1)).astype(np.float32), rng.integers(0, 3, (4, 8)).astype(np.int32))
+    x_spec = jax.ShapeDtypeStruct((8, 6, 6, 1), jnp.float32)
+    looped = fnn.make_train_step(model, opt, fnn.losses.softmax_cross_entropy, steps_per_call=4)
+    unrolled = fnn.make_train_step(model, opt, fnn.losses.softmax_cross_entropy, steps_per_call=4, unroll=unroll)
+    a, ma = looped(fnn.init_train_state(model, opt, jax.random.key(1), x_spec), group)
+    b, mb = unrolled(fnn.init_train_state(model, opt, jax.random.key(1), x_spec), group)
+    chex.assert_trees_all_close(b.params, a.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(mb["loss"]), np.asarray(ma["loss"]), rtol=1e-5)
+    state = fnn.init_train_state(model, opt, jax.random.key(1), x_spec)
+    hlo = unrolled.lower(state, group).compile().as_text().splitlines()
+    # the loop over steps carries the kernel (the random-bit generator's own loops do not)
+    step_loops = [line for line in hlo if " while(" in line and "f32[3,3,1,4]" in line.split(" while(")[0]]
+    assert bool(step_loops) == (unroll is not True)
+    with pytest.raises(ValueError, match="unroll must be a positive int or a bool, got 0"):
+        fnn.make_train_step(model, opt, fnn.losses.softmax_cross_entropy, steps_per_call=4, unroll=0)
