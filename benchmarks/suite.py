@@ -9,7 +9,8 @@ machine's speed hits all alike. Per model and framework the table gives:
 
 - ``steps/s``: the median over rounds, and its ratio to raw JAX;
 - ``first s``: the first call's time (tracing, compilation and one step), and its ratio to
-  raw JAX's;
+  raw JAX's: for the JAX frameworks the median of ``--first-rounds`` interleaved first
+  calls, each after ``jax.clear_caches()`` (one sample varies by 10-20%);
 - ``MiB``: the compiled step's memory plan from XLA's ``memory_analysis()``: arguments +
   outputs + temporaries - the donated buffers the outputs reuse (JAX frameworks only);
 - ``GFLOP``: the floating-point work of one step from XLA's ``cost_analysis()`` of the
@@ -127,21 +128,42 @@ def time_calls(bench: Bench, calls: int) -> float:
     return calls * bench.steps_per_call / (time.perf_counter() - start)
 
 
+def first_calls(benches: dict[str, Bench], rounds: int) -> dict[str, float]:
+    """Seconds of each bench's first call (trace, compile, one step): the median of ``rounds``
+    interleaved rounds, every JAX bench's caches cleared before its repeats (other benches
+    are called once). Every bench is compiled and warm afterwards."""
+    times: dict[str, list[float]] = {f: [] for f in benches}
+    for r in range(rounds):
+        for framework, bench in benches.items():
+            if r and bench.lower is None:
+                continue
+            if r:
+                jax.clear_caches()
+            start = time.perf_counter()
+            bench.state, loss = bench.step(bench.state, bench.batch)
+            bench.sync(loss)
+            times[framework].append(time.perf_counter() - start)
+    if rounds > 1:  # the last clear_caches dropped the others' programs: compile them again
+        for bench in benches.values():
+            bench.state, loss = bench.step(bench.state, bench.batch)
+            bench.sync(loss)
+    return {f: statistics.median(t) for f, t in times.items()}
+
+
 def bench_model(name: str, frameworks: dict[str, Callable], rounds: int, steps: int | None = None,
-                analysis: bool = True, peak: float | None = None,
+                analysis: bool = True, peak: float | None = None, first_rounds: int = 1,
                 log: Callable[[str], None] = lambda _: None) -> list[Row]:
     """Rows for every framework on ``name``: ``rounds`` interleaved rounds of ``steps`` steps
-    (default: the model's), with XLA's analyses when ``analysis``."""
+    (default: the model's), with XLA's analyses when ``analysis``; the first call's time is
+    the median of ``first_rounds`` (see :func:`first_calls`)."""
     spec = SPECS[name]
     steps = spec.steps if steps is None else steps
     benches = build(name, frameworks)
     log(f"{name}: {expected_params(name):,} parameters in every framework")
     rows = {}
+    firsts = first_calls(benches, first_rounds)
     for framework, bench in benches.items():
-        start = time.perf_counter()
-        bench.state, loss = bench.step(bench.state, bench.batch)
-        bench.sync(loss)
-        rows[framework] = Row(name, framework, bench.params, float("nan"), time.perf_counter() - start)
+        rows[framework] = Row(name, framework, bench.params, float("nan"), firsts[framework])
         if analysis and bench.lower is not None:
             mib, gflop = analyse(bench)
             rows[framework].mib = mib
@@ -218,9 +240,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when installed")
     parser.add_argument("--torch-compile", action="store_true", help="add a torch.compile row")
     parser.add_argument("--markdown", help="also write the table, as markdown, to this file")
+    parser.add_argument("--first-rounds", type=int, default=3,
+                        help="first calls (each after jax.clear_caches) whose median is 'first s' (default 3)")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.first_rounds < 1:
+        parser.error("--first-rounds must be at least 1")
 
     frameworks: dict[str, Callable] = dict(JAX_FRAMEWORKS)
     if not args.no_torch:
@@ -246,11 +272,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if peak:
         say(f"measured peak: {peak:.1f} GFLOP/s (2048x2048 float32 matmul in JAX)")
     rounds = 1 if args.quick else args.rounds
-    say(f"medians of {rounds} interleaved rounds")
+    first_rounds = 1 if args.quick else args.first_rounds
+    say(f"medians of {rounds} interleaved rounds (first calls: of {first_rounds})")
     rows: list[Row] = []
     for name in args.models:
         model_rows = bench_model(name, frameworks, rounds, steps=1 if args.quick else None,
-                                 analysis=not args.quick, peak=peak, log=say)
+                                 analysis=not args.quick, peak=peak, first_rounds=first_rounds, log=say)
         say(text_table(model_rows))
         rows += model_rows
     say(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -70,3 +70,30 @@ def test_tables_list_every_row():
     assert suite.markdown_table(rows).count("\n") == 3
     assert "fnn" in suite.text_table(rows)
     assert jax.devices()  # the suite runs on the default backend
+
+
+def test_first_calls_recompile_each_round_and_leave_every_bench_warm():
+    batch = batch_for("mlp-small")
+    benches = {f: JAX_FRAMEWORKS[f]("mlp-small", batch) for f in ("raw jax", "fnn")}
+    firsts = suite.first_calls(benches, rounds=2)
+    assert set(firsts) == set(benches) and all(t > 0 for t in firsts.values())
+    assert int(benches["fnn"].state.step) == 3  # two timed first calls, then one to compile again
+    compiled = []
+
+    def listen(event, _seconds, **_):
+        if event.endswith("backend_compile_duration"):
+            compiled.append(event)
+
+    def compiles(bench):
+        compiled.clear()
+        bench.state, loss = bench.step(bench.state, bench.batch)
+        bench.sync(loss)
+        return len(compiled)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        assert {f: compiles(b) for f, b in benches.items()} == {"raw jax": 0, "fnn": 0}  # warm
+        jax.clear_caches()
+        assert compiles(benches["fnn"]) > 0  # what first_calls relies on: clearing recompiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
