@@ -196,21 +196,17 @@ def test_connect_four_learns_something():
 def test_go_agent_does_not_pass_before_pass_from_unless_nothing_else_is_legal():
     env = pgx.make("go_9x9")
     agent = alphazero.Agent(env, alphazero.make_network(alphazero.GO.config, env.num_actions), 4, pass_from=3)
-    states = jax.vmap(env.init)(jax.random.split(jax.random.key(0), 2))
+    states = jax.jit(jax.vmap(env.init))(jax.random.split(jax.random.key(0), 2))
     pass_move = env.num_actions - 1
     assert np.asarray(states.legal_action_mask[:, pass_move]).all()  # the game allows it
     assert not np.asarray(agent.legal(states)[:, pass_move]).any()
     np.testing.assert_array_equal(agent.legal(states)[:, :pass_move], states.legal_action_mask[:, :pass_move])
     only_pass = states.replace(legal_action_mask=jnp.zeros_like(states.legal_action_mask).at[:, -1].set(True))
     assert np.asarray(agent.legal(only_pass)[:, pass_move]).all()
+    step = jax.jit(jax.vmap(env.step))
     for move in (0, 1, 2):
-        states = jax.vmap(env.step)(states, jnp.array([move, move + 10]))
+        states = step(states, jnp.array([move, move + 10]))
     assert np.asarray(agent.legal(states)[:, pass_move]).all()  # move 3 of the game: passing is allowed
-    params, _ = agent.network.init(jax.random.key(1), states.observation)
-    early = jax.vmap(env.init)(jax.random.split(jax.random.key(2), 2))
-    out = agent.search(params, jax.random.key(3), early, 4, 1.0)
-    assert np.asarray(out.action_weights[:, pass_move] == 0).all()
-    assert np.asarray(out.action != pass_move).all()
 
 
 def test_go_smoke_loss_falls():
@@ -227,3 +223,7 @@ def test_go_smoke_loss_falls():
         losses.append(float(metrics["loss"]))
     assert np.isfinite(losses).all()
     assert losses[-1] < losses[0], losses
+    # 16 moves into games that pass only from move 40: no search target puts weight on pass
+    written = int(state.memory["count"])
+    assert written == config.iterations * config.moves * config.games
+    assert not np.asarray(state.memory["policy"][:written, -1]).any()
