@@ -344,6 +344,27 @@ def to_host(state):
     return jax.device_get(checkpoint.to_saved(state))
 
 
+def test_a_restored_state_is_placed_like_a_fresh_one_so_nothing_compiles_again(tmp_path):
+    ckpts, _ = _saved(tmp_path)
+    step, template, data, _ = _problem()
+    restored, _ = ckpts.restore(template)
+    committed = {leaf.committed for leaf in jax.tree.leaves(checkpoint.to_saved(restored))}
+    assert committed == {leaf.committed for leaf in jax.tree.leaves(checkpoint.to_saved(template))} == {False}
+    step(template, data[0])  # compiled for the fresh state; `template` is donated
+    compiled = []
+
+    def listen(event, _seconds, **_):
+        if event.endswith("backend_compile_duration"):
+            compiled.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        step(restored, data[0])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiled == []
+
+
 def test_a_checkpoint_of_another_model_names_the_first_mismatching_path(tmp_path):
     ckpts, _ = _saved(tmp_path)
     wider = fnn.serial(fnn.Dense(32), fnn.relu, fnn.Dropout(0.2), fnn.Dense(3))

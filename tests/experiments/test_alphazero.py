@@ -117,19 +117,14 @@ TINY_TICTACTOE = alphazero.Config(
 
 
 @pytest.fixture(scope="module")
-def tictactoe_runs(tmp_path_factory):
-    """Tic-tac-toe for 40 iterations: once straight through, once stopped at 20 and resumed."""
-    straight = fnn.pipeline.start(alphazero.TICTACTOE, TINY_TICTACTOE, tmp_path_factory.mktemp("straight"),
-                                  progress=False)
-    directory = tmp_path_factory.mktemp("resumed")
-    fnn.pipeline.start(alphazero.TICTACTOE, dataclasses.replace(TINY_TICTACTOE, iterations=20), directory,
-                       progress=False)
-    resumed = fnn.pipeline.run_in(alphazero.TICTACTOE, TINY_TICTACTOE, fnn.runs.Run(directory), False)
-    return straight, resumed
+def tictactoe_run(tmp_path_factory):
+    """Tic-tac-toe for 40 iterations in a run directory."""
+    return fnn.pipeline.start(alphazero.TICTACTOE, TINY_TICTACTOE, tmp_path_factory.mktemp("straight"),
+                              progress=False)
 
 
-def test_tictactoe_learns_to_beat_random(tictactoe_runs):
-    (run, values), _ = tictactoe_runs
+def test_tictactoe_learns_to_beat_random(tictactoe_run):
+    run, values = tictactoe_run
     evals = [r for r in values["history"] if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [20, 40]
     final = values["final"]
@@ -143,8 +138,15 @@ def test_tictactoe_learns_to_beat_random(tictactoe_runs):
     assert any("minimax" in line for line in values["report"])
 
 
-def test_resumed_run_equals_uninterrupted(tictactoe_runs):
-    (_, straight), (resumed) = tictactoe_runs
+def test_resumed_run_equals_uninterrupted(tmp_path, tictactoe_run):
+    """8 iterations straight through, and stopped at 4 and resumed (the programs are the
+    fixture's: the length and the intervals do not change what is compiled)."""
+    config = dataclasses.replace(TINY_TICTACTOE, iterations=8, log_every=2, eval_every=4)
+    _, straight = fnn.pipeline.start(alphazero.TICTACTOE, config, tmp_path / "straight", progress=False)
+    fnn.pipeline.start(alphazero.TICTACTOE, dataclasses.replace(config, iterations=4), tmp_path / "resumed",
+                       progress=False)
+    resumed = fnn.pipeline.run_in(alphazero.TICTACTOE, config, fnn.runs.Run(tmp_path / "resumed"), False)
+    assert [r["step"] for r in resumed["history"] if r["split"] == "eval"] == [4, 8]
     chex.assert_trees_all_equal(straight["state"].params, resumed["state"].params)
     chex.assert_trees_all_equal(straight["state"].memory, resumed["state"].memory)
     chex.assert_trees_all_equal(straight["state"].env, resumed["state"].env)
