@@ -59,11 +59,12 @@ def test_random_stacks_apply_with_the_shapes_summary_predicts(model, batch, size
     assert (y.shape, y.dtype) == (root.output.shape, root.output.dtype)
     assert report.total_params == sum(p.size for p in jax.tree.leaves(params))
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
-    # Each top-level child's predicted output is what the model up to that child computes.
+    # Each top-level child's predicted output is what the model up to that child computes
+    # (traced for its shapes: the whole model ran above).
     by_path = {node.path: node.output for node in report.nodes}
     for i, name in enumerate(model.names):
         prefix = fnn.Serial(model.layers[: i + 1], model.names[: i + 1])
-        h, _ = prefix.apply(params, state, x)
+        h, _ = jax.eval_shape(prefix.apply, params, state, x)
         predicted = by_path[(name,)]
         assert jax.tree.map(lambda a: (a.shape, a.dtype), h) == jax.tree.map(
             lambda a: (a.shape, a.dtype), predicted
