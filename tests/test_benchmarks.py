@@ -12,6 +12,7 @@ import pytest
 from benchmarks import suite
 from benchmarks.frameworks import JAX_FRAMEWORKS, PARAM_COUNTS
 from benchmarks.models import SPECS, batch_for, expected_params
+from tests.compiles import counting_compiles
 
 # Compiling is what costs: every framework on the small MLP, and fnn on every model, so
 # that every framework and every model runs at least once.
@@ -78,22 +79,13 @@ def test_first_calls_recompile_each_round_and_leave_every_bench_warm():
     firsts = suite.first_calls(benches, rounds=2)
     assert set(firsts) == set(benches) and all(t > 0 for t in firsts.values())
     assert int(benches["fnn"].state.step) == 3  # two timed first calls, then one to compile again
-    compiled = []
-
-    def listen(event, _seconds, **_):
-        if event.endswith("backend_compile_duration"):
-            compiled.append(event)
 
     def compiles(bench):
-        compiled.clear()
-        bench.state, loss = bench.step(bench.state, bench.batch)
-        bench.sync(loss)
+        with counting_compiles() as compiled:
+            bench.state, loss = bench.step(bench.state, bench.batch)
+            bench.sync(loss)
         return len(compiled)
 
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        assert {f: compiles(b) for f, b in benches.items()} == {"raw jax": 0, "fnn": 0}  # warm
-        jax.clear_caches()
-        assert compiles(benches["fnn"]) > 0  # what first_calls relies on: clearing recompiles
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
+    assert {f: compiles(b) for f, b in benches.items()} == {"raw jax": 0, "fnn": 0}  # warm
+    jax.clear_caches()
+    assert compiles(benches["fnn"]) > 0  # what first_calls relies on: clearing recompiles

@@ -18,6 +18,7 @@ import pytest
 import fnn
 from fnn import checkpoint, config, loop, pipeline, runs
 from fnn.pipeline import Pipeline, PipelineError
+from tests.compiles import counting_compiles
 
 # -- configuration ---------------------------------------------------------------------------
 
@@ -351,17 +352,8 @@ def test_a_restored_state_is_placed_like_a_fresh_one_so_nothing_compiles_again(t
     committed = {leaf.committed for leaf in jax.tree.leaves(checkpoint.to_saved(restored))}
     assert committed == {leaf.committed for leaf in jax.tree.leaves(checkpoint.to_saved(template))} == {False}
     step(template, data[0])  # compiled for the fresh state; `template` is donated
-    compiled = []
-
-    def listen(event, _seconds, **_):
-        if event.endswith("backend_compile_duration"):
-            compiled.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with counting_compiles() as compiled:
         step(restored, data[0])
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert compiled == []
 
 
