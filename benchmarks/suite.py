@@ -23,8 +23,9 @@ machine's speed hits all alike. Per model and framework the table gives:
 ``fnn K=10`` is fnn with ``make_train_step(..., steps_per_call=10)``: ten steps per
 compiled call (a ``lax.scan`` over ten batches already on the device), counted as ten
 steps; for LeNet the scan is unrolled (``unroll=True``), since XLA's CPU backend runs a
-convolution inside a loop about 2x slower. PyTorch runs eagerly with as many threads as the process may use cores (as XLA's
-CPU client does); ``--torch-compile`` adds a ``torch.compile`` row.
+convolution inside a loop about 2x slower. PyTorch runs eagerly with as many threads as
+the process may use cores (as XLA's CPU client does); ``--torch-compile`` adds a
+``torch.compile`` row.
 
     .venv/bin/python -m benchmarks.suite                       # everything, 7 rounds
     .venv/bin/python -m benchmarks.suite --models mlp-small lstm --rounds 9

@@ -63,9 +63,9 @@ times are several times what an idle machine takes; the user CPU time is given t
   strong Go player is far beyond this budget. Self-play may not pass before move 40
   (``pass_from``): without that rule the searches learned to pass early (most likely
   because two passes end the game, and on a near-empty board the 7.5 points of komi
-  decide it for white), so pass was the favourite of 27%
-  of the replayed search targets, and at iteration 50 the greedy network, passing in
-  mid-game while the random player filled the board, lost 97% of its games.
+  decide it for white), so pass was the favourite of 27% of the replayed search targets,
+  and at iteration 50 the greedy network, passing in mid-game while the random player
+  filled the board, lost 97% of its games.
 
 Run: fnn run tictactoe | fnn run connect-four | fnn run go-9x9  [iterations=...] [seed=...]
 """
