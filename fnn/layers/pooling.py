@@ -1,8 +1,16 @@
-"""Max, average and global pooling over 1 to 3 spatial axes, channels last."""
+"""Max, average and global pooling over 1 to 3 spatial axes, channels last.
+
+Windows that tile the input (strides equal to the window, no padding) are pooled by
+reshaping each window onto its own axes and reducing them, not with
+``lax.reduce_window``: on CPU that made a LeNet step's max-pool gradient 4x faster
+(``benchmarks/``). Both paths give the same values and route a max-pool gradient to the
+first maximum of each window, as ``reduce_window``'s gradient does.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -27,6 +35,23 @@ class _Pool(Layer):
         strides = window if self.strides is None else self.strides
         freeze(self, "strides", int_tuple(self, "strides", strides, n))
         freeze(self, "padding", padding_spec(self, self.padding, n))
+
+    def _tiles(self, x: jax.Array) -> tuple[jax.Array, tuple[int, ...]] | None:
+        """``x`` as ``[batch, out_1, window_1, ..., out_n, window_n, channels]`` and the
+        window axes, when the windows tile it; else ``None``. With "VALID" padding the
+        positions past the last whole window are dropped, as ``reduce_window`` drops them."""
+        spatial = x.shape[1:-1]
+        if self.strides != self.window:
+            return None
+        if self.padding == "SAME" and any(size % w for size, w in zip(spatial, self.window)):
+            return None
+        if not isinstance(self.padding, str) and any(lo or hi for lo, hi in self.padding):
+            return None
+        x = x[(slice(None), *(slice(0, size - size % w) for size, w in zip(spatial, self.window)))]
+        shape = [x.shape[0]]
+        for size, w in zip(x.shape[1:-1], self.window):
+            shape += [size // w, w]
+        return x.reshape(*shape, x.shape[-1]), tuple(range(2, 2 + 2 * len(self.window), 2))
 
     def _reduce(self, x: jax.Array, init: Any, op: Any) -> jax.Array:
         padding = self.padding if isinstance(self.padding, str) else ((0, 0), *self.padding, (0, 0))
@@ -58,7 +83,30 @@ class MaxPool(_Pool):
     """
 
     def forward(self, params, x, *, key=None, train=False):
+        tiled = self._tiles(x)
+        if tiled is not None:
+            return _first_max(*tiled)
         return self._reduce(x, -jnp.inf, lax.max)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _first_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """``x.max(axes)``, whose derivative follows the first maximum (in row-major order of
+    ``axes``) where several are equal, as ``reduce_window``'s does; ``jnp.max``'s would split
+    it among them."""
+    return x.max(axes)
+
+
+@_first_max.defjvp
+def _first_max_jvp(axes, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = x.max(axes, keepdims=True)
+    index = jnp.zeros(x.shape, jnp.int32)
+    for axis in axes:
+        index = index * x.shape[axis] + lax.broadcasted_iota(jnp.int32, x.shape, axis)
+    index = jnp.where(x == y, index, jnp.iinfo(jnp.int32).max)
+    first = index == index.min(axes, keepdims=True)
+    return y.squeeze(axes), jnp.where(first, dx, jnp.zeros_like(dx)).sum(axes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +127,9 @@ class AvgPool(_Pool):
     count_include_pad: bool = True
 
     def forward(self, params, x, *, key=None, train=False):
+        tiled = self._tiles(x)
+        if tiled is not None:
+            return tiled[0].mean(tiled[1])
         total = self._reduce(x, 0.0, lax.add)
         if self.count_include_pad or self.padding == "VALID":
             return total / jnp.prod(jnp.array(self.window))

@@ -230,6 +230,53 @@ def test_max_pool_gradient_routes_to_the_maximum():
     close(grad[0, :, 0], [0.5, 0.5, 0.5, 0.5])
 
 
+# Windows that tile the input are pooled by a reshape, not lax.reduce_window.
+TILED = [
+    ((2, 8, 3), (2,), "VALID"),
+    ((2, 9, 3), (2,), "VALID"),  # the last position is past every window
+    ((2, 6, 7, 3), (2, 3), "VALID"),
+    ((2, 6, 9, 3), (2, 3), "SAME"),  # divisible: SAME pads nothing
+    ((1, 4, 6, 2), (2, 2), ((0, 0), (0, 0))),
+    ((1, 4, 6, 5, 2), (2, 3, 2), "VALID"),
+]
+
+
+def reduce_window_pool(x, window, padding, kind):
+    strides, dims = (1, *window, 1), (1, *window, 1)
+    pad = padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0))
+    if kind == "max":
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strides, pad)
+    return jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, pad) / math.prod(window)
+
+
+@pytest.mark.parametrize("shape, window, padding", TILED, ids=[f"{s}-{w}-{p}" for s, w, p in TILED])
+def test_tiling_windows_are_pooled_without_reduce_window_and_equal_it_with_ties(shape, window, padding):
+    """Values and gradients equal reduce_window's, also where a window has several equal
+    maxima (rounded inputs): the whole gradient goes to the first of them."""
+    x = jnp.round(rand(shape))  # many ties
+    for layer, kind in ((fnn.MaxPool(window, padding=padding), "max"), (fnn.AvgPool(window, padding=padding), "avg")):
+        assert "reduce_window" not in str(jax.make_jaxpr(jax.grad(lambda v: layer({}, v).sum()))(x))
+        close(layer({}, x), reduce_window_pool(x, window, padding, kind))
+        weights = rand(layer({}, x).shape, seed=2)
+        grad = jax.grad(lambda v: (layer({}, v) * weights).sum())(x)
+        expected = jax.grad(lambda v: (reduce_window_pool(v, window, padding, kind) * weights).sum())(x)
+        close(grad, expected)
+
+
+def test_tiled_max_pool_gradient_goes_to_the_first_of_equal_maxima():
+    x = jnp.zeros((1, 4, 4, 1)).at[0, 3, 3, 0].set(-1.0)
+    grad = jax.grad(lambda v: fnn.MaxPool((2, 2))({}, v).sum())(x)[0, :, :, 0]
+    close(grad, [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("layer", [fnn.MaxPool((2, 2)), fnn.AvgPool((2, 2))], ids=["MaxPool", "AvgPool"])
+def test_tiled_pool_gradients_second_order_float64(layer):
+    with jax.enable_x64(True):
+        x = distinct((1, 4, 5, 2), dtype=jnp.float64)
+        check_grads(lambda v: layer({}, v), (x,), order=2, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6,
+                    eps=1e-4)
+
+
 class PoolJitEqualsEager(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(*[(name, layer, shape) for name, (layer, shape) in zip(POOL_IDS, POOLS)])
