@@ -17,8 +17,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from sklearn import datasets
-from sklearn.model_selection import train_test_split
 
 
 def check_finite(name: str, array: np.ndarray) -> None:
@@ -67,6 +65,8 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
         >>> images.shape, labels.shape, float(images.max())
         ((1797, 8, 8, 1), (1797,), 1.0)
     """
+    from sklearn import datasets  # here, not at the top: importing scikit-learn takes ~2 s
+
     bunch = datasets.load_digits()
     images = (bunch.images / 16.0).astype(np.float32)[..., None]
     labels = bunch.target.astype(np.int32)
@@ -89,6 +89,8 @@ def split(
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"split: test_fraction must be in (0, 1), got {test_fraction!r}")
     check_dataset("split", (inputs, labels))
+    from sklearn.model_selection import train_test_split
+
     x_train, x_test, y_train, y_test = train_test_split(
         inputs, labels, test_size=test_fraction, random_state=seed, stratify=labels
     )
