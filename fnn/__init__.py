@@ -12,6 +12,7 @@ from fnn import (
     ctc,
     data,
     distributed,
+    hostmem,
     initializers,
     loop,
     losses,
@@ -62,7 +63,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Fn", "Identity", "Layer", "LayerError", "Node", "Parallel", "Remat", "Residual", "Serial",
     "ShapeError", "Summary", "TrainState", "audio", "checkpoint", "cli", "config", "ctc", "data",
-    "distributed", "evaluate", "fan_in_concat", "fan_in_sum",
+    "distributed", "evaluate", "hostmem", "fan_in_concat", "fan_in_sum",
     "fan_out", "fit", "identity", "init_train_state", "initializers", "loop", "losses",
     "make_eval_step", "make_train_step", "metrics", "parallel", "per_example_grads", "pipeline",
     "plots", "precision", "remat", "residual", "rl", "runs", "serial", "speech", "summary", "text", *_layers,

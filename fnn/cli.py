@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from fnn import config as config_lib
-from fnn import pipeline, runs
+from fnn import hostmem, pipeline, runs
 from fnn.checkpoint import CheckpointError
 from fnn.loop import Interrupted
 
@@ -135,6 +135,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+TRAINING_COMMANDS = ("run", "resume", "sweep")
+
+
+def console() -> int:
+    """The ``fnn`` console script: ``main()``. A command that trains runs in a process whose
+    ``malloc`` backs large blocks with huge pages (``fnn.hostmem``: the process
+    re-executes itself first; ``FNN_SYSTEM_MALLOC=1`` leaves it alone)."""
+    argv = sys.argv[1:]
+    if argv[:1] and argv[0] in TRAINING_COMMANDS and not {"-h", "--help", "--keys"} & set(argv):
+        hostmem.exec_with_huge_pages()
+    return main()
+
+
 def _resolve(args) -> tuple[pipeline.Experiment, object]:
     experiment = pipeline.find(args.name)
     config = config_lib.override(experiment.config, [*args.overrides, *args.sets])
@@ -197,6 +210,8 @@ def _print_final(run: runs.Run, values: dict) -> None:
 def experiment_main(name: str, argv: Sequence[str] | None = None) -> None:
     """``python -m experiments.NAME KEY=VALUE ...``: the same as ``fnn run NAME ...``
     (``experiment_main("xor", ["steps=20", "--dir", "runs/xor"])`` trains and saves a run).
+    Without ``argv`` (a program's own command line) it first sets up ``malloc`` as the
+    ``fnn`` command does (``fnn.hostmem.exec_with_huge_pages``).
 
     Example:
         >>> import contextlib, io
@@ -209,6 +224,8 @@ def experiment_main(name: str, argv: Sequence[str] | None = None) -> None:
             ...
         SystemExit: 2
     """
+    if argv is None:  # a program's command line: as the fnn command does
+        hostmem.exec_with_huge_pages()
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(_keys_help(pipeline.find(name)))
@@ -220,4 +237,4 @@ def experiment_main(name: str, argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    sys.exit(main())
+    sys.exit(console())
