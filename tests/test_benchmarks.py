@@ -89,3 +89,16 @@ def test_first_calls_recompile_each_round_and_leave_every_bench_warm():
     assert {f: compiles(b) for f, b in benches.items()} == {"raw jax": 0, "fnn": 0}  # warm
     jax.clear_caches()
     assert compiles(benches["fnn"]) > 0  # what first_calls relies on: clearing recompiles
+
+
+def test_host_memory_measures_a_process_per_setting():
+    from benchmarks import host_memory
+
+    one = host_memory.child("fnn", "mlp-small", steps=2, warmup=1, min_seconds=0.0)
+    assert one["ms"] > 0 and one["faults"] >= 0 and one["rss"] > 0
+    other = host_memory.measure("huge pages", "raw jax", "mlp-small", steps=2, warmup=1)  # a fresh process
+    assert set(other) == {"ms", "faults", "rss"}
+    text = host_memory.table({("mlp-small", "fnn", "system"): [one], ("mlp-small", "fnn", "huge pages"): [other]})
+    rows = text.splitlines()[2:]
+    assert [r.split(" | ")[2] for r in rows] == ["system", "huge pages"]
+    assert rows[0].split(" | ")[4] == "1.00"
