@@ -138,13 +138,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 TRAINING_COMMANDS = ("run", "resume", "sweep")
 
 
-def console() -> int:
-    """The ``fnn`` console script: ``main()``. A command that trains runs in a process whose
-    ``malloc`` backs large blocks with huge pages (``fnn.hostmem``: the process
-    re-executes itself first; ``FNN_SYSTEM_MALLOC=1`` leaves it alone)."""
-    argv = sys.argv[1:]
+def _huge_pages_to_train(argv: Sequence[str]) -> None:
+    """When the command line ``argv`` (after ``fnn``) trains, re-executes the process so
+    that ``malloc`` backs large blocks with huge pages (``fnn.hostmem``;
+    ``FNN_SYSTEM_MALLOC=1`` leaves it alone)."""
     if argv[:1] and argv[0] in TRAINING_COMMANDS and not {"-h", "--help", "--keys"} & set(argv):
         hostmem.exec_with_huge_pages()
+
+
+def console() -> int:
+    """The ``fnn`` console script: ``main()``, a command that trains in a process whose
+    ``malloc`` backs large blocks with huge pages."""
+    _huge_pages_to_train(sys.argv[1:])
     return main()
 
 
@@ -210,8 +215,8 @@ def _print_final(run: runs.Run, values: dict) -> None:
 def experiment_main(name: str, argv: Sequence[str] | None = None) -> None:
     """``python -m experiments.NAME KEY=VALUE ...``: the same as ``fnn run NAME ...``
     (``experiment_main("xor", ["steps=20", "--dir", "runs/xor"])`` trains and saves a run).
-    Without ``argv`` (a program's own command line) it first sets up ``malloc`` as the
-    ``fnn`` command does (``fnn.hostmem.exec_with_huge_pages``).
+    Without ``argv`` (a program's own command line) it first sets up ``malloc`` as
+    ``fnn run`` does (``fnn.hostmem.exec_with_huge_pages``).
 
     Example:
         >>> import contextlib, io
@@ -224,8 +229,8 @@ def experiment_main(name: str, argv: Sequence[str] | None = None) -> None:
             ...
         SystemExit: 2
     """
-    if argv is None:  # a program's command line: as the fnn command does
-        hostmem.exec_with_huge_pages()
+    if argv is None:  # a program's command line: as `fnn run` does
+        _huge_pages_to_train(["run", *sys.argv[1:]])
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(_keys_help(pipeline.find(name)))

@@ -126,12 +126,16 @@ def test_the_fnn_command_sets_it_up_first_when_it_trains(monkeypatch, argv, exec
     assert order == (["malloc", "main"] if execs else ["main"])
 
 
-def test_experiment_main_sets_it_up_only_for_a_command_line(monkeypatch, capsys):
+def test_experiment_main_sets_it_up_only_for_a_command_line_that_trains(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(fnn.hostmem, "exec_with_huge_pages", lambda: calls.append(1))
     fnn.cli.experiment_main("xor", ["--help"])
     assert calls == []
     monkeypatch.setattr(sys, "argv", ["xor", "--help"])
-    fnn.cli.experiment_main("xor")
-    assert calls == [1]
+    fnn.cli.experiment_main("xor")  # only prints the keys: nothing to set up
+    assert calls == []
     assert "hidden = 4" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["xor", "steps=many"])
+    with pytest.raises(SystemExit):
+        fnn.cli.experiment_main("xor")
+    assert calls == [1]
