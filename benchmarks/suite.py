@@ -25,7 +25,10 @@ compiled call (a ``lax.scan`` over ten batches already on the device), counted a
 steps; for LeNet the scan is unrolled (``unroll=True``), since XLA's CPU backend runs a
 convolution inside a loop about 2x slower. PyTorch runs eagerly with as many threads as
 the process may use cores (as XLA's CPU client does); ``--torch-compile`` adds a
-``torch.compile`` row.
+``torch.compile`` row. Run as a program, the suite first re-executes itself with
+``malloc`` backing large blocks with huge pages, as the ``fnn`` command does before it
+trains (``fnn.hostmem``; ``FNN_SYSTEM_MALLOC=1`` to keep the system settings); every
+framework shares the process, so every framework runs under the same setting.
 
     .venv/bin/python -m benchmarks.suite                       # everything, 7 rounds
     .venv/bin/python -m benchmarks.suite --models mlp-small lstm --rounds 9
@@ -50,6 +53,7 @@ import numpy as np
 
 from benchmarks.frameworks import JAX_FRAMEWORKS, TORCH_AVAILABLE, torch_frameworks
 from benchmarks.models import SPECS, Bench, batch_for, expected_params
+from fnn import hostmem
 
 REFERENCE = "raw jax"
 SCAN_ROW = "fnn K=10"
@@ -268,6 +272,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     say(versions())
     if not TORCH_AVAILABLE and not args.no_torch:
         say("PyTorch is not installed: its rows are skipped (pip install torch to add them)")
+    huge = hostmem.huge_pages_set()
+    say(f"malloc: {'huge pages, GLIBC_TUNABLES=' + os.environ['GLIBC_TUNABLES'] if huge else 'system settings'}")
     say(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     peak = None if args.quick else peak_gflops()
     if peak:
@@ -289,4 +295,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
 
 if __name__ == "__main__":
+    # as the fnn command does before it trains (fnn.hostmem; FNN_SYSTEM_MALLOC=1 to not):
+    # one process, so every framework runs under the same malloc
+    hostmem.exec_with_huge_pages()
     main(sys.argv[1:])
