@@ -576,5 +576,4 @@ def run(config: Config = Config(), **options) -> dict:
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in EXPERIMENTS:
         sys.exit(f"usage: python -m experiments.alphazero {{{'|'.join(EXPERIMENTS)}}} [KEY=VALUE ...]")
-    fnn.hostmem.exec_with_huge_pages()  # as `fnn run` does
-    fnn.cli.experiment_main(sys.argv[1], sys.argv[2:])
+    fnn.cli.experiment_main(sys.argv[1], sys.argv[2:], program=True)

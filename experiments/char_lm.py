@@ -227,4 +227,4 @@ def run(config: Config = Config(), **options) -> dict:
 
 
 if __name__ == "__main__":
-    fnn.cli.experiment_main("char-lm")
+    fnn.cli.experiment_main("char-lm", program=True)

@@ -124,4 +124,4 @@ EXPERIMENT = Experiment("comparisons", "sgd vs adam vs rmsprop and sigmoid vs re
 
 
 if __name__ == "__main__":
-    fnn.cli.experiment_main("comparisons")
+    fnn.cli.experiment_main("comparisons", program=True)

@@ -147,4 +147,4 @@ def run(config: Config = Config(), **options) -> dict:
 
 
 if __name__ == "__main__":
-    fnn.cli.experiment_main("digits")
+    fnn.cli.experiment_main("digits", program=True)

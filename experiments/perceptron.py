@@ -161,4 +161,4 @@ def run(config: Config = Config(), **options) -> dict:
 
 
 if __name__ == "__main__":
-    fnn.cli.experiment_main("perceptron")
+    fnn.cli.experiment_main("perceptron", program=True)

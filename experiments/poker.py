@@ -471,4 +471,5 @@ def run_leduc(config: LeducConfig = LeducConfig(), **options) -> dict:
 if __name__ == "__main__":  # python -m experiments.poker [leduc-holdem] [KEY=VALUE ...]
     import sys
 
-    fnn.cli.experiment_main(sys.argv.pop(1) if sys.argv[1:2] == ["leduc-holdem"] else "kuhn-poker")
+    name = sys.argv.pop(1) if sys.argv[1:2] == ["leduc-holdem"] else "kuhn-poker"
+    fnn.cli.experiment_main(name, program=True)

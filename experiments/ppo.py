@@ -517,6 +517,5 @@ def run(config: PPOConfig = CartPoleConfig(), **options) -> dict:
 if __name__ == "__main__":  # python -m experiments.ppo [cartpole | minatar] KEY=VALUE ...
     import sys
 
-    fnn.hostmem.exec_with_huge_pages()  # as `fnn run` does
     name = sys.argv[1] if sys.argv[1:2] in (["cartpole"], ["minatar"]) else "cartpole"
-    fnn.cli.experiment_main(name, sys.argv[2:] if sys.argv[1:2] == [name] else sys.argv[1:])
+    fnn.cli.experiment_main(name, sys.argv[2:] if sys.argv[1:2] == [name] else sys.argv[1:], program=True)

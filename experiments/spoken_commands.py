@@ -128,4 +128,4 @@ def run(config: Config = Config(), **options) -> dict:
 
 
 if __name__ == "__main__":
-    fnn.cli.experiment_main("spoken-commands")
+    fnn.cli.experiment_main("spoken-commands", program=True)

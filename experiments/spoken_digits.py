@@ -170,4 +170,4 @@ def run(config: Config = Config(), **options) -> dict:
 
 
 if __name__ == "__main__":
-    fnn.cli.experiment_main("spoken-digits")
+    fnn.cli.experiment_main("spoken-digits", program=True)

@@ -154,4 +154,4 @@ def run(config: Config = Config(), **options) -> dict:
 
 
 if __name__ == "__main__":
-    fnn.cli.experiment_main("text-classify")
+    fnn.cli.experiment_main("text-classify", program=True)

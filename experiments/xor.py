@@ -104,4 +104,4 @@ def run(config: Config = Config(), **options) -> dict:
 
 
 if __name__ == "__main__":
-    fnn.cli.experiment_main("xor")
+    fnn.cli.experiment_main("xor", program=True)

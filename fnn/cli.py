@@ -212,11 +212,12 @@ def _print_final(run: runs.Run, values: dict) -> None:
     print(f"run directory: {run.directory} (fnn show {run.directory})")
 
 
-def experiment_main(name: str, argv: Sequence[str] | None = None) -> None:
+def experiment_main(name: str, argv: Sequence[str] | None = None, *, program: bool = False) -> None:
     """``python -m experiments.NAME KEY=VALUE ...``: the same as ``fnn run NAME ...``
     (``experiment_main("xor", ["steps=20", "--dir", "runs/xor"])`` trains and saves a run).
-    Without ``argv`` (a program's own command line) it first sets up ``malloc`` as
-    ``fnn run`` does (``fnn.hostmem.exec_with_huge_pages``).
+    ``program=True``, which an experiment's ``__main__`` passes, says the process is that
+    experiment's program: a command line that trains then first re-executes it with
+    ``malloc`` huge pages, as ``fnn run`` does (``fnn.hostmem.exec_with_huge_pages``).
 
     Example:
         >>> import contextlib, io
@@ -229,9 +230,9 @@ def experiment_main(name: str, argv: Sequence[str] | None = None) -> None:
             ...
         SystemExit: 2
     """
-    if argv is None:  # a program's command line: as `fnn run` does
-        _huge_pages_to_train(["run", *sys.argv[1:]])
     argv = sys.argv[1:] if argv is None else list(argv)
+    if program:
+        _huge_pages_to_train(["run", *argv])
     if any(a in ("-h", "--help") for a in argv):
         print(_keys_help(pipeline.find(name)))
         return

@@ -126,16 +126,24 @@ def test_the_fnn_command_sets_it_up_first_when_it_trains(monkeypatch, argv, exec
     assert order == (["malloc", "main"] if execs else ["main"])
 
 
-def test_experiment_main_sets_it_up_only_for_a_command_line_that_trains(monkeypatch, capsys):
+def test_experiment_main_sets_it_up_only_for_its_program_when_it_trains(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(fnn.hostmem, "exec_with_huge_pages", lambda: calls.append(1))
-    fnn.cli.experiment_main("xor", ["--help"])
-    assert calls == []
-    monkeypatch.setattr(sys, "argv", ["xor", "--help"])
-    fnn.cli.experiment_main("xor")  # only prints the keys: nothing to set up
-    assert calls == []
-    assert "hidden = 4" in capsys.readouterr().out
     monkeypatch.setattr(sys, "argv", ["xor", "steps=many"])
     with pytest.raises(SystemExit):
-        fnn.cli.experiment_main("xor")
+        fnn.cli.experiment_main("xor")  # called in-process (as by a test): never re-executes
+    fnn.cli.experiment_main("xor", ["--help"], program=True)  # only prints the keys
+    assert calls == []
+    assert "hidden = 4" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        fnn.cli.experiment_main("xor", program=True)
     assert calls == [1]
+
+
+def test_every_experiment_program_says_so():
+    import pathlib
+
+    for path in pathlib.Path(__file__).parents[1].joinpath("experiments").glob("*.py"):
+        for line in path.read_text().splitlines():
+            if "fnn.cli.experiment_main(" in line:
+                assert "program=True" in line, (path.name, line)
