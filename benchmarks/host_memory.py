@@ -5,10 +5,10 @@ the tunable (``huge pages``).
 
 glibc reads its tunables when a process starts, so each measurement is a fresh process,
 one per (setting, framework, model), run in interleaved rounds (every combination once
-per round, in turn) so that drift of the machine's speed hits all alike. Per combination the table gives the median over rounds of
-each process's median step time (``--steps`` steps, and at least 3 s of them, after
-``--warmup`` steps), the page faults per step,
-and the process's peak resident memory.
+per round, in turn) so that drift of the machine's speed hits all alike. Per combination
+the table gives the median over rounds of each process's median step time (``--steps``
+steps, and at least 3 s of them, after ``--warmup`` steps), the page faults per step, and
+the process's peak resident memory.
 
     .venv/bin/python -m benchmarks.host_memory                    # transformer and lstm; fnn and raw jax
     .venv/bin/python -m benchmarks.host_memory --models transformer --rounds 5 --steps 30
@@ -28,8 +28,9 @@ import sys
 import time
 
 from benchmarks.models import SPECS
+from fnn import hostmem
 
-ENV = {"system": {}, "huge pages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
+ENV = {"system": {}, "huge pages": {"GLIBC_TUNABLES": hostmem.TUNABLE}}
 FRAMEWORKS = {"fnn": "fnn_models", "raw jax": "raw_jax"}
 
 
@@ -80,8 +81,6 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    from fnn import hostmem
-
     if hostmem.glibc_version() is None:
         parser.exit(1, "host_memory: the C library is not glibc: there is nothing to compare\n")
     parser.add_argument("--models", nargs="+", default=["transformer", "lstm"], choices=list(SPECS))
