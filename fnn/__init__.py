@@ -6,6 +6,7 @@ A model is an immutable layer description with two pure functions, ``init`` and
 
 from fnn import (
     audio,
+    autodiff,
     checkpoint,
     cli,
     config,
@@ -25,6 +26,7 @@ from fnn import (
     speech,
     text,
 )
+from fnn.autodiff import reverse_mode_only
 from fnn.core import (
     Fn,
     Identity,
@@ -62,9 +64,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Fn", "Identity", "Layer", "LayerError", "Node", "Parallel", "Remat", "Residual", "Serial",
-    "ShapeError", "Summary", "TrainState", "audio", "checkpoint", "cli", "config", "ctc", "data",
+    "ShapeError", "Summary", "TrainState", "audio", "autodiff", "checkpoint", "cli", "config", "ctc", "data",
     "distributed", "evaluate", "hostmem", "fan_in_concat", "fan_in_sum",
     "fan_out", "fit", "identity", "init_train_state", "initializers", "loop", "losses",
     "make_eval_step", "make_train_step", "metrics", "parallel", "per_example_grads", "pipeline",
-    "plots", "precision", "remat", "residual", "rl", "runs", "serial", "speech", "summary", "text", *_layers,
+    "plots", "precision", "remat", "residual", "reverse_mode_only", "rl", "runs", "serial", "speech",
+    "summary", "text", *_layers,
 ]

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fnn import initializers
+from fnn.autodiff import matmul
 from fnn.core import Layer, LayerError, ShapeError, shape_str
 from fnn.layers._common import (
     WeightOptions,
@@ -219,14 +220,17 @@ class MultiHeadAttention(WeightOptions, Layer):
     def _project(self, params, x, dtype):
         def proj(name):
             p = params[name]
-            y = jnp.einsum("btd,dhk->bthk", x.astype(dtype), p["w"].astype(dtype))
+            d, heads, width = p["w"].shape
+            y = matmul(x.astype(dtype), p["w"].astype(dtype).reshape(d, heads * width))
+            y = y.reshape(*y.shape[:-1], heads, width)
             return y + p["b"].astype(dtype) if "b" in p else y
 
         return proj("query"), proj("key"), proj("value")
 
     def _output(self, params, heads, dtype):
         p = params["out"]
-        y = jnp.einsum("bthk,hko->bto", heads, p["w"].astype(dtype))
+        w = p["w"].astype(dtype)
+        y = matmul(heads.reshape(*heads.shape[:-2], -1), w.reshape(-1, w.shape[-1]))
         return y + p["b"].astype(dtype) if "b" in p else y
 
     def _check_features(self, params, x):

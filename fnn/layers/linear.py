@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn import initializers
+from fnn.autodiff import matmul
 from fnn.core import Layer, ShapeError, shape_str
 from fnn.layers._common import (
     WeightOptions,
@@ -56,7 +57,7 @@ class Dense(WeightOptions, Layer):
         require_float(self, x)
         require_features(self, x, w.shape[0])
         dtype = compute_dtype(self, x, w)
-        y = jnp.matmul(x.astype(dtype), w.astype(dtype))
+        y = matmul(x.astype(dtype), w.astype(dtype))
         return y + params["b"].astype(dtype) if self.use_bias else y
 
 
@@ -122,4 +123,4 @@ class Embedding(Layer):
         """Scores ``x: [..., features]`` against every embedding: ``[..., num_embeddings]``."""
         table = params["w"]
         dtype = self.dtype or jnp.result_type(x, table)
-        return x.astype(dtype) @ table.astype(dtype).T
+        return matmul(x.astype(dtype), table.astype(dtype).T)

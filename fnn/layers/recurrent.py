@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fnn import initializers
+from fnn.autodiff import matmul
 from fnn.core import Layer, LayerError, ShapeError, init_child, shape_str
 from fnn.layers._common import compute_dtype, positive_int, require_float, require_rank
 from fnn.layers.sequence import join_mask, split_mask
@@ -125,14 +126,14 @@ class Cell(_CellOptions, Layer):
                 f"{type(self).__name__} expected {w.shape[0]} input features, got {shape_str(x)}"
             )
         dtype = compute_dtype(self, x, w)
-        return x.astype(dtype) @ w.astype(dtype) + params["input"]["b"].astype(dtype)
+        return matmul(x.astype(dtype), w.astype(dtype)) + params["input"]["b"].astype(dtype)
 
     def recur(self, params, carry: Carry, projected: jax.Array) -> tuple[Carry, jax.Array]:
         """One step from the projected input: ``(carry', y_t)``."""
         raise NotImplementedError
 
     def _hidden(self, params, h: jax.Array, dtype: Any) -> jax.Array:
-        return h.astype(dtype) @ params["hidden"]["w"].astype(dtype)
+        return matmul(h.astype(dtype), params["hidden"]["w"].astype(dtype))
 
     def forward(self, params, x, *, key=None, train=False):
         carry, x_t = self._split(x)
