@@ -25,7 +25,9 @@ compiled call (a ``lax.scan`` over ten batches already on the device), counted a
 steps; for LeNet the scan is unrolled (``unroll=True``), since XLA's CPU backend runs a
 convolution inside a loop about 2x slower. PyTorch runs eagerly with as many threads as
 the process may use cores (as XLA's CPU client does); ``--torch-compile`` adds a
-``torch.compile`` row. Run as a program, the suite first re-executes itself with
+``torch.compile`` row. ``fnn (jax weight grads)`` runs only when ``--frameworks`` names
+it: fnn's step with JAX's own weight-gradient rule instead of ``fnn.autodiff``'s, to
+measure what that rule gains in the same run. Run as a program, the suite first re-executes itself with
 ``malloc`` backing large blocks with huge pages, as the ``fnn`` command does before it
 trains (``fnn.hostmem``; ``FNN_SYSTEM_MALLOC=1`` to keep the system settings); every
 framework shares the process, so every framework runs under the same setting.
@@ -34,6 +36,7 @@ framework shares the process, so every framework runs under the same setting.
     .venv/bin/python -m benchmarks.suite --models mlp-small lstm --rounds 9
     .venv/bin/python -m benchmarks.suite --markdown table.md   # also write a markdown table
     .venv/bin/python -m benchmarks.suite --quick               # one tiny round: does it all run?
+    .venv/bin/python -m benchmarks.suite --frameworks fnn "fnn (jax weight grads)" --rounds 9
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.frameworks import JAX_FRAMEWORKS, TORCH_AVAILABLE, torch_frameworks
+from benchmarks.frameworks import JAX_FRAMEWORKS, TORCH_AVAILABLE, VARIANTS, torch_frameworks
 from benchmarks.models import SPECS, Bench, batch_for, expected_params
 from fnn import hostmem
 
@@ -237,7 +240,7 @@ def versions() -> str:
 def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(SPECS), choices=list(SPECS))
-    every = [*JAX_FRAMEWORKS, "pytorch (eager)", "pytorch (torch.compile)"]
+    every = [*JAX_FRAMEWORKS, *VARIANTS, "pytorch (eager)", "pytorch (torch.compile)"]
     parser.add_argument("--frameworks", nargs="+", choices=every, help="default: all available")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true",
@@ -257,6 +260,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if not args.no_torch:
         frameworks |= torch_frameworks(compiled=args.torch_compile)
     if args.frameworks:
+        frameworks |= {f: VARIANTS[f] for f in args.frameworks if f in VARIANTS}
         missing = [f for f in args.frameworks if f not in frameworks]
         if missing:
             parser.error(f"not available here: {', '.join(missing)}")

@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from benchmarks import suite
-from benchmarks.frameworks import JAX_FRAMEWORKS, PARAM_COUNTS
+from benchmarks.frameworks import JAX_FRAMEWORKS, PARAM_COUNTS, VARIANTS
 from benchmarks.models import SPECS, batch_for, expected_params
 from tests.compiles import counting_compiles
 
@@ -55,6 +55,32 @@ def test_training_lowers_the_loss_alike():
     for first, last in losses.values():
         assert last < first
     assert max(f for f, _ in losses.values()) - min(f for f, _ in losses.values()) < 0.5
+
+
+def test_the_jax_weight_grads_variant_takes_the_same_steps():
+    """The opt-in row differs from fnn's only in the weight-gradient rule: the same
+    losses, step after step, and a different program."""
+    name = "transformer"
+    benches = {f: {**JAX_FRAMEWORKS, **VARIANTS}[f](name, batch_for(name)) for f in ("fnn", "fnn (jax weight grads)")}
+    losses, texts = {}, {}
+    for framework, bench in benches.items():
+        state, out = bench.state, []
+        for _ in range(3):
+            state, loss = bench.step(state, bench.batch)
+            out.append(float(loss))
+        losses[framework] = out
+        texts[framework] = bench.lower(state, bench.batch).as_text()
+    assert losses["fnn"] == pytest.approx(losses["fnn (jax weight grads)"], rel=1e-4)
+    assert texts["fnn"] != texts["fnn (jax weight grads)"]
+
+
+def test_variant_rows_run_only_when_named(monkeypatch):
+    seen = []
+    monkeypatch.setattr(suite, "bench_model", lambda name, frameworks, *a, **k: seen.append(list(frameworks)) or [])
+    suite.main(["--models", "mlp-small", "--quick", "--no-torch"])
+    assert not set(seen[0]) & set(VARIANTS)
+    suite.main(["--models", "mlp-small", "--quick", "--frameworks", "fnn (jax weight grads)"])
+    assert seen[1] == ["raw jax", "fnn (jax weight grads)"]
 
 
 def test_analysis_reports_memory_and_flops():

@@ -20,6 +20,11 @@ JAX_FRAMEWORKS: dict[str, Callable[[str, tuple], Bench]] = {
     "equinox": eqx.make,
     "haiku": hk.make,
 }
+# rows that run only when --frameworks names them: fnn's step with a variant, to measure
+# what one of its choices gains
+VARIANTS: dict[str, Callable[[str, tuple], Bench]] = {
+    "fnn (jax weight grads)": fnn_models.make_jax_weight_grads,
+}
 # the parameter count of a model in each framework, from shapes alone (no computation)
 PARAM_COUNTS: dict[str, Callable[[str, tuple], int]] = {
     "raw jax": raw_jax.count_params,

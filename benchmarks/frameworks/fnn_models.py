@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -45,12 +47,28 @@ def model(name: str) -> fnn.Layer:
     return fnn.serial(*layers, fnn.Dense(MLP_WIDTHS[name][-1]))
 
 
-def make(name: str, batch: tuple, steps_per_call: int = 1) -> Bench:
+@dataclasses.dataclass(frozen=True)
+class JaxWeightGrads(fnn.Layer):
+    """``model`` with JAX's own weight-gradient rule: its apply leaves
+    ``fnn.reverse_mode_only`` (which ``make_train_step`` enters), to measure what the rule
+    of ``fnn.autodiff`` gains. Same parameters, same numbers."""
+
+    model: fnn.Layer
+
+    def init(self, key, x):
+        return self.model.init(key, x)
+
+    def apply(self, params, state, x, *, key=None, train=False):
+        with fnn.reverse_mode_only(False):
+            return self.model.apply(params, state, x, key=key, train=train)
+
+
+def make(name: str, batch: tuple, steps_per_call: int = 1, jax_weight_grads: bool = False) -> Bench:
     """fnn's step; with ``steps_per_call`` K > 1, K steps per call (``lax.scan`` over K
     batches staged on the device), counted as K steps. The convolutional model's K steps are
     unrolled (``unroll=True``): XLA's CPU backend runs a convolution about 2x slower inside a
     loop than outside one."""
-    net = model(name)
+    net = JaxWeightGrads(model(name)) if jax_weight_grads else model(name)
     optimizer = optax.adam(LEARNING_RATE)
     batch = jax.device_put(batch)
     state = fnn.init_train_state(net, optimizer, jax.random.key(0), batch[0])
@@ -70,6 +88,10 @@ def make(name: str, batch: tuple, steps_per_call: int = 1) -> Bench:
 
 def make_scan(name: str, batch: tuple) -> Bench:
     return make(name, batch, STEPS_PER_CALL)
+
+
+def make_jax_weight_grads(name: str, batch: tuple) -> Bench:
+    return make(name, batch, jax_weight_grads=True)
 
 
 def count_params(name: str, batch: tuple) -> int:
