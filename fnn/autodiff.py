@@ -18,6 +18,12 @@ it a second time there, in transposed order. With ``x^T @ g`` the transposed ope
 order; the transformer's training step in ``benchmarks/`` runs faster on CPU (see
 ``BENCHMARKS.md``).
 
+Inside it, ``fnn.Recurrent`` also takes the weight gradients of the built-in cells
+(``SimpleRNN``, ``LSTM``, ``GRU``) as one product each over all time steps, after the
+backward loop, where JAX's scan computes a small product and adds it to an accumulator
+at every step. The loop hands out each step's cotangent of the two products instead
+(``[time, batch, gates * hidden]`` each, kept for the one product).
+
 A custom VJP cannot be differentiated in forward mode, so a loss that applies
 ``jax.jvp`` (or ``jacfwd``) to a model inside a training step turns the fast rule off
 around that call with ``reverse_mode_only(False)``.
@@ -39,7 +45,8 @@ _REVERSE_ONLY = contextvars.ContextVar("fnn_reverse_mode_only", default=False)
 @contextlib.contextmanager
 def reverse_mode_only(enabled: bool = True) -> Iterator[None]:
     """While tracing inside it, fnn's weight products assume reverse-mode differentiation
-    only and take their weight gradient as ``x^T @ g`` (see the module docstring).
+    only and take their weight gradient as ``x^T @ g``, and ``fnn.Recurrent`` takes its
+    weight gradients after the loop (see the module docstring).
 
     ``fnn.make_train_step`` traces its loss and gradient inside it; a hand-written step
     can do the same. ``reverse_mode_only(False)`` turns it off again, for a loss that
@@ -63,10 +70,15 @@ def reverse_mode_only(enabled: bool = True) -> Iterator[None]:
         _REVERSE_ONLY.reset(token)
 
 
+def reverse_only() -> bool:
+    """Whether the trace is inside ``reverse_mode_only()``."""
+    return _REVERSE_ONLY.get()
+
+
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """``x @ w`` for ``x: [..., in]`` and ``w: [in, out]``; inside ``reverse_mode_only()``
     with the weight gradient ``x^T @ g``."""
-    if _REVERSE_ONLY.get():
+    if reverse_only():
         return _matmul_reverse(x, w)
     return jnp.matmul(x, w)
 

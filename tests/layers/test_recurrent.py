@@ -147,6 +147,84 @@ def test_remat_and_unroll_change_nothing_but_speed(rnn):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+# In a training step (fnn.reverse_mode_only) the scan takes each weight gradient as one
+# product over all steps, after the backward loop.
+HOISTED = [
+    fnn.Recurrent(fnn.LSTM(H)),
+    fnn.Recurrent(fnn.GRU(H), reverse=True),
+    fnn.Recurrent(fnn.SimpleRNN(H), remat=True, unroll=2),
+    fnn.Bidirectional(fnn.LSTM(H)),
+]
+
+
+def _hoisted_and_plain_grads(layer, x, loss_of_output):
+    params, state = layer.init(KEY, x)
+
+    def loss(p):
+        y = layer.apply(p, state, x)[0]
+        return loss_of_output(y[0] if isinstance(y, tuple) else y)
+
+    with fnn.reverse_mode_only():
+        hoisted = jax.value_and_grad(loss)(params)
+        jaxpr = jax.make_jaxpr(jax.grad(loss))(params)
+    return hoisted, jax.value_and_grad(loss)(params), jaxpr
+
+
+@pytest.mark.parametrize("layer", HOISTED, ids=["lstm", "gru-reverse", "rnn-remat-unroll", "bidirectional"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_hoisted_weight_gradients_equal_the_plain_ones(layer, masked):
+    x = sequence()
+    if masked:
+        x = (x, jnp.arange(T)[None] < jnp.array([T, 2, 1])[:, None])
+    weights = jnp.arange(H * (2 if isinstance(layer, fnn.Bidirectional) else 1))
+    (value, grads), (want_value, want), jaxpr = _hoisted_and_plain_grads(
+        layer, x, lambda y: jnp.sum(jnp.sin(y) * weights)
+    )
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # two weight-gradient products per direction, outside the loop
+    directions = 2 if isinstance(layer, fnn.Bidirectional) else 1
+    assert sum(e.primitive.name == "dot_general" for e in jaxpr.jaxpr.eqns) == 2 * directions
+
+
+def test_hoisted_gradients_in_bfloat16_and_under_vmap():
+    x = sequence()
+    (_, grads), (_, want), _ = _hoisted_and_plain_grads(
+        fnn.Recurrent(fnn.LSTM(H, dtype=jnp.bfloat16)), x, lambda y: jnp.sum(y.astype(jnp.float32) ** 2)
+    )
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+        assert a.dtype == b.dtype == jnp.float32
+        np.testing.assert_allclose(a, b, rtol=0.1, atol=0.05)
+    rnn = fnn.Recurrent(fnn.GRU(H))
+    params, _ = rnn.init(KEY, x)
+    members = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a]), params)
+    grad = jax.vmap(jax.grad(lambda p: jnp.sum(rnn(p, x) ** 2)))
+    with fnn.reverse_mode_only():
+        got = grad(members)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(grad(members))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_hoisted_gradients_order_two_and_a_custom_cell_is_left_alone():
+    rnn = fnn.Recurrent(fnn.GRU(3))
+    x = sequence(2, 3, 2)
+    params, _ = rnn.init(KEY, x)
+    with fnn.reverse_mode_only():
+        check_grads(lambda p, v: rnn(p, v), (params, x), order=2, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-3)
+
+    class Doubled(fnn.SimpleRNN):  # reads its own hidden product: the scan must not assume _hidden
+        def recur(self, params, carry, projected):
+            h = jnp.tanh(projected + 2.0 * (carry @ params["hidden"]["w"]))
+            return h, h
+
+    (_, grads), (_, want), jaxpr = _hoisted_and_plain_grads(
+        fnn.Recurrent(Doubled(H)), sequence(), lambda y: jnp.sum(y**2)
+    )
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_jit_equals_eager():
     rnn = fnn.Bidirectional(fnn.LSTM(H))
     x = sequence()
