@@ -94,10 +94,15 @@ def _matmul_forward(x, w):
 
 def _matmul_backward(residuals, g):
     x, w = residuals
-    rows = x.reshape(-1, x.shape[-1])
-    grads = g.reshape(-1, g.shape[-1])
-    dw = lax.dot_general(rows, grads, (((0,), (0,)), ((), ())))
-    return jnp.matmul(g, w.T).astype(x.dtype), dw.astype(w.dtype)
+    return jnp.matmul(g, w.T).astype(x.dtype), weight_grad(x, g).astype(w.dtype)
+
+
+def weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
+    """``x^T @ g`` summed over every leading axis: ``[..., in], [..., out] -> [in, out]``.
+    Contracted in place, not reshaped to rows, so a batch axis split among devices stays
+    split."""
+    leading = tuple(range(x.ndim - 1))
+    return lax.dot_general(x.astype(g.dtype), g, ((leading, leading), ((), ())))
 
 
 _matmul_reverse.defvjp(_matmul_forward, _matmul_backward)
