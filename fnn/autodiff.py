@@ -98,11 +98,11 @@ def _matmul_backward(residuals, g):
 
 
 def weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
-    """``x^T @ g`` summed over every leading axis: ``[..., in], [..., out] -> [in, out]``.
-    Contracted in place, not reshaped to rows, so a batch axis split among devices stays
-    split."""
-    leading = tuple(range(x.ndim - 1))
-    return lax.dot_general(x.astype(g.dtype), g, ((leading, leading), ((), ())))
+    """``x^T @ g`` summed over every leading axis: ``[..., in], [..., out] -> [in, out]``,
+    as one product of rows (the leading axes merged; the batch axis, which may be split
+    among devices, comes first)."""
+    rows = x.reshape(-1, x.shape[-1]).astype(g.dtype)
+    return lax.dot_general(rows, g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())))
 
 
 _matmul_reverse.defvjp(_matmul_forward, _matmul_backward)

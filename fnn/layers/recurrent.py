@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fnn import initializers
-from fnn.autodiff import matmul, reverse_only, weight_grad
+from fnn.autodiff import matmul, reverse_only
 from fnn.core import Layer, LayerError, ShapeError, init_child, shape_str
 from fnn.layers._common import compute_dtype, positive_int, require_float, require_rank
 from fnn.layers.sequence import join_mask, split_mask
@@ -417,10 +417,15 @@ def _hoisting_forward(run, dtype, params, carry, xs, mask):
 def _hoisting_backward(run, dtype, residuals, cotangents):
     backward, xs, h_in, w_in, w_hidden = residuals
     d_params, d_carry, d_xs, (g_in, g_hidden) = backward(cotangents)
+    def weight_grad(rows, g, w):
+        # over time and batch in place: time-major, so merging the two axes would
+        # interleave a batch split among devices
+        return lax.dot_general(rows.astype(g.dtype), g, (((0, 1), (0, 1)), ((), ()))).astype(w.dtype)
+
     d_params = {
         **d_params,
-        "input": {**d_params["input"], "w": weight_grad(xs, g_in).astype(w_in.dtype)},
-        "hidden": {**d_params["hidden"], "w": weight_grad(h_in, g_hidden).astype(w_hidden.dtype)},
+        "input": {**d_params["input"], "w": weight_grad(xs, g_in, w_in)},
+        "hidden": {**d_params["hidden"], "w": weight_grad(h_in, g_hidden, w_hidden)},
     }
     return d_params, d_carry, d_xs, None
 
