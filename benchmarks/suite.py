@@ -26,9 +26,9 @@ steps; for LeNet the scan is unrolled (``unroll=True``), since XLA's CPU backend
 convolution inside a loop about 2x slower. PyTorch runs eagerly with as many threads as
 the process may use cores (as XLA's CPU client does); ``--torch-compile`` adds a
 ``torch.compile`` row. ``fnn (jax weight grads)`` runs only when ``--frameworks`` names
-it: fnn's step with JAX's own weight-gradient rule instead of ``fnn.autodiff``'s, to
-measure what that rule gains in the same run. Run as a program, the suite first re-executes itself with
-``malloc`` backing large blocks with huge pages, as the ``fnn`` command does before it
+it: fnn's step with JAX's own weight-gradient rules instead of ``fnn.autodiff``'s, to
+measure what those rules gain in the same run. Run as a program, the suite first
+re-executes itself with ``malloc`` backing large blocks with huge pages, as the ``fnn`` command does before it
 trains (``fnn.hostmem``; ``FNN_SYSTEM_MALLOC=1`` to keep the system settings); every
 framework shares the process, so every framework runs under the same setting.
 
