@@ -154,9 +154,9 @@ def make_train_step(
     reproducible from its seed whatever the batch order of other runs.
 
     The gradient is taken inside ``fnn.reverse_mode_only()``: the layers' weight
-    products compute their weight gradients as ``x^T @ g`` (``fnn.autodiff``), which runs
-    faster on CPU. A loss that applies ``jax.jvp`` to the model wraps that call in
-    ``fnn.reverse_mode_only(False)``.
+    products compute their weight gradients as ``x^T @ g``, and ``fnn.Recurrent`` after
+    its backward loop (``fnn.autodiff``), which runs faster on CPU. A loss that applies
+    ``jax.jvp`` to the model wraps that call in ``fnn.reverse_mode_only(False)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, fnn

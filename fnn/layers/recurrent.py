@@ -417,6 +417,7 @@ def _hoisting_forward(run, dtype, params, carry, xs, mask):
 def _hoisting_backward(run, dtype, residuals, cotangents):
     backward, xs, h_in, w_in, w_hidden = residuals
     d_params, d_carry, d_xs, (g_in, g_hidden) = backward(cotangents)
+
     def weight_grad(rows, g, w):
         # over time and batch in place: time-major, so merging the two axes would
         # interleave a batch split among devices
