@@ -411,24 +411,21 @@ def _hoisting_forward(run, dtype, params, carry, xs, mask):
     (ys, new_carry), backward, h_in = jax.vjp(
         lambda p, c, x, t: run(p, c, x, mask, t), params, carry, xs, taps, has_aux=True
     )
-    return (ys, new_carry), (backward, xs, h_in, params["input"]["w"], params["hidden"]["w"])
+    return (ys, new_carry), (backward, xs, h_in)
 
 
 def _hoisting_backward(run, dtype, residuals, cotangents):
-    backward, xs, h_in, w_in, w_hidden = residuals
+    backward, xs, h_in = residuals
     d_params, d_carry, d_xs, (g_in, g_hidden) = backward(cotangents)
 
-    def weight_grad(rows, g, w):
+    def weight_grad(part, rows, g):
         # over time and batch in place: time-major, so merging the two axes would
         # interleave a batch split among devices
-        return lax.dot_general(rows.astype(g.dtype), g, (((0, 1), (0, 1)), ((), ()))).astype(w.dtype)
+        grad = lax.dot_general(rows.astype(g.dtype), g, (((0, 1), (0, 1)), ((), ())))
+        return {**d_params[part], "w": grad.astype(d_params[part]["w"].dtype)}
 
-    d_params = {
-        **d_params,
-        "input": {**d_params["input"], "w": weight_grad(xs, g_in, w_in)},
-        "hidden": {**d_params["hidden"], "w": weight_grad(h_in, g_hidden, w_hidden)},
-    }
-    return d_params, d_carry, d_xs, None
+    input_grads, hidden_grads = weight_grad("input", xs, g_in), weight_grad("hidden", h_in, g_hidden)
+    return {**d_params, "input": input_grads, "hidden": hidden_grads}, d_carry, d_xs, None
 
 
 _scan_hoisting_weight_grads.defvjp(_hoisting_forward, _hoisting_backward)
