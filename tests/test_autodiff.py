@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.test_util import check_grads
 
 import fnn
+from fnn import autodiff
 from fnn.autodiff import _REVERSE_ONLY, matmul
 
 
@@ -116,13 +118,16 @@ def test_the_setting_is_restored_after_an_error():
          jnp.arange(24).reshape(3, 8) % 11),
         (fnn.serial(fnn.Embedding(11, 6), fnn.Bidirectional(fnn.GRU(5)), fnn.Dense(11)),
          jnp.arange(24).reshape(3, 8) % 11),
+        (fnn.serial(fnn.Conv(4, (3, 3)), fnn.relu, fnn.MaxPool((2, 2)), fnn.Conv(5, (3, 3), padding="VALID"),
+                    fnn.relu, fnn.Flatten(), fnn.Dense(11)),
+         jax.random.normal(jax.random.key(2), (3, 8, 8, 1))),
     ],
-    ids=["transformer", "lstm", "bigru"],
+    ids=["transformer", "lstm", "bigru", "cnn"],
 )
 def test_train_step_equals_plain_gradient(model, x):
     """make_train_step takes its gradient inside reverse_mode_only; one SGD step equals
     the update from JAX's own gradient rule."""
-    y = (x + 1) % 11
+    y = jnp.arange(3) if x.ndim == 4 else (x + 1) % 11
     opt = optax.sgd(0.5)
     state = fnn.init_train_state(model, opt, jax.random.key(1), x)
     loss = fnn.losses.softmax_cross_entropy
@@ -136,3 +141,127 @@ def test_train_step_equals_plain_gradient(model, x):
     np.testing.assert_allclose(metrics["loss"], value, rtol=1e-5)
     for got, ref in zip(jax.tree.leaves(new.params), jax.tree.leaves(want)):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+# Convolutions: autodiff.conv (stride 1, no dilation, one group) and its rule on CPU.
+
+CONV_CASES = [  # x shape, kernel, padding as Conv takes it, out channels
+    ((2, 12, 12, 1), (5, 5), "SAME", 6),  # one input channel: the shifted-sum forward
+    ((2, 9, 9, 6), (5, 5), "VALID", 4),
+    ((3, 10, 3), (4,), ((1, 2),), 5),  # 1-D, asymmetric padding
+    ((2, 5, 6, 4, 1), (3, 3, 2), 1, 3),  # 3-D, one input channel
+    ((2, 7, 8, 4), (2, 3), "SAME", 5),  # even kernel: more padding after than before
+]
+
+
+def _conv_inputs(x_shape, kernel, out, dtype=jnp.float32):
+    kx, kw = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, x_shape, dtype)
+    w = (jax.random.normal(kw, (*kernel, x_shape[-1], out)) * 0.3).astype(dtype)
+    return x, w
+
+
+def _pads(x, w, padding):
+    layer = fnn.Conv(w.shape[-1], w.shape[:-2], padding=padding)
+    if isinstance(layer.padding, str):
+        return jax.lax.padtype_to_pads(x.shape[1:-1], w.shape[:-2], (1,) * (x.ndim - 2), layer.padding)
+    return layer.padding
+
+
+def _conv_loss(pads):
+    return lambda x, w: jnp.sum(jnp.sin(autodiff.conv(x, w, pads)) ** 2)
+
+
+@pytest.mark.parametrize("x_shape, kernel, padding, out", CONV_CASES)
+def test_conv_values_and_gradients_match_xla(x_shape, kernel, padding, out):
+    x, w = _conv_inputs(x_shape, kernel, out)
+    pads = _pads(x, w, padding)
+    want_y = jax.lax.conv_general_dilated(
+        x, w, (1,) * len(kernel), pads,
+        dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, w.shape, _conv_layout(len(kernel))),
+    )
+    plain = jax.value_and_grad(_conv_loss(pads), argnums=(0, 1))(x, w)
+    with fnn.reverse_mode_only():
+        y = autodiff.conv(x, w, pads)
+        value, grads = jax.jit(jax.value_and_grad(_conv_loss(pads), argnums=(0, 1)))(x, w)
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(value, plain[0], rtol=1e-5)
+    for got, want in zip(grads, plain[1]):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _conv_layout(n):
+    spatial = "DHW"[3 - n :]
+    return ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+
+
+@pytest.mark.parametrize("cin", [1, 3])
+def test_conv_bfloat16_gradients_keep_their_dtypes(cin):
+    x, w = _conv_inputs((2, 8, 8, cin), (3, 3), 4, jnp.bfloat16)
+    pads = ((1, 1), (1, 1))
+    with fnn.reverse_mode_only():
+        y = autodiff.conv(x, w, pads)
+        dx, dw = jax.grad(_conv_loss(pads), argnums=(0, 1))(x, w)
+    f32 = [a.astype(jnp.float32) for a in (x, w)]
+    want_dx, want_dw = jax.grad(_conv_loss(pads), argnums=(0, 1))(*f32)
+    assert y.dtype == dx.dtype == dw.dtype == jnp.bfloat16
+    np.testing.assert_allclose(y.astype(jnp.float32), autodiff.conv(*f32, pads), rtol=0.05, atol=0.05)
+    np.testing.assert_allclose(dw.astype(jnp.float32), want_dw, rtol=0.05, atol=0.5)
+    np.testing.assert_allclose(dx.astype(jnp.float32), want_dx, rtol=0.05, atol=0.1)
+
+
+def _custom_vjp_calls(f, *args):
+    """The custom-VJP calls in a fresh trace of ``f`` (``make_jaxpr`` caches by function,
+    not by the ``reverse_mode_only`` setting)."""
+    text = str(jax.make_jaxpr(lambda *a: f(*a))(*args))
+    return text.count("custom_vjp_call")
+
+
+def test_conv_layer_takes_the_rule_only_for_unit_stride_dilation_and_groups():
+    x = jnp.ones((2, 8, 8, 4))
+    for layer, calls in [
+        (fnn.Conv(4, (3, 3)), 1),
+        (fnn.Conv(4, (3, 3), strides=2), 0),
+        (fnn.Conv(4, (3, 3), dilation=2), 0),
+        (fnn.Conv(4, (3, 3), groups=2), 0),
+    ]:
+        params, _ = layer.init(jax.random.key(0), x)
+        loss = lambda p, layer=layer: jnp.sum(layer(p, x))  # noqa: E731
+        with fnn.reverse_mode_only():
+            assert _custom_vjp_calls(loss, params) == calls, layer
+        assert _custom_vjp_calls(loss, params) == 0
+
+
+def test_conv_rule_is_for_cpu_only(monkeypatch):
+    """On GPU and TPU the rule is off: XLA's convolutions there come from cuDNN and the
+    TPU compiler."""
+    x, w = _conv_inputs((2, 6, 6, 1), (3, 3), 2)
+    with fnn.reverse_mode_only():
+        assert _custom_vjp_calls(lambda w: autodiff.conv(x, w, ((1, 1), (1, 1))), w) == 1
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        assert _custom_vjp_calls(lambda w: autodiff.conv(x, w, ((1, 1), (1, 1))), w) == 0
+
+
+@pytest.mark.parametrize("cin", [1, 2])
+def test_conv_second_order_and_vmap_inside(cin):
+    x, w = _conv_inputs((3, 6, 6, cin), (3, 3), 2)
+    pads = ((1, 1), (1, 1))
+    loss = _conv_loss(pads)
+    hess = jax.jacrev(jax.grad(loss, argnums=1), argnums=1)
+    per_example = jax.vmap(lambda x: jax.grad(loss, argnums=1)(x[None], w))
+    want = hess(x, w), per_example(x)
+    with fnn.reverse_mode_only():
+        got = hess(x, w), per_example(x)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    with jax.enable_x64(True), fnn.reverse_mode_only():  # float64: finite differences of order 2
+        x64, w64 = (np.asarray(a, np.float64) for a in (x, w))
+        check_grads(lambda w: loss(x64, w), (w64,), order=2, modes=["rev"])
+
+
+def test_conv_without_output_positions_raises_inside():
+    layer = fnn.Conv(3, (5, 5), padding="VALID")
+    params, _ = layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 1)))
+    with fnn.reverse_mode_only(), pytest.raises(fnn.ShapeError, match="no output positions"):
+        layer(params, jnp.ones((1, 3, 3, 1)))

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 from jax import lax
 
+from fnn import autodiff
 from fnn.core import Layer, ShapeError, shape_str
 from fnn.layers._common import (
     WeightOptions,
@@ -169,9 +170,20 @@ class Conv(_ConvBase):
 
     def forward(self, params, x, *, key=None, train=False):
         self._check(x, params["w"].shape[-2] * self.groups)
+        if self.groups == 1 and set(self.strides) == set(self.dilation) == {1}:
+            # fnn.autodiff.conv: the same convolution, with fnn's gradient rule in a training step
+            return self._convolve(params, x, _unit_conv)
         return self._convolve(
             params, x, lax.conv_general_dilated, window_strides=self.strides, feature_group_count=self.groups
         )
+
+
+def _unit_conv(x, w, *, padding, rhs_dilation, dimension_numbers):
+    """``autodiff.conv`` called as ``lax.conv_general_dilated`` is (stride and dilation 1)."""
+    pads = padding
+    if isinstance(padding, str):
+        pads = lax.padtype_to_pads(x.shape[1:-1], w.shape[:-2], (1,) * (x.ndim - 2), padding)
+    return autodiff.conv(x, w, pads)
 
 
 @dataclasses.dataclass(frozen=True)
