@@ -80,6 +80,7 @@ def main():
     else:
         raise AssertionError("a batch of 60 rows on 8 devices was accepted")
     check_pipeline()
+    check_fnn_rules()
     print("data parallel and fsdp match single-device training")
 
 
@@ -122,6 +123,32 @@ def check_pipeline():
         assert "train.batch_size 60 does not divide among 8 devices" in str(error), error
     else:
         raise AssertionError("a batch of 60 on 8 devices was accepted")
+
+
+def check_fnn_rules():
+    """The layers whose gradients take fnn's own rules in a training step (``fnn.autodiff``:
+    a convolution of one input channel and one of several, an LSTM's weight gradients after
+    its loop) train on 8 devices as on one, the batch split and, under FSDP, the weights."""
+    model = fnn.serial(fnn.Conv(4, (3,)), fnn.relu, fnn.Conv(6, (3,), padding="VALID"),
+                       fnn.Recurrent(fnn.LSTM(8)), fnn.Flatten(), fnn.Dense(10))
+    rng = np.random.default_rng(2)
+    data = [(rng.normal(size=(32, 12, 1)).astype(np.float32), rng.integers(0, 10, 32).astype(np.int32))
+            for _ in range(3)]
+    start = fnn.init_train_state(model, common.OPTIMIZER, jax.random.key(0), data[0][0])
+
+    def train(parallel=None):
+        step = fnn.make_train_step(model, common.OPTIMIZER, common.LOSS, parallel=parallel, donate=False)
+        state = parallel.put_state(start) if parallel else start
+        losses = []
+        for batch in data:
+            state, metrics = step(state, parallel.put_batch(batch) if parallel else batch)
+            losses.append(float(metrics["loss"]))
+        return state, losses
+
+    one, one_losses = train()
+    for parallel in (DataParallel.over(), DataParallel.over(fsdp=True, min_size=64)):
+        state, losses = train(parallel)
+        check_close(state, losses, jax.device_get(one.params), one_losses, f"fnn rules, fsdp={parallel.fsdp}")
 
 
 if __name__ == "__main__":
