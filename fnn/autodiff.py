@@ -22,7 +22,8 @@ Inside it, ``fnn.Recurrent`` also takes the weight gradients of the built-in cel
 (``SimpleRNN``, ``LSTM``, ``GRU``) as one product each over all time steps, after the
 backward loop, where JAX's scan computes a small product and adds it to an accumulator
 at every step. The loop hands out each step's cotangent of the two products instead
-(``[time, batch, gates * hidden]`` each, kept for the one product).
+(``[time, batch, gates * hidden]``, kept for the one product; one array for ``SimpleRNN``
+and ``LSTM``, whose two products share it, two for ``GRU``).
 
 Inside it and on CPU, ``conv`` (the convolution of an ``fnn.Conv`` with stride 1, no
 dilation and one group) has fnn's rule as well (see ``conv``). XLA's CPU

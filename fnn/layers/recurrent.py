@@ -358,7 +358,8 @@ class Recurrent(Layer):
                 p = params
                 if tap_t is not None:
                     projected = projected + tap_t[0]
-                    p = {**params, "hidden": {**params["hidden"], "tap": tap_t[1]}}
+                    if len(tap_t) == 2:
+                        p = {**params, "hidden": {**params["hidden"], "tap": tap_t[1]}}
                 new_carry, y_t = cell.recur(p, carry, projected)
                 if m_t is not None:  # padding: keep the carry, output zeros
                     keep = m_t[:, None]
@@ -374,7 +375,8 @@ class Recurrent(Layer):
 
         xs, time_mask = jnp.swapaxes(x, 0, 1), None if mask is None else mask.T
         if reverse_only() and type(cell) in _HOISTED:
-            ys, carry = _scan_hoisting_weight_grads(run, dtype, params, carry, xs, time_mask)
+            taps = 1 if type(cell) in _SUMMED else 2
+            ys, carry = _scan_hoisting_weight_grads(run, dtype, taps, params, carry, xs, time_mask)
         else:
             (ys, carry), _ = run(params, carry, xs, time_mask)
         return jnp.swapaxes(ys, 0, 1), carry
@@ -393,30 +395,31 @@ class Recurrent(Layer):
         return join_mask(ys, mask), state
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _scan_hoisting_weight_grads(run, dtype, params, carry, xs, mask):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _scan_hoisting_weight_grads(run, dtype, taps, params, carry, xs, mask):
     """``run``'s scan (``Recurrent.scan``), whose weight gradients are one product each
     over all steps after the backward loop, not one product and one sum per step inside
-    it. Reverse mode only (``fnn.reverse_mode_only``)."""
+    it. Reverse mode only (``fnn.reverse_mode_only``). ``taps``: see ``_SUMMED``."""
     (ys, carry), _ = run(params, carry, xs, mask)
     return ys, carry
 
 
-def _hoisting_forward(run, dtype, params, carry, xs, mask):
-    # A zero "tap" added to each step's input projection and hidden product has that
-    # product's cotangent as its own. The loop's own weight gradients go unused, and XLA
-    # drops them from the loop.
+def _hoisting_forward(run, dtype, taps, params, carry, xs, mask):
+    # A zero "tap" added to each step's input projection (and, with two taps, its hidden
+    # product) has that product's cotangent as its own. The loop's own weight gradients go
+    # unused, and XLA drops them from the loop.
     width = params["input"]["w"].shape[-1]
-    taps = (jnp.zeros((*xs.shape[:2], width), dtype),) * 2
+    taps = (jnp.zeros((*xs.shape[:2], width), dtype),) * taps
     (ys, new_carry), backward, h_in = jax.vjp(
         lambda p, c, x, t: run(p, c, x, mask, t), params, carry, xs, taps, has_aux=True
     )
     return (ys, new_carry), (backward, xs, h_in)
 
 
-def _hoisting_backward(run, dtype, residuals, cotangents):
+def _hoisting_backward(run, dtype, taps, residuals, cotangents):
     backward, xs, h_in = residuals
-    d_params, d_carry, d_xs, (g_in, g_hidden) = backward(cotangents)
+    d_params, d_carry, d_xs, tap_grads = backward(cotangents)
+    g_in, g_hidden = tap_grads * 2 if taps == 1 else tap_grads
 
     def weight_grad(part, rows, g):
         # over time and batch in place: time-major, so merging the two axes would
@@ -431,6 +434,9 @@ def _hoisting_backward(run, dtype, residuals, cotangents):
 _scan_hoisting_weight_grads.defvjp(_hoisting_forward, _hoisting_backward)
 # the cells whose hidden product is Cell._hidden (a subclass may compute it otherwise)
 _HOISTED = (SimpleRNN, LSTM, GRU)
+# those that add the hidden product to the input projection as it is, so that the two have
+# one cotangent and one tap reads it; GRU's reset gate multiplies its hidden product
+_SUMMED = (SimpleRNN, LSTM)
 
 
 @dataclasses.dataclass(frozen=True)
