@@ -169,7 +169,7 @@ def _conv_forward(padding, x, w):
     if x.shape[-1] != 1:
         return _xla_conv(padding, x, w), (x, w)
     kernel = w.shape[:-2]
-    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    xp = _pad(x, padding)
     out = tuple(p - k + 1 for p, k in zip(xp.shape[1:-1], kernel))
     acc = _accumulator(x.dtype)
     y = sum(window.astype(acc) * w[offset][0].astype(acc) for offset, window in _windows(xp, kernel, out))
@@ -185,18 +185,18 @@ def _conv_backward(padding, residuals, g):
     x, w = residuals
     kernel, (cin, cout) = w.shape[:-2], w.shape[-2:]
     if cin == 1:
-        return _col2im(padding, x, w, g), _xla_weight_grad(padding, x, w, g)
-    _, transpose = jax.vjp(lambda x: _xla_conv(padding, x, w), x)
-    (dx,) = transpose(g)
-    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+        _, weight_transpose = jax.vjp(lambda w: _xla_conv(padding, x, w), w)
+        return _col2im(padding, x, w, g), weight_transpose(g)[0]
+    _, input_transpose = jax.vjp(lambda x: _xla_conv(padding, x, w), x)
     rows = g.reshape(-1, cout)
-    dw = jnp.stack([weight_grad(window, rows) for _, window in _windows(xp, kernel, g.shape[1:-1])])
-    return dx, dw.reshape(w.shape).astype(w.dtype)
+    windows = _windows(_pad(x, padding), kernel, g.shape[1:-1])
+    dw = jnp.stack([weight_grad(window, rows) for _, window in windows])
+    return input_transpose(g)[0], dw.reshape(w.shape).astype(w.dtype)
 
 
-def _xla_weight_grad(padding, x, w, g):
-    _, transpose = jax.vjp(lambda w: _xla_conv(padding, x, w), w)
-    return transpose(g)[0]
+def _pad(x, padding):
+    """``x`` padded on its spatial axes (every axis but the first and last)."""
+    return jnp.pad(x, ((0, 0), *padding, (0, 0)))
 
 
 def _col2im(padding, x, w, g):
