@@ -23,7 +23,9 @@ Inside it, ``fnn.Recurrent`` also takes the weight gradients of the built-in cel
 backward loop, where JAX's scan computes a small product and adds it to an accumulator
 at every step. The loop hands out each step's cotangent of the two products instead
 (``[time, batch, gates * hidden]``, kept for the one product; one array for ``SimpleRNN``
-and ``LSTM``, whose two products share it, two for ``GRU``).
+and ``LSTM``, whose two products share it, two for ``GRU``). The gradient of the layer's
+input (``g @ w^T``) and of the input projection's bias come from the same array, as one
+product and one sum after the loop.
 
 Inside it and on CPU, ``conv`` (the convolution of an ``fnn.Conv`` with stride 1, no
 dilation and one group) has fnn's rule as well (see ``conv``). XLA's CPU

@@ -282,8 +282,9 @@ class Recurrent(Layer):
     and the final carry out.
 
     Inside ``fnn.reverse_mode_only()`` (a training step) the scan of a built-in cell takes
-    each weight gradient as one product over all steps after the backward loop, instead
-    of one small product and one sum per step inside it (``fnn.autodiff``).
+    each weight gradient, and the gradient of its input, as one product over all steps
+    after the backward loop, instead of one small product per step inside it
+    (``fnn.autodiff``).
 
     Example:
         >>> import jax, jax.numpy as jnp, fnn
@@ -397,9 +398,10 @@ class Recurrent(Layer):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _scan_hoisting_weight_grads(run, dtype, taps, params, carry, xs, mask):
-    """``run``'s scan (``Recurrent.scan``), whose weight gradients are one product each
-    over all steps after the backward loop, not one product and one sum per step inside
-    it. Reverse mode only (``fnn.reverse_mode_only``). ``taps``: see ``_SUMMED``."""
+    """``run``'s scan (``Recurrent.scan``), whose weight gradients, input projection's bias
+    gradient and input gradient are each one product (or sum) over all steps after the
+    backward loop, not one small product or sum per step inside it. Reverse mode only
+    (``fnn.reverse_mode_only``). ``taps``: see ``_SUMMED``."""
     (ys, carry), _ = run(params, carry, xs, mask)
     return ys, carry
 
@@ -407,18 +409,19 @@ def _scan_hoisting_weight_grads(run, dtype, taps, params, carry, xs, mask):
 def _hoisting_forward(run, dtype, taps, params, carry, xs, mask):
     # A zero "tap" added to each step's input projection (and, with two taps, its hidden
     # product) has that product's cotangent as its own. The loop's own weight gradients go
-    # unused, and XLA drops them from the loop.
+    # unused, and XLA drops them from the loop. The inputs are closed over, not
+    # differentiated: their gradient is one product after the loop, from the same cotangent.
     width = params["input"]["w"].shape[-1]
     taps = (jnp.zeros((*xs.shape[:2], width), dtype),) * taps
     (ys, new_carry), backward, h_in = jax.vjp(
-        lambda p, c, x, t: run(p, c, x, mask, t), params, carry, xs, taps, has_aux=True
+        lambda p, c, t: run(p, c, xs, mask, t), params, carry, taps, has_aux=True
     )
-    return (ys, new_carry), (backward, xs, h_in)
+    return (ys, new_carry), (backward, xs, h_in, params["input"])
 
 
 def _hoisting_backward(run, dtype, taps, residuals, cotangents):
-    backward, xs, h_in = residuals
-    d_params, d_carry, d_xs, tap_grads = backward(cotangents)
+    backward, xs, h_in, inputs = residuals
+    d_params, d_carry, tap_grads = backward(cotangents)
     g_in, g_hidden = tap_grads * 2 if taps == 1 else tap_grads
 
     def weight_grad(part, rows, g):
@@ -428,6 +431,9 @@ def _hoisting_backward(run, dtype, taps, residuals, cotangents):
         return {**d_params[part], "w": grad.astype(d_params[part]["w"].dtype)}
 
     input_grads, hidden_grads = weight_grad("input", xs, g_in), weight_grad("hidden", h_in, g_hidden)
+    input_grads["b"] = g_in.sum((0, 1)).astype(inputs["b"].dtype)
+    # Cell.project's input gradient (x and w cast to the compute dtype, g_in's)
+    d_xs = jnp.matmul(g_in, inputs["w"].astype(g_in.dtype).T).astype(xs.dtype)
     return {**d_params, "input": input_grads, "hidden": hidden_grads}, d_carry, d_xs, None
 
 
