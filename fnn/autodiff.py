@@ -43,6 +43,7 @@ import contextlib
 import contextvars
 import functools
 import itertools
+import math
 from collections.abc import Iterator
 
 import jax
@@ -218,3 +219,55 @@ def _col2im(padding, x, w, g):
 
 
 _conv_reverse.defvjp(_conv_forward, _conv_backward)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array | None = None) -> jax.Array:
+    """``jax.nn.dot_product_attention(q, k, v, mask=visible)``: ``softmax(q k^T / sqrt(d)) v``
+    per head, the scores and the softmax in float32. ``q: [batch, tq, heads, d]``,
+    ``k, v: [batch, tk, heads, d]``, ``visible``: bool, broadcastable to
+    ``[batch, heads, tq, tk]``.
+
+    Inside ``reverse_mode_only()`` on CPU it has fnn's rule, a custom VJP that keeps the
+    softmax weights ``p`` and the output ``o``, and takes the scores' cotangent as
+    ``p * (dp - rowsum(do * o))`` (``dp = do v^T``). JAX's gradient of the softmax sums
+    ``dp * p`` over the keys instead, a pass over the ``[batch, heads, tq, tk]`` array that
+    XLA's CPU backend fuses into the product ``do v^T``; the row sums of ``do * o`` run over
+    the head dimension. In a one-process A/B (a one-off script) the rule ran the benchmark
+    transformer's training step 1.13x faster and planned 70 MiB of temporaries against 80.
+    Elsewhere (outside the context, or on GPU and TPU, where a backend may have a fused
+    attention of its own) it is ``jax.nn.dot_product_attention``.
+    """
+    if reverse_only() and jax.default_backend() == "cpu":
+        if visible is None:
+            visible = jnp.ones((1, 1, q.shape[1], k.shape[1]), bool)
+        return _attention_reverse(q, k, v, visible)
+    return jax.nn.dot_product_attention(q, k, v, mask=visible)
+
+
+@jax.custom_vjp
+def _attention_reverse(q, k, v, visible):
+    """``attention``'s rule (see its docstring): a custom VJP, reverse mode only."""
+    return _attention_forward(q, k, v, visible)[0]
+
+
+def _attention_forward(q, k, v, visible):
+    # as jax.nn.dot_product_attention's XLA implementation computes it
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    p = jax.nn.softmax(scores, axis=-1).astype(k.dtype)
+    o = jnp.einsum("bhqk,bkhd->bqhd", p, v)
+    return o, (q, k, v, p, o)
+
+
+def _attention_backward(residuals, do):
+    q, k, v, p, o = residuals
+    dv = jnp.einsum("bhqk,bqhd->bkhd", p, do)
+    dp = jnp.einsum("bqhd,bkhd->bhqk", do, v, preferred_element_type=jnp.float32)
+    rows = jnp.einsum("bqhd,bqhd->bhq", do, o, preferred_element_type=jnp.float32)
+    ds = (p * (dp - rows[..., None]) / math.sqrt(q.shape[-1])).astype(q.dtype)
+    dq = jnp.einsum("bhqk,bkhd->bqhd", ds, k)
+    dk = jnp.einsum("bhqk,bqhd->bkhd", ds, q)
+    return dq, dk, dv, None
+
+
+_attention_reverse.defvjp(_attention_forward, _attention_backward)

@@ -265,3 +265,87 @@ def test_conv_without_output_positions_raises_inside():
     params, _ = layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 1)))
     with fnn.reverse_mode_only(), pytest.raises(fnn.ShapeError, match="no output positions"):
         layer(params, jnp.ones((1, 3, 3, 1)))
+
+
+# Attention: autodiff.attention (fnn.dot_product_attention without dropout) and its rule on CPU.
+
+def _qkv(b=2, tq=5, tk=5, heads=3, d=4, dtype=jnp.float32):
+    keys = jax.random.split(jax.random.key(7), 3)
+    q = jax.random.normal(keys[0], (b, tq, heads, d))
+    k, v = (jax.random.normal(key, (b, tk, heads, d)) for key in keys[1:])
+    return q.astype(dtype), k.astype(dtype), v.astype(dtype)
+
+
+def _attention_loss(**options):
+    def loss(q, k, v):
+        out = fnn.dot_product_attention(q, k, v, **options).astype(jnp.float32)
+        return jnp.sum(jnp.sin(out) * jnp.arange(out.shape[-1]))
+
+    return loss
+
+
+PADDED = jnp.array([[True] * 5, [True, True, False, False, False]])[:, None, None, :]
+ATTENTION_CASES = {  # (tq, tk), options
+    "plain": ((5, 5), {}),
+    "causal": ((5, 5), {"causal": True}),
+    "padded keys": ((5, 5), {"mask": PADDED}),
+    # the first query sees no key: fnn gives it zeros, and no gradient flows through it
+    "a query sees nothing": ((3, 5), {"mask": jnp.arange(5)[None, :] < jnp.arange(3)[:, None]}),
+    "cross, causal": ((3, 5), {"causal": True, "mask": PADDED}),
+}
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES)
+def test_attention_values_and_gradients_match_jax(case):
+    (tq, tk), options = ATTENTION_CASES[case]
+    q, k, v = _qkv(tq=tq, tk=tk)
+    loss = _attention_loss(**options)
+    want = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+    with fnn.reverse_mode_only():
+        assert _custom_vjp_calls(loss, q, k, v) == 1
+        got = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    for a, b in zip(got[1], want[1]):
+        assert bool(jnp.isfinite(a).all())
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_bfloat16_gradients_keep_their_dtypes():
+    q, k, v = _qkv(dtype=jnp.bfloat16)
+    loss = _attention_loss(causal=True)
+    want = jax.grad(loss, argnums=(0, 1, 2))(*(a.astype(jnp.float32) for a in (q, k, v)))
+    with fnn.reverse_mode_only():
+        got = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(got, want):
+        assert a.dtype == jnp.bfloat16
+        np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=0.05, atol=0.05)
+
+
+def test_attention_rule_is_for_cpu_inside_and_not_with_dropout(monkeypatch):
+    """On GPU and TPU the rule is off (a backend may fuse attention itself), and dropout on
+    the weights keeps JAX's gradient of the written-out maths."""
+    q, k, v = _qkv()
+    loss = _attention_loss(causal=True)
+    assert _custom_vjp_calls(loss, q, k, v) == 0
+    with fnn.reverse_mode_only():
+        dropped = _attention_loss(dropout_rate=0.5, key=jax.random.key(0))
+        assert _custom_vjp_calls(dropped, q, k, v) == 0
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        assert _custom_vjp_calls(loss, q, k, v) == 0
+
+
+def test_attention_second_order_and_vmap_inside():
+    q, k, v = _qkv(tq=4, tk=4, heads=2, d=3)
+    loss = _attention_loss(causal=True)
+    hess = jax.jacrev(jax.grad(loss, argnums=0), argnums=(0, 1, 2))
+    per_example = jax.vmap(lambda q, k, v: jax.grad(loss, argnums=(0, 1, 2))(q[None], k[None], v[None]))
+    want = hess(q, k, v), per_example(q, k, v)
+    with fnn.reverse_mode_only():
+        got = hess(q, k, v), per_example(q, k, v)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # finite differences of order 2, in float64 but for the scores, which are float32 as in
+    # jax.nn (so the tolerance is float32's)
+    with jax.enable_x64(True), fnn.reverse_mode_only():
+        q64, k64, v64 = (np.asarray(a, np.float64) for a in (q, k, v))
+        check_grads(loss, (q64, k64, v64), order=2, modes=["rev"], atol=2e-3, rtol=2e-3)

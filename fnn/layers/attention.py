@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fnn import initializers
-from fnn.autodiff import matmul
+from fnn.autodiff import attention, matmul
 from fnn.core import Layer, LayerError, ShapeError, shape_str
 from fnn.layers._common import (
     WeightOptions,
@@ -50,7 +50,8 @@ def dot_product_attention(
 
     Returns ``[batch, tq, heads, head_dim]``; a query that sees no key at all gives zeros.
     Without dropout this is ``jax.nn.dot_product_attention`` (softmax in float32), so a
-    backend's fused attention applies; with dropout, the same maths written out.
+    backend's fused attention applies (in a training step on CPU, with fnn's gradient
+    rule: ``fnn.autodiff.attention``); with dropout, the same maths written out.
 
     Example:
         >>> import jax.numpy as jnp, fnn
@@ -69,7 +70,7 @@ def dot_product_attention(
     if dropout_rate > 0.0:
         out = _attention_with_dropout(q, k, v, visible, dropout_rate, key)
     else:
-        out = jax.nn.dot_product_attention(q, k, v, mask=visible)
+        out = attention(q, k, v, visible)
     if visible is None:
         return out
     # jax.nn gives a query that sees no key the mean of all values; give it zeros instead
