@@ -32,6 +32,10 @@ dilation and one group) has fnn's rule as well (see ``conv``). XLA's CPU
 convolutions are slow for few channels, and the LeNet step in ``benchmarks/`` runs 1.40x
 faster with the rule. On GPU and TPU it is XLA's convolution.
 
+Inside it and on CPU, ``attention`` (``fnn.dot_product_attention`` without dropout) has
+fnn's rule as well: the scores' cotangent from the row sums of ``do * o`` (see
+``attention``). On GPU and TPU it is ``jax.nn.dot_product_attention``.
+
 A custom VJP cannot be differentiated in forward mode, so a loss that applies
 ``jax.jvp`` (or ``jacfwd``) to a model inside a training step turns the fast rule off
 around that call with ``reverse_mode_only(False)``.
@@ -57,8 +61,8 @@ _REVERSE_ONLY = contextvars.ContextVar("fnn_reverse_mode_only", default=False)
 def reverse_mode_only(enabled: bool = True) -> Iterator[None]:
     """While tracing inside it, fnn's weight products assume reverse-mode differentiation
     only and take their weight gradient as ``x^T @ g``, ``fnn.Recurrent`` takes its
-    weight gradients after the loop, and on CPU ``fnn.Conv`` with stride 1 takes fnn's
-    convolution rule (see the module docstring).
+    weight and input gradients after the loop, and on CPU ``fnn.Conv`` with stride 1 and
+    attention without dropout take fnn's rules (see the module docstring).
 
     ``fnn.make_train_step`` traces its loss and gradient inside it; a hand-written step
     can do the same. ``reverse_mode_only(False)`` turns it off again, for a loss that
