@@ -26,7 +26,7 @@ steps; for LeNet the scan is unrolled (``unroll=True``), since XLA's CPU backend
 convolution inside a loop about 2x slower. PyTorch runs eagerly with as many threads as
 the process may use cores (as XLA's CPU client does); ``--torch-compile`` adds a
 ``torch.compile`` row. ``fnn (jax weight grads)`` runs only when ``--frameworks`` names
-it: fnn's step with JAX's own weight-gradient rules instead of ``fnn.autodiff``'s, to
+it: fnn's step with JAX's own gradient rules instead of ``fnn.autodiff``'s, to
 measure what those rules gain in the same run. Run as a program, the suite first
 re-executes itself with ``malloc`` backing large blocks with huge pages, as the ``fnn``
 command does before it trains (``fnn.hostmem``; ``FNN_SYSTEM_MALLOC=1`` to keep the

@@ -49,9 +49,9 @@ def model(name: str) -> fnn.Layer:
 
 @dataclasses.dataclass(frozen=True)
 class JaxWeightGrads(fnn.Layer):
-    """``model`` with JAX's own weight-gradient rules: its apply leaves
-    ``fnn.reverse_mode_only`` (which ``make_train_step`` enters), to measure what the rules
-    of ``fnn.autodiff`` gain. Same parameters, same numbers."""
+    """``model`` with JAX's own gradient rules: its apply leaves ``fnn.reverse_mode_only``
+    (which ``make_train_step`` enters), to measure what the rules of ``fnn.autodiff`` gain.
+    Same parameters, same numbers up to summation order."""
 
     model: fnn.Layer
 
