@@ -254,11 +254,18 @@ def _attention_reverse(q, k, v, visible):
     return _attention_forward(q, k, v, visible)[0]
 
 
-def _attention_forward(q, k, v, visible):
-    # as jax.nn.dot_product_attention's XLA implementation computes it
+def attention_weights(q: jax.Array, k: jax.Array, visible: jax.Array | None) -> jax.Array:
+    """The float32 softmax weights ``[batch, heads, tq, tk]`` of ``q k^T / sqrt(d)``, a key
+    that is not ``visible`` given the lowest float32 score, as
+    ``jax.nn.dot_product_attention``'s XLA implementation computes them."""
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-    scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(scores, axis=-1).astype(k.dtype)
+    if visible is not None:
+        scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def _attention_forward(q, k, v, visible):
+    p = attention_weights(q, k, visible).astype(k.dtype)
     o = jnp.einsum("bhqk,bkhd->bqhd", p, v)
     return o, (q, k, v, p, o)
 

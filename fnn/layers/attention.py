@@ -9,7 +9,6 @@ attention are ``[batch, time, heads, head_dim]``. Padded batches travel as
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fnn import initializers
-from fnn.autodiff import attention, matmul
+from fnn.autodiff import attention, attention_weights, matmul
 from fnn.core import Layer, LayerError, ShapeError, shape_str
 from fnn.layers._common import (
     WeightOptions,
@@ -102,10 +101,7 @@ def _check_attention_inputs(q: Any, k: Any, v: Any, mask: Any) -> None:
 def _attention_with_dropout(q, k, v, visible, rate, key):
     if key is None:
         raise LayerError("attention dropout needs an rng key when train=True: pass key=...")
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-    if visible is not None:
-        scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1)
+    weights = attention_weights(q, k, visible)
     keep = jax.random.bernoulli(key, 1.0 - rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - rate), 0.0).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
