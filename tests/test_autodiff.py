@@ -147,10 +147,11 @@ def test_train_step_equals_plain_gradient(model, x):
 
 CONV_CASES = [  # x shape, kernel, padding as Conv takes it, out channels
     ((2, 12, 12, 1), (5, 5), "SAME", 6),  # one input channel: the shifted-sum forward
-    ((2, 9, 9, 6), (5, 5), "VALID", 4),
+    ((2, 9, 9, 6), (5, 5), "VALID", 4),  # up to 8 input channels: the col2im input gradient
     ((3, 10, 3), (4,), ((1, 2),), 5),  # 1-D, asymmetric padding
     ((2, 5, 6, 4, 1), (3, 3, 2), 1, 3),  # 3-D, one input channel
     ((2, 7, 8, 4), (2, 3), "SAME", 5),  # even kernel: more padding after than before
+    ((2, 6, 7, 12), (3, 3), "SAME", 4),  # more than 8 input channels: XLA's input gradient
 ]
 
 
