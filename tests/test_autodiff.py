@@ -47,23 +47,28 @@ def test_bfloat16_gradients_keep_their_dtypes():
     np.testing.assert_allclose(dx.astype(jnp.float32), want_dx, rtol=0.05, atol=0.1)
 
 
-def test_weight_gradient_contracts_the_input_first():
-    """The rule's point: the weight gradient is dot_general(x, g) -> [in, out], the input
-    (as rows) the left operand; JAX's own rule computes dot_general(g, x) -> [out, in] and
-    transposes it."""
-    x, w = _inputs((4, 6, 3))
+@pytest.mark.parametrize("rows", [24, 24_000], ids=["small x: x^T copied first", "large x"])
+def test_weight_gradient_contracts_the_input_first(rows):
+    """The rule's point: the weight gradient is x^T @ g -> [in, out], the input (as rows) the
+    left operand; JAX's own rule computes dot_general(g, x) -> [out, in] and transposes it.
+    On CPU an x of at most 2**16 elements is transposed into its own array first."""
+    x, w = _inputs((4, rows // 4, 3))
+    loss = lambda w: jnp.sum(jnp.tanh(matmul(x, w)))  # noqa: E731
 
     def dots(enabled):
         with fnn.reverse_mode_only(enabled):
-            jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(jnp.tanh(matmul(x, w)))))(w)
+            jaxpr = jax.make_jaxpr(jax.grad(loss))(w)
         return [
             (e.invars[0].aval.shape, e.outvars[0].aval.shape)
             for e in jaxpr.jaxpr.eqns
             if e.primitive.name == "dot_general" and e.outvars[0].aval.shape in ((3, 5), (5, 3))
         ]
 
-    assert dots(True) == [((24, 3), (3, 5))]
-    assert dots(False) == [((4, 6, 5), (5, 3))]
+    assert dots(True) == [((3, rows), (3, 5)) if rows * 3 <= 2**16 else ((rows, 3), (3, 5))]
+    assert dots(False) == [((4, rows // 4, 5), (5, 3))]
+    with fnn.reverse_mode_only():
+        got = jax.jit(jax.grad(loss))(w)
+    np.testing.assert_allclose(got, jax.grad(loss)(w), rtol=1e-5, atol=1e-4)
 
 
 def test_second_order_reverse_mode_works_inside():
