@@ -29,8 +29,8 @@ product and one sum after the loop.
 
 Inside it and on CPU, ``conv`` (the convolution of an ``fnn.Conv`` with stride 1, no
 dilation and one group) has fnn's rule as well (see ``conv``). XLA's CPU
-convolutions are slow for few channels, and the LeNet step in ``benchmarks/`` runs 1.40x
-faster with the rule. On GPU and TPU it is XLA's convolution.
+convolutions are slow for few channels, and the LeNet step in ``benchmarks/`` runs 1.58x
+faster with the rules. On GPU and TPU it is XLA's convolution.
 
 Inside it and on CPU, ``attention`` (``fnn.dot_product_attention`` without dropout) has
 fnn's rule as well: the scores' cotangent from the row sums of ``do * o`` (see
@@ -127,7 +127,7 @@ def weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
     of its own (an optimization barrier keeps XLA from folding the transpose back into the
     product). XLA's CPU backend runs a product contracted over both operands' first axes
     on a slower path than a plain one; the copy is cheap at this size. One-off A/Bs of
-    fnn's training steps in ``benchmarks/``: the small MLP 1.17x faster, LeNet 1.05x; at
+    fnn's training steps in ``benchmarks/``: the small MLP 1.12-1.17x faster, LeNet 1.05x; at
     the large MLP's 200,000 elements the copy made the step 0.97x, at the transformer's
     0.86x, so larger ``x`` keep the one product."""
     rows = x.reshape(-1, x.shape[-1]).astype(g.dtype)
