@@ -153,7 +153,7 @@ def conv(x: jax.Array, w: jax.Array, padding: tuple[tuple[int, int], ...]) -> ja
       product, and XLA fuses the sum into one loop (5x faster than its convolution with
       one input channel). The weight gradient is XLA's.
     - up to 8 input channels: the input gradient is one product ``g @ w^T`` for every
-      offset at once, each offset's slice then added back at its shift (3x faster than
+      offset at once, each offset's slice then added back at its shift (3-8x faster than
       XLA's with one input channel, 2x with LeNet's six; at 16 channels and more XLA's
       is faster, and is used).
     - more than one input channel: the weight gradient is one ``window^T @ g`` product
