@@ -52,6 +52,7 @@ from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _REVERSE_ONLY = contextvars.ContextVar("fnn_reverse_mode_only", default=False)
@@ -151,7 +152,8 @@ def conv(x: jax.Array, w: jax.Array, padding: tuple[tuple[int, int], ...]) -> ja
     - one input channel: the forward pass is the sum over kernel offsets of a shifted
       window of the input times that offset's weights. Each term is an elementwise
       product, and XLA fuses the sum into one loop (5x faster than its convolution with
-      one input channel). The weight gradient is XLA's.
+      one input channel). The weight gradient is one product of the input's rows with
+      ``g`` and a constant selection of its diagonals (2x faster).
     - up to 8 input channels: the input gradient is one product ``g @ w^T`` for every
       offset at once, each offset's slice then added back at its shift (3-8x faster than
       XLA's with one input channel, 2x with LeNet's six; at 16 channels and more XLA's
@@ -218,8 +220,38 @@ def _conv_backward(padding, residuals, g):
     else:
         dx = jax.vjp(lambda x: _xla_conv(padding, x, w), x)[1](g)[0]
     if cin == 1:
-        return dx, jax.vjp(lambda w: _xla_conv(padding, x, w), w)[1](g)[0]
-    return dx, _weight_grad_by_offset(padding, x, g, kernel).reshape(w.shape).astype(w.dtype)
+        dw = _weight_grad_one_channel(padding, x, g, kernel)
+    else:
+        dw = _weight_grad_by_offset(padding, x, g, kernel)
+    return dx, dw.reshape(w.shape).astype(w.dtype)
+
+
+def _weight_grad_one_channel(padding, x, g, kernel):
+    """The weight gradient with one input channel, ``[*kernel, out]``, as one product.
+
+    The input's windows are stacked for the offsets along every spatial axis but the last;
+    along the last the rows stay whole (``padded`` long). One product ``rows^T @ g`` then
+    gives ``m[window, p, j, c]``, the sum over batch and leading positions of the input at
+    ``p`` times the cotangent at output position ``j``, and the gradient at last-axis
+    offset ``o`` is the sum of ``m`` where ``p = j + o``: a product with a constant 0/1
+    selection. XLA's weight gradient of LeNet's first convolution took 2x as long in a
+    one-off microbenchmark (4.6 ms against 2.3 ms)."""
+    xp = _pad(x, padding)[..., 0]
+    *lead_kernel, last_kernel = kernel
+    *lead_out, last_out = g.shape[1:-1]
+    padded, cout = xp.shape[-1], g.shape[-1]
+    windows = [
+        xp[(slice(None), *(slice(o, o + s) for o, s in zip(offset, lead_out)), slice(None))]
+        for offset in itertools.product(*map(range, lead_kernel))
+    ]
+    rows = jnp.stack(windows, -2).reshape(-1, len(windows) * padded)
+    m = weight_grad(rows, g.reshape(rows.shape[0], last_out * cout))
+    select = np.zeros((last_kernel, padded, last_out), np.float32)
+    for o in range(last_kernel):
+        select[o, np.arange(last_out) + o, np.arange(last_out)] = 1
+    return jnp.einsum("wpc,op->woc", m.reshape(len(windows), padded * last_out, cout),
+                      jnp.asarray(select.reshape(last_kernel, -1), m.dtype),
+                      preferred_element_type=_accumulator(m.dtype))
 
 
 def _weight_grad_by_offset(padding, x, g, kernel):
