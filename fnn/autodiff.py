@@ -29,7 +29,7 @@ product and one sum after the loop.
 
 Inside it and on CPU, ``conv`` (the convolution of an ``fnn.Conv`` with stride 1, no
 dilation and one group) has fnn's rule as well (see ``conv``). XLA's CPU
-convolutions are slow for few channels, and the LeNet step in ``benchmarks/`` runs 1.58x
+convolutions are slow for few channels, and the LeNet step in ``benchmarks/`` runs 1.69x
 faster with the rules. On GPU and TPU it is XLA's convolution.
 
 Inside it and on CPU, ``attention`` (``fnn.dot_product_attention`` without dropout) has
