@@ -240,10 +240,8 @@ def _weight_grad_one_channel(padding, x, g, kernel):
     *lead_kernel, last_kernel = kernel
     *lead_out, last_out = g.shape[1:-1]
     padded, cout = xp.shape[-1], g.shape[-1]
-    windows = [
-        xp[(slice(None), *(slice(o, o + s) for o, s in zip(offset, lead_out)), slice(None))]
-        for offset in itertools.product(*map(range, lead_kernel))
-    ]
+    # windows along the leading spatial axes; the last axis (after them) stays whole
+    windows = [window for _, window in _windows(xp, lead_kernel, lead_out)]
     rows = jnp.stack(windows, -2).reshape(-1, len(windows) * padded)
     m = weight_grad(rows, g.reshape(rows.shape[0], last_out * cout))
     select = np.zeros((last_kernel, padded, last_out), np.float32)
