@@ -147,9 +147,10 @@ def test_remat_and_unroll_change_nothing_but_speed(rnn):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-# In a training step (fnn.reverse_mode_only) the scan takes each weight gradient and its
-# input's gradient as one product over all steps, after the backward loop.
-HOISTED = [
+# In a training step (fnn.reverse_mode_only) a built-in cell's scan has a hand-written
+# backward loop, and takes each weight gradient and its input's gradient as one product
+# over all steps, after that loop.
+BY_HAND = [
     fnn.Recurrent(fnn.LSTM(H)),
     fnn.Recurrent(fnn.GRU(H), reverse=True),
     fnn.Recurrent(fnn.SimpleRNN(H), remat=True, unroll=2),
@@ -157,7 +158,7 @@ HOISTED = [
 ]
 
 
-def _hoisted_and_plain_grads(layer, x, loss_of_output):
+def _by_hand_and_plain_grads(layer, x, loss_of_output):
     params, state = layer.init(KEY, x)
 
     def loss(p):
@@ -165,19 +166,19 @@ def _hoisted_and_plain_grads(layer, x, loss_of_output):
         return loss_of_output(y[0] if isinstance(y, tuple) else y)
 
     with fnn.reverse_mode_only():
-        hoisted = jax.value_and_grad(loss)(params)
+        by_hand = jax.value_and_grad(loss)(params)
         jaxpr = jax.make_jaxpr(jax.grad(loss))(params)
-    return hoisted, jax.value_and_grad(loss)(params), jaxpr
+    return by_hand, jax.value_and_grad(loss)(params), jaxpr
 
 
-@pytest.mark.parametrize("layer", HOISTED, ids=["lstm", "gru-reverse", "rnn-remat-unroll", "bidirectional"])
+@pytest.mark.parametrize("layer", BY_HAND, ids=["lstm", "gru-reverse", "rnn-remat-unroll", "bidirectional"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_hoisted_weight_gradients_equal_the_plain_ones(layer, masked):
+def test_hand_written_gradients_equal_the_plain_ones(layer, masked):
     x = sequence()
     if masked:
         x = (x, jnp.arange(T)[None] < jnp.array([T, 2, 1])[:, None])
     weights = jnp.arange(H * (2 if isinstance(layer, fnn.Bidirectional) else 1))
-    (value, grads), (want_value, want), jaxpr = _hoisted_and_plain_grads(
+    (value, grads), (want_value, want), jaxpr = _by_hand_and_plain_grads(
         layer, x, lambda y: jnp.sum(jnp.sin(y) * weights)
     )
     np.testing.assert_allclose(value, want_value, rtol=1e-6)
@@ -188,9 +189,32 @@ def test_hoisted_weight_gradients_equal_the_plain_ones(layer, masked):
     assert sum(e.primitive.name == "dot_general" for e in jaxpr.jaxpr.eqns) == 3 * directions
 
 
-def test_hoisted_gradients_in_bfloat16_and_under_vmap():
+@pytest.mark.parametrize("cell", [fnn.LSTM(H), fnn.GRU(H), fnn.SimpleRNN(H)], ids=["lstm", "gru", "rnn"])
+def test_hand_written_gradients_of_the_input_and_the_initial_carry(cell):
+    """The gradients reach the sequence and the carry it starts from, through padding."""
+    rnn = fnn.Recurrent(cell)
     x = sequence()
-    (_, grads), (_, want), _ = _hoisted_and_plain_grads(
+    mask = jnp.arange(T)[None] < jnp.array([T, 3, 0])[:, None]
+    params, _ = rnn.init(KEY, x)
+    carry = jax.tree.map(lambda c: jax.random.normal(jax.random.key(2), c.shape), cell.initial_carry((B,)))
+
+    def loss(params, x, carry):
+        ys, final = rnn.scan(params, x, carry, mask)
+        return jnp.sum(jnp.cos(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
+
+    want = jax.grad(loss, argnums=(0, 1, 2))(params, x, carry)
+    with fnn.reverse_mode_only():
+        got = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, carry)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # the third sequence is all padding: its final carry is the initial one
+    for d_c, c in zip(jax.tree.leaves(got[2]), jax.tree.leaves(carry)):
+        np.testing.assert_allclose(d_c[2], 2 * c[2], rtol=1e-6)
+
+
+def test_hand_written_gradients_in_bfloat16_and_under_vmap():
+    x = sequence()
+    (_, grads), (_, want), _ = _by_hand_and_plain_grads(
         fnn.Recurrent(fnn.LSTM(H, dtype=jnp.bfloat16)), x, lambda y: jnp.sum(y.astype(jnp.float32) ** 2)
     )
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
@@ -206,7 +230,7 @@ def test_hoisted_gradients_in_bfloat16_and_under_vmap():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_hoisted_gradients_order_two_and_a_custom_cell_is_left_alone():
+def test_hand_written_gradients_order_two_and_a_custom_cell_is_left_alone():
     rnn = fnn.Recurrent(fnn.GRU(3))
     x = sequence(2, 3, 2)
     params, _ = rnn.init(KEY, x)
@@ -218,31 +242,31 @@ def test_hoisted_gradients_order_two_and_a_custom_cell_is_left_alone():
             h = jnp.tanh(projected + 2.0 * (carry @ params["hidden"]["w"]))
             return h, h
 
-    (_, grads), (_, want), jaxpr = _hoisted_and_plain_grads(
+    (_, grads), (_, want), jaxpr = _by_hand_and_plain_grads(
         fnn.Recurrent(Doubled(H)), sequence(), lambda y: jnp.sum(y**2)
     )
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_an_lstm_reads_both_cotangents_with_one_tap(monkeypatch):
-    """An LSTM adds its hidden product to its input projection, so the two share one
-    cotangent: one [time, batch, 4 * hidden] tap reads it (two for a GRU). The compiled
-    gradient plans less memory than with two, and second-order gradients stay right."""
-    from fnn.layers import recurrent
-
-    rnn = fnn.Recurrent(fnn.LSTM(16))
-    x = sequence(4, 12, 8)
+def _planned_bytes(rnn, x):
     params, _ = rnn.init(KEY, x)
     loss = lambda p: jnp.sum(jnp.tanh(rnn(p, x)) ** 2)  # noqa: E731
+    with fnn.reverse_mode_only():
+        return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
-    def planned():
-        with fnn.reverse_mode_only():
-            return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
-    one = planned()
+def test_an_lstm_keeps_one_pre_activation_per_step(monkeypatch):
+    """An LSTM reads its input projection and hidden product only as their sum, so the
+    forward loop keeps that one [batch, 4 * hidden] array per step (a GRU keeps both). The
+    compiled gradient plans less memory than with both, and second-order gradients stay
+    right."""
+    from fnn.layers import recurrent
+
+    x = sequence(4, 12, 8)
+    one = _planned_bytes(fnn.Recurrent(fnn.LSTM(16)), x)
     monkeypatch.setattr(recurrent, "_SUMMED", ())
-    assert one < planned()
+    assert one < _planned_bytes(fnn.Recurrent(fnn.LSTM(16)), x)
     monkeypatch.undo()
     small = fnn.Recurrent(fnn.LSTM(3))
     xs = sequence(2, 3, 2)
@@ -253,6 +277,14 @@ def test_an_lstm_reads_both_cotangents_with_one_tap(monkeypatch):
         got = second(p)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", [fnn.LSTM(16), fnn.GRU(16)], ids=["lstm", "gru"])
+def test_remat_keeps_only_the_carry(cell):
+    """With ``remat`` the forward loop keeps each step's carry alone, and the backward loop
+    makes the pre-activation again: the compiled gradient plans less memory."""
+    x = sequence(4, 32, 8)
+    assert _planned_bytes(fnn.Recurrent(cell, remat=True), x) < _planned_bytes(fnn.Recurrent(cell), x)
 
 
 def test_jit_equals_eager():
