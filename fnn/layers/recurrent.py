@@ -462,13 +462,14 @@ def _scan_by_hand_backward(cell, reverse, unroll, remat, residuals, cotangents):
             parts = _parts(cell, projected, cell._hidden(params, cell.hidden_input(carry), projected.dtype))
         _, vjp = jax.vjp(lambda c, z, r: activate(c, z, r, m_t), carry, parts, rest)
         d_carry, d_parts, d_step_rest = vjp((d_carry, d_y))
-        d_hidden = d_parts[-1]
-        u = params["hidden"]["w"].astype(d_hidden.dtype)
         _, to_carry = jax.vjp(cell.hidden_input, carry)
-        (d_h,) = to_carry(jnp.matmul(d_hidden, u.T))
+        (d_h,) = to_carry(jnp.matmul(d_parts[-1], u_t))
         d_carry = jax.tree.map(jnp.add, d_carry, d_h)
         return (d_carry, jax.tree.map(jnp.add, d_rest, d_step_rest)), d_parts
 
+    # U^T copied once before the loop (the barrier keeps XLA from folding the transpose
+    # into each step's product): 1.04-1.07x the LSTM step in one-off A/Bs
+    u_t = lax.optimization_barrier(params["hidden"]["w"].astype(d_ys.dtype).T)
     zeros = jax.tree.map(jnp.zeros_like, rest)
     inputs = (carries, parts, xs, mask, d_ys)
     (d_carry, d_rest), d_parts = lax.scan(step, (d_carry, zeros), inputs, reverse=not reverse, unroll=unroll)
