@@ -25,7 +25,7 @@ compiled call (a ``lax.scan`` over ten batches already on the device), counted a
 steps; for LeNet the scan is unrolled (``unroll=True``), since XLA's CPU backend runs a
 convolution inside a loop about 2x slower. PyTorch runs eagerly with as many threads as
 the process may use cores (as XLA's CPU client does); ``--torch-compile`` adds a
-``torch.compile`` row. ``fnn (jax weight grads)`` runs only when ``--frameworks`` names
+``torch.compile`` row. ``fnn (jax rules)`` runs only when ``--frameworks`` names
 it: fnn's step with JAX's own gradient rules instead of ``fnn.autodiff``'s, to
 measure what those rules gain in the same run. Run as a program, the suite first
 re-executes itself with ``malloc`` backing large blocks with huge pages, as the ``fnn``
@@ -37,7 +37,7 @@ same setting.
     .venv/bin/python -m benchmarks.suite --models mlp-small lstm --rounds 9
     .venv/bin/python -m benchmarks.suite --markdown table.md   # also write a markdown table
     .venv/bin/python -m benchmarks.suite --quick               # one tiny round: does it all run?
-    .venv/bin/python -m benchmarks.suite --frameworks fnn "fnn (jax weight grads)" --rounds 9
+    .venv/bin/python -m benchmarks.suite --frameworks fnn "fnn (jax rules)" --rounds 9
 """
 
 from __future__ import annotations

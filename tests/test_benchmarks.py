@@ -57,11 +57,11 @@ def test_training_lowers_the_loss_alike():
     assert max(f for f, _ in losses.values()) - min(f for f, _ in losses.values()) < 0.5
 
 
-def test_the_jax_weight_grads_variant_takes_the_same_steps():
+def test_the_jax_rules_variant_takes_the_same_steps():
     """The opt-in row differs from fnn's only in the weight-gradient rule: the same
     losses, step after step, and a different program."""
     name = "transformer"
-    benches = {f: {**JAX_FRAMEWORKS, **VARIANTS}[f](name, batch_for(name)) for f in ("fnn", "fnn (jax weight grads)")}
+    benches = {f: {**JAX_FRAMEWORKS, **VARIANTS}[f](name, batch_for(name)) for f in ("fnn", "fnn (jax rules)")}
     losses, texts = {}, {}
     for framework, bench in benches.items():
         state, out = bench.state, []
@@ -70,8 +70,8 @@ def test_the_jax_weight_grads_variant_takes_the_same_steps():
             out.append(float(loss))
         losses[framework] = out
         texts[framework] = bench.lower(state, bench.batch).as_text()
-    assert losses["fnn"] == pytest.approx(losses["fnn (jax weight grads)"], rel=1e-4)
-    assert texts["fnn"] != texts["fnn (jax weight grads)"]
+    assert losses["fnn"] == pytest.approx(losses["fnn (jax rules)"], rel=1e-4)
+    assert texts["fnn"] != texts["fnn (jax rules)"]
 
 
 def test_variant_rows_run_only_when_named(monkeypatch):
@@ -79,8 +79,8 @@ def test_variant_rows_run_only_when_named(monkeypatch):
     monkeypatch.setattr(suite, "bench_model", lambda name, frameworks, *a, **k: seen.append(list(frameworks)) or [])
     suite.main(["--models", "mlp-small", "--quick", "--no-torch"])
     assert not set(seen[0]) & set(VARIANTS)
-    suite.main(["--models", "mlp-small", "--quick", "--frameworks", "fnn (jax weight grads)"])
-    assert seen[1] == ["raw jax", "fnn (jax weight grads)"]
+    suite.main(["--models", "mlp-small", "--quick", "--frameworks", "fnn (jax rules)"])
+    assert seen[1] == ["raw jax", "fnn (jax rules)"]
 
 
 def test_analysis_reports_memory_and_flops():

@@ -23,7 +23,7 @@ JAX_FRAMEWORKS: dict[str, Callable[[str, tuple], Bench]] = {
 # rows that run only when --frameworks names them: fnn's step with a variant, to measure
 # what one of its choices gains
 VARIANTS: dict[str, Callable[[str, tuple], Bench]] = {
-    "fnn (jax weight grads)": fnn_models.make_jax_weight_grads,
+    "fnn (jax rules)": fnn_models.make_jax_rules,
 }
 # the parameter count of a model in each framework, from shapes alone (no computation)
 PARAM_COUNTS: dict[str, Callable[[str, tuple], int]] = {

@@ -48,9 +48,10 @@ def model(name: str) -> fnn.Layer:
 
 
 @dataclasses.dataclass(frozen=True)
-class JaxWeightGrads(fnn.Layer):
+class JaxRules(fnn.Layer):
     """``model`` with JAX's own gradient rules: its apply leaves ``fnn.reverse_mode_only``
-    (which ``make_train_step`` enters), to measure what the rules of ``fnn.autodiff`` gain.
+    (which ``make_train_step`` enters), to measure what fnn's rules (``fnn.autodiff``, and
+    ``Recurrent``'s hand-written backward loop) gain.
     Same parameters, same numbers up to summation order."""
 
     model: fnn.Layer
@@ -63,12 +64,12 @@ class JaxWeightGrads(fnn.Layer):
             return self.model.apply(params, state, x, key=key, train=train)
 
 
-def make(name: str, batch: tuple, steps_per_call: int = 1, jax_weight_grads: bool = False) -> Bench:
+def make(name: str, batch: tuple, steps_per_call: int = 1, jax_rules: bool = False) -> Bench:
     """fnn's step; with ``steps_per_call`` K > 1, K steps per call (``lax.scan`` over K
     batches staged on the device), counted as K steps. The convolutional model's K steps are
     unrolled (``unroll=True``): XLA's CPU backend runs a convolution about 2x slower inside a
     loop than outside one."""
-    net = JaxWeightGrads(model(name)) if jax_weight_grads else model(name)
+    net = JaxRules(model(name)) if jax_rules else model(name)
     optimizer = optax.adam(LEARNING_RATE)
     batch = jax.device_put(batch)
     state = fnn.init_train_state(net, optimizer, jax.random.key(0), batch[0])
@@ -90,8 +91,8 @@ def make_scan(name: str, batch: tuple) -> Bench:
     return make(name, batch, STEPS_PER_CALL)
 
 
-def make_jax_weight_grads(name: str, batch: tuple) -> Bench:
-    return make(name, batch, jax_weight_grads=True)
+def make_jax_rules(name: str, batch: tuple) -> Bench:
+    return make(name, batch, jax_rules=True)
 
 
 def count_params(name: str, batch: tuple) -> int:
