@@ -402,13 +402,13 @@ def _scan(cell, reverse, unroll, remat, params, carry, xs, mask, save=False):
 
     def step(carry, inputs):
         x_t, m_t = inputs
-        projected, saved = cell.project(params, x_t), None
+        saved = None
         if save:
-            hidden = cell._hidden(params, cell.hidden_input(carry), projected.dtype)
+            projected, hidden = _pre_activation(cell, params, carry, x_t)
             new_carry, y_t = cell.activate(params, carry, projected, hidden)
             saved = (carry, None if remat else _parts(cell, projected, hidden))
         else:
-            new_carry, y_t = cell.recur(params, carry, projected)
+            new_carry, y_t = cell.recur(params, carry, cell.project(params, x_t))
         new_carry, y_t = _masked_step(carry, new_carry, y_t, m_t)
         return new_carry, (y_t, saved)
 
@@ -416,6 +416,12 @@ def _scan(cell, reverse, unroll, remat, params, carry, xs, mask, save=False):
         step = jax.checkpoint(step)
     carry, (ys, saved) = lax.scan(step, carry, (xs, mask), reverse=reverse, unroll=unroll)
     return ys, carry, saved
+
+
+def _pre_activation(cell, params, carry, x_t):
+    """A built-in cell's step before ``activate``: its input projection and hidden product."""
+    projected = cell.project(params, x_t)
+    return projected, cell._hidden(params, cell.hidden_input(carry), projected.dtype)
 
 
 def _parts(cell, projected, hidden):
@@ -458,8 +464,7 @@ def _scan_by_hand_backward(cell, reverse, unroll, remat, residuals, cotangents):
         d_carry, d_rest = grads
         carry, parts, x_t, m_t, d_y = inputs
         if parts is None:  # remat: the step's pre-activation again
-            projected = cell.project(params, x_t)
-            parts = _parts(cell, projected, cell._hidden(params, cell.hidden_input(carry), projected.dtype))
+            parts = _parts(cell, *_pre_activation(cell, params, carry, x_t))
         _, vjp = jax.vjp(lambda c, z, r: activate(c, z, r, m_t), carry, parts, rest)
         d_carry, d_parts, d_step_rest = vjp((d_carry, d_y))
         _, to_carry = jax.vjp(cell.hidden_input, carry)
@@ -481,13 +486,13 @@ def _scan_by_hand_backward(cell, reverse, unroll, remat, residuals, cotangents):
         # interleave a batch split among devices
         return lax.dot_general(rows.astype(g.dtype), g, (((0, 1), (0, 1)), ((), ()))).astype(like.dtype)
 
-    inputs = params["input"]
+    w_in, b_in = params["input"]["w"], params["input"]["b"]
     d_params = {
-        "input": {"w": weight_grad(xs, g_in, inputs["w"]), "b": g_in.sum((0, 1)).astype(inputs["b"].dtype)},
+        "input": {"w": weight_grad(xs, g_in, w_in), "b": g_in.sum((0, 1)).astype(b_in.dtype)},
         "hidden": {"w": weight_grad(h_in, g_hidden, params["hidden"]["w"]), **d_rest},
     }
     # Cell.project's input gradient (x and w cast to the compute dtype, g_in's)
-    d_xs = jnp.matmul(g_in, inputs["w"].astype(g_in.dtype).T).astype(xs.dtype)
+    d_xs = jnp.matmul(g_in, w_in.astype(g_in.dtype).T).astype(xs.dtype)
     return d_params, d_carry, d_xs, None
 
 
