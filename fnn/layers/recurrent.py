@@ -57,9 +57,10 @@ class Cell(_CellOptions, Layer):
     """Base of the recurrent cells: ``(carry, x_t) -> (carry', y_t)`` for one step.
 
     A subclass sets ``gates`` (how many ``hidden``-wide blocks the input projection
-    has) and implements ``initial_carry`` and ``recur``. The built-in cells split
-    ``recur`` into the hidden product (``_hidden``) and ``activate``, the element-wise
-    rest, which their hand-written backward pass differentiates step by step. Params are
+    has) and implements ``initial_carry`` and either ``recur`` or ``activate``: the default
+    ``recur`` makes the hidden product (``_hidden``) and hands it to ``activate``, the
+    element-wise rest, which the built-in cells' hand-written backward pass differentiates
+    step by step. Params are
     ``{"input": {"w": [in, gates * hidden], "b": [gates * hidden]},
     "hidden": {"w": [hidden, gates * hidden], ...}}``.
 
@@ -134,7 +135,13 @@ class Cell(_CellOptions, Layer):
         return matmul(x.astype(dtype), w.astype(dtype)) + params["input"]["b"].astype(dtype)
 
     def recur(self, params, carry: Carry, projected: jax.Array) -> tuple[Carry, jax.Array]:
-        """One step from the projected input: ``(carry', y_t)``."""
+        """One step from the projected input: ``(carry', y_t)``; by default ``activate`` of
+        it and the hidden product."""
+        hidden = self._hidden(params, self.hidden_input(carry), projected.dtype)
+        return self.activate(params, carry, projected, hidden)
+
+    def activate(self, params, carry: Carry, projected: jax.Array, hidden: jax.Array) -> tuple[Carry, Any]:
+        """The step's element-wise part, from the input projection and the hidden product."""
         raise NotImplementedError
 
     def _hidden(self, params, h: jax.Array, dtype: Any) -> jax.Array:
@@ -168,9 +175,6 @@ class SimpleRNN(Cell):
     """
 
     activation: Any = jnp.tanh
-
-    def recur(self, params, carry, projected):
-        return self.activate(params, carry, projected, self._hidden(params, carry, projected.dtype))
 
     def activate(self, params, carry, projected, hidden):
         h = self.activation(projected + hidden)
@@ -212,9 +216,6 @@ class LSTM(Cell):
     def hidden_input(self, carry):
         return carry[1]
 
-    def recur(self, params, carry, projected):
-        return self.activate(params, carry, projected, self._hidden(params, carry[1], projected.dtype))
-
     def activate(self, params, carry, projected, hidden):
         c, _ = carry
         z = projected + hidden
@@ -248,9 +249,6 @@ class GRU(Cell):
         b_init = initializers.get(self.b_init)
         params["hidden"]["b"] = b_init(jax.random.fold_in(key, 1), (self.hidden,), self.param_dtype)
         return params
-
-    def recur(self, params, carry, projected):
-        return self.activate(params, carry, projected, self._hidden(params, carry, projected.dtype))
 
     def activate(self, params, carry, projected, hidden):
         h = carry
@@ -419,7 +417,8 @@ def _scan(cell, reverse, unroll, remat, params, carry, xs, mask, save=False):
 
 
 def _pre_activation(cell, params, carry, x_t):
-    """A built-in cell's step before ``activate``: its input projection and hidden product."""
+    """A built-in cell's step before ``activate``: its input projection and hidden product
+    (as ``Cell.recur`` makes them)."""
     projected = cell.project(params, x_t)
     return projected, cell._hidden(params, cell.hidden_input(carry), projected.dtype)
 
