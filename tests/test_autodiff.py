@@ -249,6 +249,27 @@ def test_conv_rule_is_for_cpu_only(monkeypatch):
         assert _custom_vjp_calls(lambda w: autodiff.conv(x, w, ((1, 1), (1, 1))), w) == 0
 
 
+def test_one_channel_conv_rule_does_not_keep_every_unrolled_steps_rows(monkeypatch):
+    """The one-channel weight gradient builds its stacked rows from the training data.
+    Unless they wait for the step's cotangent, XLA's CPU scheduler builds them for all the
+    unrolled steps of a call at the start and keeps them all."""
+    k, batch = 6, 32
+    net = fnn.serial(fnn.Conv(4, (5, 5)), fnn.relu, fnn.Flatten(), fnn.Dense(10))
+    x = jax.random.normal(jax.random.key(1), (k, batch, 16, 16, 1))
+    y = jnp.zeros((k, batch), jnp.int32)
+    state = fnn.init_train_state(net, optax.sgd(0.1), jax.random.key(0), x[0])
+
+    def temporaries():
+        step = fnn.make_train_step(net, optax.sgd(0.1), fnn.losses.softmax_cross_entropy,
+                                   steps_per_call=k, unroll=True, donate=False)
+        return step.lower(state, (x, y)).compile().memory_analysis().temp_size_in_bytes
+
+    waits = temporaries()
+    monkeypatch.setattr(autodiff, "_after", lambda x, g: x)
+    rows = batch * 16 * 5 * 20 * 4  # one step's stacked rows, float32
+    assert temporaries() >= waits + (k - 2) * rows
+
+
 @pytest.mark.parametrize("cin", [1, 2])
 def test_conv_second_order_and_vmap_inside(cin):
     x, w = _conv_inputs((3, 6, 6, cin), (3, 3), 2)
