@@ -337,6 +337,49 @@ def test_attention_values_and_gradients_match_jax(case):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _reference_attention(q, k, v, visible):
+    """Every score, as jax.nn computes them; a query that sees no key gives zeros."""
+    out = jax.nn.dot_product_attention(q, k, v, mask=visible)
+    return jnp.where(jnp.swapaxes(visible.any(-1), 1, 2)[..., None], out, 0.0)
+
+
+@pytest.mark.parametrize(
+    "tq, tk, padded, calls",  # with tq > tk, blocks whose queries see no key make no call
+    [(128, 128, False, 2), (256, 256, False, 4), (192, 256, True, 3), (256, 96, False, 2), (100, 100, False, 1)],
+)
+def test_causal_attention_in_query_blocks_equals_every_score(tq, tk, padded, calls):
+    """On the CPU causal attention runs in blocks of at least 64 queries (at most 4), each over
+    the keys up to its last query's; values and gradients are those of the whole score
+    matrix, with fnn's rule (one call a block) and with JAX's. With tq > tk the first
+    queries see no key (zeros, no gradient)."""
+    q, k, v = _qkv(tq=tq, tk=tk, heads=2, d=4)
+    mask = (jnp.arange(tk) < tk - 7 * jnp.arange(2)[:, None])[:, None, None, :] if padded else None
+    visible = jnp.arange(tk)[None, :] <= jnp.arange(tq)[:, None] + (tk - tq)
+    visible = visible[None, None] if mask is None else mask & visible
+
+    def loss_of(attend):
+        return lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v)) * jnp.arange(4))
+
+    want = jax.value_and_grad(loss_of(lambda q, k, v: _reference_attention(q, k, v, visible)), (0, 1, 2))(q, k, v)
+    loss = loss_of(lambda q, k, v: fnn.dot_product_attention(q, k, v, mask=mask, causal=True))
+    got_jax = jax.value_and_grad(loss, (0, 1, 2))(q, k, v)
+    with fnn.reverse_mode_only():
+        assert _custom_vjp_calls(loss, q, k, v) == calls
+        got_rule = jax.value_and_grad(loss, (0, 1, 2))(q, k, v)
+    for got in (got_jax, got_rule):
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        for a, b in zip(got[1], want[1]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    if tq > tk:
+        assert not bool(got_rule[1][0][:, : tq - tk].any())
+    if tq == tk == 128:  # second order through the blocks: a Hessian-vector product in q
+        tangent = jnp.cos(q)
+        hvp = lambda f: jax.grad(lambda q: jnp.vdot(jax.grad(f)(q, k, v), tangent))(q)  # noqa: E731
+        want_hvp = hvp(loss_of(lambda q, k, v: _reference_attention(q, k, v, visible)))
+        with fnn.reverse_mode_only():
+            np.testing.assert_allclose(hvp(loss), want_hvp, rtol=1e-3, atol=1e-4)
+
+
 def test_attention_bfloat16_gradients_keep_their_dtypes():
     q, k, v = _qkv(dtype=jnp.bfloat16)
     loss = _attention_loss(causal=True)
