@@ -12,6 +12,12 @@ from fnn import autodiff
 from fnn.autodiff import _REVERSE_ONLY, matmul
 
 
+def _jit(f):
+    """``jax.jit`` of a fresh function: traced at its first call, under the
+    ``reverse_mode_only`` setting of that call (jit caches a trace by function)."""
+    return jax.jit(lambda *a: f(*a))
+
+
 def _inputs(x_shape, out=5, dtype=jnp.float32):
     kx, kw = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, x_shape, dtype)
@@ -140,7 +146,7 @@ def test_train_step_equals_plain_gradient(model, x):
     def objective(p):
         return loss(model.apply(p, state.model_state, x)[0], y)
 
-    value, grads = jax.value_and_grad(objective)(state.params)
+    value, grads = _jit(jax.value_and_grad(objective))(state.params)
     want = jax.tree.map(lambda p, g: p - 0.5 * g, state.params, grads)
     new, metrics = fnn.make_train_step(model, opt, loss, donate=False)(state, (x, y))
     np.testing.assert_allclose(metrics["loss"], value, rtol=1e-5)
@@ -186,10 +192,10 @@ def test_conv_values_and_gradients_match_xla(x_shape, kernel, padding, out):
         x, w, (1,) * len(kernel), pads,
         dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, w.shape, _conv_layout(len(kernel))),
     )
-    plain = jax.value_and_grad(_conv_loss(pads), argnums=(0, 1))(x, w)
+    plain = _jit(jax.value_and_grad(_conv_loss(pads), argnums=(0, 1)))(x, w)
     with fnn.reverse_mode_only():
         y = autodiff.conv(x, w, pads)
-        value, grads = jax.jit(jax.value_and_grad(_conv_loss(pads), argnums=(0, 1)))(x, w)
+        value, grads = _jit(jax.value_and_grad(_conv_loss(pads), argnums=(0, 1)))(x, w)
     np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(value, plain[0], rtol=1e-5)
     for got, want in zip(grads, plain[1]):
@@ -208,9 +214,9 @@ def test_conv_bfloat16_gradients_keep_their_dtypes(cin):
     pads = ((1, 1), (1, 1))
     with fnn.reverse_mode_only():
         y = autodiff.conv(x, w, pads)
-        dx, dw = jax.grad(_conv_loss(pads), argnums=(0, 1))(x, w)
+        dx, dw = _jit(jax.grad(_conv_loss(pads), argnums=(0, 1)))(x, w)
     f32 = [a.astype(jnp.float32) for a in (x, w)]
-    want_dx, want_dw = jax.grad(_conv_loss(pads), argnums=(0, 1))(*f32)
+    want_dx, want_dw = _jit(jax.grad(_conv_loss(pads), argnums=(0, 1)))(*f32)
     assert y.dtype == dx.dtype == dw.dtype == jnp.bfloat16
     np.testing.assert_allclose(y.astype(jnp.float32), autodiff.conv(*f32, pads), rtol=0.05, atol=0.05)
     np.testing.assert_allclose(dw.astype(jnp.float32), want_dw, rtol=0.05, atol=0.5)
@@ -275,16 +281,16 @@ def test_conv_second_order_and_vmap_inside(cin):
     x, w = _conv_inputs((3, 6, 6, cin), (3, 3), 2)
     pads = ((1, 1), (1, 1))
     loss = _conv_loss(pads)
-    hess = jax.jacrev(jax.grad(loss, argnums=1), argnums=1)
-    per_example = jax.vmap(lambda x: jax.grad(loss, argnums=1)(x[None], w))
-    want = hess(x, w), per_example(x)
+    hess = lambda: _jit(jax.jacrev(jax.grad(loss, argnums=1), argnums=1))  # noqa: E731
+    per_example = lambda: _jit(jax.vmap(lambda x: jax.grad(loss, argnums=1)(x[None], w)))  # noqa: E731
+    want = hess()(x, w), per_example()(x)
     with fnn.reverse_mode_only():
-        got = hess(x, w), per_example(x)
+        got = hess()(x, w), per_example()(x)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     with jax.enable_x64(True), fnn.reverse_mode_only():  # float64: finite differences of order 2
         x64, w64 = (np.asarray(a, np.float64) for a in (x, w))
-        check_grads(lambda w: loss(x64, w), (w64,), order=2, modes=["rev"])
+        check_grads(_jit(lambda w: loss(x64, w)), (w64,), order=2, modes=["rev"])
 
 
 def test_conv_without_output_positions_raises_inside():
@@ -327,10 +333,10 @@ def test_attention_values_and_gradients_match_jax(case):
     (tq, tk), options = ATTENTION_CASES[case]
     q, k, v = _qkv(tq=tq, tk=tk)
     loss = _attention_loss(**options)
-    want = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+    want = _jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
     with fnn.reverse_mode_only():
         assert _custom_vjp_calls(loss, q, k, v) == 1
-        got = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+        got = _jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
     for a, b in zip(got[1], want[1]):
         assert bool(jnp.isfinite(a).all())
@@ -360,12 +366,13 @@ def test_causal_attention_in_query_blocks_equals_every_score(tq, tk, padded, cal
     def loss_of(attend):
         return lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v)) * jnp.arange(4))
 
-    want = jax.value_and_grad(loss_of(lambda q, k, v: _reference_attention(q, k, v, visible)), (0, 1, 2))(q, k, v)
+    reference = loss_of(lambda q, k, v: _reference_attention(q, k, v, visible))
+    want = _jit(jax.value_and_grad(reference, (0, 1, 2)))(q, k, v)
     loss = loss_of(lambda q, k, v: fnn.dot_product_attention(q, k, v, mask=mask, causal=True))
-    got_jax = jax.value_and_grad(loss, (0, 1, 2))(q, k, v)
+    got_jax = _jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
     with fnn.reverse_mode_only():
         assert _custom_vjp_calls(loss, q, k, v) == calls
-        got_rule = jax.value_and_grad(loss, (0, 1, 2))(q, k, v)
+        got_rule = _jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v)
     for got in (got_jax, got_rule):
         np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
         for a, b in zip(got[1], want[1]):
@@ -374,8 +381,8 @@ def test_causal_attention_in_query_blocks_equals_every_score(tq, tk, padded, cal
         assert not bool(got_rule[1][0][:, : tq - tk].any())
     if tq == tk == 128:  # second order through the blocks: a Hessian-vector product in q
         tangent = jnp.cos(q)
-        hvp = lambda f: jax.grad(lambda q: jnp.vdot(jax.grad(f)(q, k, v), tangent))(q)  # noqa: E731
-        want_hvp = hvp(loss_of(lambda q, k, v: _reference_attention(q, k, v, visible)))
+        hvp = lambda f: _jit(jax.grad(lambda q: jnp.vdot(jax.grad(f)(q, k, v), tangent)))(q)  # noqa: E731
+        want_hvp = hvp(reference)
         with fnn.reverse_mode_only():
             np.testing.assert_allclose(hvp(loss), want_hvp, rtol=1e-3, atol=1e-4)
 
@@ -383,9 +390,9 @@ def test_causal_attention_in_query_blocks_equals_every_score(tq, tk, padded, cal
 def test_attention_bfloat16_gradients_keep_their_dtypes():
     q, k, v = _qkv(dtype=jnp.bfloat16)
     loss = _attention_loss(causal=True)
-    want = jax.grad(loss, argnums=(0, 1, 2))(*(a.astype(jnp.float32) for a in (q, k, v)))
+    want = _jit(jax.grad(loss, argnums=(0, 1, 2)))(*(a.astype(jnp.float32) for a in (q, k, v)))
     with fnn.reverse_mode_only():
-        got = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+        got = _jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(got, want):
         assert a.dtype == jnp.bfloat16
         np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=0.05, atol=0.05)
@@ -407,15 +414,17 @@ def test_attention_rule_is_for_cpu_inside_and_not_with_dropout(monkeypatch):
 def test_attention_second_order_and_vmap_inside():
     q, k, v = _qkv(tq=4, tk=4, heads=2, d=3)
     loss = _attention_loss(causal=True)
-    hess = jax.jacrev(jax.grad(loss, argnums=0), argnums=(0, 1, 2))
-    per_example = jax.vmap(lambda q, k, v: jax.grad(loss, argnums=(0, 1, 2))(q[None], k[None], v[None]))
-    want = hess(q, k, v), per_example(q, k, v)
+    hess = lambda: _jit(jax.jacrev(jax.grad(loss, argnums=0), argnums=(0, 1, 2)))  # noqa: E731
+    per_example = lambda: _jit(  # noqa: E731
+        jax.vmap(lambda q, k, v: jax.grad(loss, argnums=(0, 1, 2))(q[None], k[None], v[None]))
+    )
+    want = hess()(q, k, v), per_example()(q, k, v)
     with fnn.reverse_mode_only():
-        got = hess(q, k, v), per_example(q, k, v)
+        got = hess()(q, k, v), per_example()(q, k, v)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # finite differences of order 2, in float64 but for the scores, which are float32 as in
     # jax.nn (so the tolerance is float32's)
     with jax.enable_x64(True), fnn.reverse_mode_only():
         q64, k64, v64 = (np.asarray(a, np.float64) for a in (q, k, v))
-        check_grads(loss, (q64, k64, v64), order=2, modes=["rev"], atol=2e-3, rtol=2e-3)
+        check_grads(_jit(loss), (q64, k64, v64), order=2, modes=["rev"], atol=2e-3, rtol=2e-3)

@@ -19,13 +19,14 @@ from jax.sharding import Mesh
 
 import fnn
 from fnn.distributed import DataParallel, ParallelError
+from tests.conftest import TEST_XLA_FLAGS
 from tests.multidevice import common
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def python(*args):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # not this process's device count
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 

@@ -472,12 +472,22 @@ def _wait_for_checkpoint(directory, proc, timeout=120):
     raise AssertionError("no checkpoint appeared")
 
 
+KILLED_CONFIG = [*TINY, "train.epochs=8", "train.checkpoint_every=4", "train.keep_checkpoints=2"]
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """The run of ``KILLED_CONFIG`` that nothing stops."""
+    directory = tmp_path_factory.mktemp("whole")
+    fnn.cli.main(["run", "digits", *KILLED_CONFIG, "--dir", str(directory), "-q"])
+    return directory
+
+
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
-def test_killed_run_resumes_to_the_same_result(tmp_path, how):
+def test_killed_run_resumes_to_the_same_result(tmp_path, how, whole_run):
     """SIGTERM: the run saves and says how to resume. SIGKILL (even mid-save, with a checkpoint
     every step): the last complete checkpoint loads. Either way the resumed run ends bit-identical."""
-    config = [*TINY, "train.epochs=8", "train.checkpoint_every=4", "train.keep_checkpoints=2"]
-    fnn.cli.main(["run", "digits", *config, "--dir", str(tmp_path / "whole"), "-q"])
+    config = KILLED_CONFIG
     proc = subprocess.Popen([*FNN, "run", "digits", *config, "--dir", str(tmp_path / "cut"), "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_checkpoint(tmp_path / "cut", proc)
@@ -491,11 +501,11 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, how):
         assert f"continue with `fnn resume {tmp_path / 'cut'}`" in err
     assert not (tmp_path / "cut" / "final.json").exists()
     assert fnn.cli.main(["resume", str(tmp_path / "cut"), "-q"]) == 0
-    whole = json.loads((tmp_path / "whole" / "final.json").read_text())
+    whole = json.loads((whole_run / "final.json").read_text())
     cut = json.loads((tmp_path / "cut" / "final.json").read_text())
     whole.pop("seconds"), cut.pop("seconds")
     assert whole == cut
-    assert (tmp_path / "whole" / "metrics.jsonl").read_text() == (tmp_path / "cut" / "metrics.jsonl").read_text()
+    assert (whole_run / "metrics.jsonl").read_text() == (tmp_path / "cut" / "metrics.jsonl").read_text()
 
 
 def test_experiment_module_runs_with_overrides(tmp_path, monkeypatch, capsys):
