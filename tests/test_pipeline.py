@@ -487,8 +487,7 @@ def whole_run(tmp_path_factory):
 def test_killed_run_resumes_to_the_same_result(tmp_path, how, whole_run):
     """SIGTERM: the run saves and says how to resume. SIGKILL (even mid-save, with a checkpoint
     every step): the last complete checkpoint loads. Either way the resumed run ends bit-identical."""
-    config = KILLED_CONFIG
-    proc = subprocess.Popen([*FNN, "run", "digits", *config, "--dir", str(tmp_path / "cut"), "-q"],
+    proc = subprocess.Popen([*FNN, "run", "digits", *KILLED_CONFIG, "--dir", str(tmp_path / "cut"), "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_checkpoint(tmp_path / "cut", proc)
     time.sleep(0.3)

@@ -48,7 +48,7 @@ def models(draw):
     return fnn.serial(*conv_part, fnn.Flatten(), *tail.layers)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model=models(), batch=st.integers(1, 3), size=st.integers(4, 9), channels=st.integers(1, 3))
 def test_random_stacks_apply_with_the_shapes_summary_predicts(model, batch, size, channels):
     x = jax.random.normal(KEY, (batch, size, size, channels))
