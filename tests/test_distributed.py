@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def python(*args):
-    env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # not this process's device count
+    env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # each child sets its own device count
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 

@@ -494,7 +494,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, how, whole_run):
     proc.send_signal(how)
     _, err = proc.communicate(timeout=120)
     if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")  # not expected: 12 epochs take seconds
+        pytest.skip("the run finished before the signal arrived")  # not expected: 8 epochs take seconds
     if how == signal.SIGTERM:
         assert proc.returncode == 128 + signal.SIGTERM
         assert f"continue with `fnn resume {tmp_path / 'cut'}`" in err
