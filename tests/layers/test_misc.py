@@ -12,6 +12,7 @@ from absl.testing import parameterized
 from jax.test_util import check_grads
 
 import fnn
+from fnn.layers.dropout import keep_mask
 
 KEY = jax.random.key(0)
 
@@ -210,6 +211,35 @@ def test_dropout_gradient_is_the_scaled_mask():
     y = fnn.Dropout(0.4)({}, x, key=key, train=True)
     grad = jax.grad(lambda v: fnn.Dropout(0.4)({}, v, key=key, train=True).sum())(x)
     close(grad, np.where(np.asarray(y) != 0, 1 / 0.6, 0.0))
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (2, 3, 1, 33), (4, 2, 64, 64)])
+def test_keep_mask_is_jax_random_bernoulli_bit_for_bit(shape):
+    """fnn's mask (Threefry written out, so that XLA fuses it) is the mask of
+    ``jax.random.bernoulli(key, 1 - rate, shape)``, for typed, raw and split keys, jitted
+    or not, and under ``vmap`` over keys."""
+    keys = [jax.random.key(1), jax.random.PRNGKey(9), jax.random.split(jax.random.key(3))[1]]
+    jitted = jax.jit(keep_mask, static_argnums=(1, 2))
+    for key in keys:
+        for rate in (0.0, 0.1, 0.97):
+            want = jax.random.bernoulli(key, 1.0 - rate, shape)
+            got = jitted(key, rate, shape)
+            assert got.shape == want.shape and got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(keep_mask(keys[0], 0.5, shape), jax.random.bernoulli(keys[0], 0.5, shape))
+    batch = jax.random.split(jax.random.key(5), 3)
+    np.testing.assert_array_equal(
+        jax.vmap(lambda k: keep_mask(k, 0.3, shape))(batch),
+        jax.vmap(lambda k: jax.random.bernoulli(k, 0.7, shape))(batch),
+    )
+
+
+def test_keep_mask_of_another_generator_or_in_float64_is_jax_random_bernoulli():
+    for key in (jax.random.key(2, impl="rbg"), jax.random.key(2, impl="unsafe_rbg")):
+        np.testing.assert_array_equal(keep_mask(key, 0.25, (8, 9)), jax.random.bernoulli(key, 0.75, (8, 9)))
+    with jax.enable_x64(True):
+        key = jax.random.key(2)
+        np.testing.assert_array_equal(keep_mask(key, 0.25, (8, 9)), jax.random.bernoulli(key, 0.75, (8, 9)))
 
 
 # ---- activations --------------------------------------------------------------------------------
