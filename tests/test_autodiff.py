@@ -398,17 +398,60 @@ def test_attention_bfloat16_gradients_keep_their_dtypes():
         np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=0.05, atol=0.05)
 
 
-def test_attention_rule_is_for_cpu_inside_and_not_with_dropout(monkeypatch):
-    """On GPU and TPU the rule is off (a backend may fuse attention itself), and dropout on
-    the weights keeps JAX's gradient of the written-out maths."""
+def test_attention_rule_is_for_cpu_inside(monkeypatch):
+    """On GPU and TPU the rule is off (a backend may fuse attention itself)."""
     q, k, v = _qkv()
     loss = _attention_loss(causal=True)
-    assert _custom_vjp_calls(loss, q, k, v) == 0
+    dropped = _attention_loss(dropout_rate=0.5, key=jax.random.key(0))
+    assert _custom_vjp_calls(loss, q, k, v) == _custom_vjp_calls(dropped, q, k, v) == 0
     with fnn.reverse_mode_only():
-        dropped = _attention_loss(dropout_rate=0.5, key=jax.random.key(0))
-        assert _custom_vjp_calls(dropped, q, k, v) == 0
+        assert _custom_vjp_calls(loss, q, k, v) == _custom_vjp_calls(dropped, q, k, v) == 1
         monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-        assert _custom_vjp_calls(loss, q, k, v) == 0
+        assert _custom_vjp_calls(loss, q, k, v) == _custom_vjp_calls(dropped, q, k, v) == 0
+
+
+DROPOUT_CASES = {  # (tq, tk), options, the rule's calls
+    "plain": ((5, 5), {}, 1),
+    "padded keys": ((5, 5), {"mask": PADDED}, 1),
+    "cross, causal": ((3, 5), {"causal": True, "mask": PADDED}, 1),
+    "causal, in two blocks": ((128, 128), {"causal": True}, 2),
+    "causal, padded, in three blocks": (
+        (192, 256), {"causal": True, "mask": (jnp.arange(256) < 256 - 7 * jnp.arange(2)[:, None])[:, None, None]}, 3
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DROPOUT_CASES)
+def test_attention_dropout_takes_the_rule(case):
+    """Dropout on the weights: fnn's rule (in blocks where causal) gives the values and
+    gradients of the written-out maths over every score, with the same ``keep`` mask."""
+    (tq, tk), options, calls = DROPOUT_CASES[case]
+    rate, key = 0.3, jax.random.key(3)
+    q, k, v = _qkv(tq=tq, tk=tk, heads=2)
+    loss = _attention_loss(dropout_rate=rate, key=key, **options)
+    visible = jnp.ones((1, 1, tq, tk), bool) if options.get("mask") is None else options["mask"]
+    if options.get("causal"):
+        visible = visible & (jnp.arange(tk)[None, :] <= jnp.arange(tq)[:, None] + (tk - tq))
+
+    def reference(q, k, v):
+        keep = jax.random.bernoulli(key, 1.0 - rate, (q.shape[0], q.shape[2], tq, tk))
+        p = jax.nn.softmax(jnp.where(visible, jnp.einsum("bqhd,bkhd->bhqk", q, k) / 2.0, -jnp.inf), axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", jnp.where(keep, p / (1.0 - rate), 0.0), v)
+        out = jnp.where(jnp.swapaxes(visible.any(-1), 1, 2)[..., None], out, 0.0)
+        return jnp.sum(jnp.sin(out) * jnp.arange(out.shape[-1]))
+
+    want = _jit(jax.value_and_grad(reference, argnums=(0, 1, 2)))(q, k, v)
+    got_jax = _jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    with fnn.reverse_mode_only():
+        assert _custom_vjp_calls(loss, q, k, v) == calls
+        got_rule = _jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    no_dropout = _attention_loss(**options)(q, k, v)
+    assert abs(float(want[0] - no_dropout)) > 1e-3  # the mask drops weights
+    for got in (got_jax, got_rule):
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        for a, b in zip(got[1], want[1]):
+            assert bool(jnp.isfinite(a).all())
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_attention_second_order_and_vmap_inside():

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fnn import initializers
-from fnn.autodiff import attention, attention_weights, matmul
+from fnn.autodiff import attention, matmul
 from fnn.core import Layer, LayerError, ShapeError, shape_str
 from fnn.layers._common import (
     WeightOptions,
@@ -26,6 +26,7 @@ from fnn.layers._common import (
     require_float,
     require_rank,
 )
+from fnn.layers.dropout import keep_mask
 from fnn.layers.sequence import join_mask, split_mask
 
 
@@ -49,10 +50,10 @@ def dot_product_attention(
 
     Returns ``[batch, tq, heads, head_dim]``; a query that sees no key at all gives zeros.
     Without dropout this is ``jax.nn.dot_product_attention`` (softmax in float32), so a
-    backend's fused attention applies (in a training step on CPU, with fnn's gradient
-    rule: ``fnn.autodiff.attention``); with dropout, the same maths written out. On the
-    CPU a causal attention over at least 128 queries runs in blocks of queries that skip
-    the hidden scores (``_causal_blocks``).
+    backend's fused attention applies; with dropout, the same maths written out. In a
+    training step on CPU both take fnn's gradient rule (``fnn.autodiff.attention``), and
+    a causal attention over at least 128 queries runs in blocks of queries that skip the
+    hidden scores (``_causal_blocks``; on the CPU outside a training step as well).
 
     Example:
         >>> import jax.numpy as jnp, fnn
@@ -68,12 +69,15 @@ def dot_product_attention(
     if causal:  # aligned to the last key, unlike jax.nn's is_causal when tq != tk
         now = jnp.arange(tk)[None, :] <= jnp.arange(tq)[:, None] + (tk - tq)
         visible = now[None, None] if visible is None else visible & now
+    keep = None
     if dropout_rate > 0.0:
-        out = _attention_with_dropout(q, k, v, visible, dropout_rate, key)
-    elif causal and jax.default_backend() == "cpu":
-        out = _causal_blocks(q, k, v, visible)
+        if key is None:
+            raise LayerError("attention dropout needs an rng key when train=True: pass key=...")
+        keep = keep_mask(key, dropout_rate, (q.shape[0], q.shape[2], tq, tk))
+    if causal and jax.default_backend() == "cpu":
+        out = _causal_blocks(q, k, v, visible, keep, dropout_rate)
     else:
-        out = attention(q, k, v, visible)
+        out = attention(q, k, v, visible, keep, dropout_rate)
     if visible is None or (mask is None and tq <= tk):  # causal alone: every query sees key 0
         return out
     # jax.nn gives a query that sees no key the mean of all values; give it zeros instead
@@ -102,15 +106,16 @@ def _check_attention_inputs(q: Any, k: Any, v: Any, mask: Any) -> None:
         )
 
 
-def _causal_blocks(q, k, v, visible):
+def _causal_blocks(q, k, v, visible, keep, rate):
     """Causal attention on the CPU in up to 4 blocks of at least 64 queries, each over the
     keys up to its last query's, so that the scores hidden in the blocks' upper right are
     not computed (``attention`` there computes every score; a causal ``[128, 128]`` in two
-    blocks computes 3/4 of them). The same values, summed over fewer hidden zeros."""
+    blocks computes 3/4 of them). The same values, summed over fewer hidden zeros; with
+    dropout, each block keeps its part of the one ``keep`` mask."""
     tq, tk = q.shape[1], k.shape[1]
     blocks = min(4, tq // 64)
     if blocks < 2:
-        return attention(q, k, v, visible)
+        return attention(q, k, v, visible, keep, rate)
     bounds = [tq * i // blocks for i in range(blocks + 1)]
     outs = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -118,17 +123,9 @@ def _causal_blocks(q, k, v, visible):
         if end <= 0:  # these queries see no key
             outs.append(jnp.zeros((q.shape[0], hi - lo, *v.shape[2:]), v.dtype))
         else:
-            outs.append(attention(q[:, lo:hi], k[:, :end], v[:, :end], visible[..., lo:hi, :end]))
+            part = None if keep is None else keep[..., lo:hi, :end]
+            outs.append(attention(q[:, lo:hi], k[:, :end], v[:, :end], visible[..., lo:hi, :end], part, rate))
     return jnp.concatenate(outs, axis=1)
-
-
-def _attention_with_dropout(q, k, v, visible, rate, key):
-    if key is None:
-        raise LayerError("attention dropout needs an rng key when train=True: pass key=...")
-    weights = attention_weights(q, k, visible)
-    keep = jax.random.bernoulli(key, 1.0 - rate, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - rate), 0.0).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
 def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
