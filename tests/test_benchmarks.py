@@ -128,3 +128,42 @@ def test_host_memory_measures_a_process_per_setting():
     rows = text.splitlines()[2:]
     assert [r.split(" | ")[2] for r in rows] == ["system", "huge pages"]
     assert rows[0].split(" | ")[4] == "1.00"
+
+
+def test_dropout_variants_patch_only_while_traced():
+    """``benchmarks.dropout``'s variants: fnn draws its masks with written-out Threefry and
+    takes attention by its rule; the patched variants draw them with
+    ``jax.random.bernoulli`` and differentiate attention by JAX."""
+    import dataclasses
+
+    import fnn
+    from benchmarks import dropout
+    from benchmarks.frameworks.fnn_models import model
+
+    net = dataclasses.replace(model("transformer"), dropout=0.1)
+    x, y = batch_for("transformer")
+    params, _ = net.init(jax.random.key(0), x)
+
+    def jaxpr():
+        def loss(p):
+            return fnn.losses.softmax_cross_entropy(net(p, x, key=jax.random.key(1), train=True), y)
+
+        with fnn.reverse_mode_only():
+            return str(jax.make_jaxpr(lambda p: loss(p))(params))  # a fresh trace each time
+
+    shipped = jaxpr()
+    with dropout._patched(masks=True, attention=True):
+        patched = jaxpr()
+    assert "name=_bernoulli" not in shipped and shipped.count("name=_attention_reverse") == 4  # 2 layers, 2 blocks
+    assert "name=_bernoulli" in patched and "name=_attention_reverse" not in patched
+    assert jaxpr() == shipped  # the patch is gone
+
+
+def test_linen_dropout_transformer_trains_with_a_key_per_step():
+    from benchmarks.frameworks import linen
+
+    bench = linen.make("transformer", batch_for("transformer"), dropout=0.1)
+    assert bench.params == expected_params("transformer")
+    state, first = bench.step(bench.state, bench.batch)
+    state, second = bench.step(state, bench.batch)
+    assert math.isfinite(float(first)) and math.isfinite(float(second))

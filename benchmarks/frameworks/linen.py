@@ -23,15 +23,21 @@ from benchmarks.models import (
 
 
 class Block(nn.Module):
+    dropout: float = 0.0  # on the attention weights and both residual branches (rng "dropout")
+
     @nn.compact
     def __call__(self, h, mask):
-        h = h + nn.MultiHeadDotProductAttention(num_heads=HEADS, qkv_features=D_MODEL)(nn.LayerNorm()(h), mask=mask)
+        drop = nn.Dropout(self.dropout, deterministic=self.dropout == 0.0)
+        attention = nn.MultiHeadDotProductAttention(num_heads=HEADS, qkv_features=D_MODEL, dropout_rate=self.dropout,
+                                                    deterministic=self.dropout == 0.0)
+        h = h + drop(attention(nn.LayerNorm()(h), mask=mask))
         m = nn.Dense(D_MODEL)(nn.gelu(nn.Dense(MLP_DIM)(nn.LayerNorm()(h))))
-        return h + m
+        return h + drop(m)
 
 
 class Model(nn.Module):
     model: str
+    dropout: float = 0.0  # the transformer's, as fnn.TransformerLM's (embeddings included)
 
     @nn.compact
     def __call__(self, x):
@@ -41,10 +47,11 @@ class Model(nn.Module):
             return nn.Dense(VOCAB)(h)
         if kind == "transformer":
             pos = self.param("pos", nn.initializers.normal(0.02), (SEQ, D_MODEL))
-            h = nn.Embed(VOCAB, D_MODEL)(x) + pos[: x.shape[1]]
+            h = nn.Dropout(self.dropout, deterministic=self.dropout == 0.0)(nn.Embed(VOCAB, D_MODEL)(x))
+            h = h + pos[: x.shape[1]]
             mask = nn.make_causal_mask(x)
             for _ in range(LAYERS):
-                h = Block()(h, mask)
+                h = Block(self.dropout)(h, mask)
             return nn.Dense(VOCAB)(nn.LayerNorm()(h))
         if kind == "lenet":
             x = nn.max_pool(nn.relu(nn.Conv(6, (5, 5))(x)), (2, 2), (2, 2))
@@ -58,10 +65,13 @@ class Model(nn.Module):
         return nn.Dense(widths[-1])(x)
 
 
-def make(name: str, batch: tuple) -> Bench:
-    model = Model(name)
+def make(name: str, batch: tuple, dropout: float = 0.0) -> Bench:
+    """With ``dropout``, the step draws a fresh ``"dropout"`` rng from a key it carries."""
+    model = Model(name, dropout)
     params = model.init(jax.random.key(0), jax.device_put(batch[0]))
-    return adam_bench(model.apply, params, batch)
+    if dropout == 0.0:
+        return adam_bench(model.apply, params, batch)
+    return adam_bench(lambda p, x, key: model.apply(p, x, rngs={"dropout": key}), params, batch, key=jax.random.key(1))
 
 
 def count_params(name: str, batch: tuple) -> int:

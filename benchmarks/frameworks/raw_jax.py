@@ -129,23 +129,29 @@ def apply(name: str, p: dict, x: jax.Array) -> jax.Array:
     return _layer_norm(p["norm"], h) @ p["head"]["w"] + p["head"]["b"]
 
 
-def adam_bench(apply, params, batch: tuple) -> Bench:
+def adam_bench(apply, params, batch: tuple, key: jax.Array | None = None) -> Bench:
     """The plain JAX train step around ``apply(params, x) -> logits``: ``jax.jit`` of
     ``value_and_grad`` and an optax adam update, the state donated. Every pytree-of-arrays
-    framework (raw JAX, Linen, Haiku) is timed through this one step."""
+    framework (raw JAX, Linen, Haiku) is timed through this one step. With ``key`` the
+    state carries it, and each step splits off a new one for ``apply(params, x, key)``."""
     optimizer = optax.adam(LEARNING_RATE)
 
     def step(state, batch):
-        params, opt_state = state
+        params, opt_state, *key = state
         x, y = batch
-        loss, grads = jax.value_and_grad(lambda q: cross_entropy(apply(q, x), y))(params)
+        if key:
+            key, step_key = jax.random.split(key[0])
+            forward, key = functools.partial(apply, key=step_key), [key]
+        else:
+            forward = apply
+        loss, grads = jax.value_and_grad(lambda q: cross_entropy(forward(q, x), y))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
+        return (optax.apply_updates(params, updates), opt_state, *key), loss
 
     step = jax.jit(step, donate_argnums=0)
     count = sum(a.size for a in jax.tree.leaves(params))
-    return Bench(step, (params, optimizer.init(params)), jax.device_put(batch), count, jax.block_until_ready,
-                 step.lower)
+    state = (params, optimizer.init(params), *([] if key is None else [key]))
+    return Bench(step, state, jax.device_put(batch), count, jax.block_until_ready, step.lower)
 
 
 def make(name: str, batch: tuple) -> Bench:

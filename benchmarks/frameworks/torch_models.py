@@ -34,20 +34,21 @@ THREADS = len(os.sched_getaffinity(0))  # as XLA's CPU client: every core this p
 
 
 class Block(nn.Module):
-    def __init__(self):
+    def __init__(self, dropout: float = 0.0):  # on the attention weights and both residual branches
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(D_MODEL, eps=1e-6), nn.LayerNorm(D_MODEL, eps=1e-6)
-        self.attention = nn.MultiheadAttention(D_MODEL, HEADS, batch_first=True)
+        self.attention = nn.MultiheadAttention(D_MODEL, HEADS, dropout=dropout, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(D_MODEL, MLP_DIM), nn.GELU(approximate="tanh"), nn.Linear(MLP_DIM, D_MODEL))
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, h, mask):
         a = self.ln1(h)
-        h = h + self.attention(a, a, a, attn_mask=mask, need_weights=False, is_causal=True)[0]
-        return h + self.mlp(self.ln2(h))
+        h = h + self.drop(self.attention(a, a, a, attn_mask=mask, need_weights=False, is_causal=True)[0])
+        return h + self.drop(self.mlp(self.ln2(h)))
 
 
 class Model(nn.Module):
-    def __init__(self, name: str):
+    def __init__(self, name: str, dropout: float = 0.0):  # the transformer's, embeddings included
         super().__init__()
         self.kind = kind = SPECS[name].kind
         if kind == "lstm":
@@ -60,7 +61,8 @@ class Model(nn.Module):
         elif kind == "transformer":
             self.embed = nn.Embedding(VOCAB, D_MODEL)
             self.pos = nn.Parameter(torch.randn(SEQ, D_MODEL) * 0.02)
-            self.blocks = nn.ModuleList([Block() for _ in range(LAYERS)])
+            self.blocks = nn.ModuleList([Block(dropout) for _ in range(LAYERS)])
+            self.drop = nn.Dropout(dropout)
             self.norm = nn.LayerNorm(D_MODEL, eps=1e-6)
             self.head = nn.Linear(D_MODEL, VOCAB)
             self.register_buffer("mask", torch.triu(torch.ones(SEQ, SEQ, dtype=torch.bool), 1))
@@ -81,17 +83,17 @@ class Model(nn.Module):
             return self.head(self.rnn(self.embed(x))[0])
         if self.kind == "transformer":
             t = x.shape[1]
-            h = self.embed(x) + self.pos[:t]
+            h = self.drop(self.embed(x)) + self.pos[:t]
             for block in self.blocks:
                 h = block(h, self.mask[:t, :t])
             return self.head(self.norm(h))
         return self.net(x)
 
 
-def make(name: str, batch: tuple, compile: bool = False) -> Bench:
+def make(name: str, batch: tuple, compile: bool = False, dropout: float = 0.0) -> Bench:
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    model = Model(name)
+    model = Model(name, dropout)  # in training mode, as nn.Module starts
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=LEARNING_RATE)
     x, y = batch

@@ -1,0 +1,142 @@
+"""What dropout costs in a training step: the benchmark transformer with dropout on its
+embeddings, its attention weights and both residual branches of every block, in one
+process, interleaved rounds.
+
+- ``fnn``: ``fnn.TransformerLM(dropout=rate)`` as shipped: masks from
+  ``fnn.layers.dropout.keep_mask`` (``jax.random.bernoulli``'s bits, Threefry's rounds
+  written out) and fnn's attention rule with the mask;
+- ``fnn, jax.random.bernoulli masks``: the same model drawing its masks with
+  ``jax.random.bernoulli``, as Flax's, Equinox's and Haiku's dropout do (the same bits);
+- ``fnn, bernoulli masks, JAX's attention gradient``: and attention differentiated by JAX
+  (fnn's dropout before it had both);
+- ``fnn, no dropout``: the model without dropout, for what dropout adds;
+- ``flax linen`` and ``pytorch (eager)`` (when installed): the suite's peers with the same
+  dropout.
+
+Every fnn variant draws the same masks, so their first losses agree (the peers initialise
+their parameters otherwise). Ratios are to ``fnn``; the first call is building, tracing,
+compiling and one step.
+
+    .venv/bin/python -m benchmarks.dropout
+    .venv/bin/python -m benchmarks.dropout --rate 0.2 --rounds 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import statistics
+import time
+import types
+from collections.abc import Callable, Iterator
+
+import jax
+import optax
+
+import fnn
+import fnn.layers.attention as attention_module
+import fnn.layers.dropout as dropout_module
+from benchmarks.frameworks import linen
+from benchmarks.frameworks.fnn_models import model as fnn_model
+from benchmarks.models import LEARNING_RATE, SPECS, Bench, batch_for
+from benchmarks.suite import analyse, time_calls
+
+NAME = "transformer"
+
+
+def _bernoulli(key, rate, shape):
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
+
+
+def _jax_attention(*args):
+    with fnn.reverse_mode_only(False):
+        return fnn.autodiff.attention(*args)
+
+
+@contextlib.contextmanager
+def _patched(masks: bool, attention: bool) -> Iterator[None]:
+    """fnn with ``jax.random.bernoulli`` masks (``masks``) and JAX's attention gradient
+    (``attention``), while a step is traced."""
+    saved = dropout_module.keep_mask, attention_module.keep_mask, attention_module.attention
+    if masks:
+        dropout_module.keep_mask = attention_module.keep_mask = _bernoulli
+    if attention:
+        attention_module.attention = _jax_attention
+    try:
+        yield
+    finally:
+        dropout_module.keep_mask, attention_module.keep_mask, attention_module.attention = saved
+
+
+def fnn_bench(rate: float, masks: bool = False, attention: bool = False) -> Callable[[tuple], Bench]:
+    def make(batch: tuple) -> Bench:
+        net = dataclasses.replace(fnn_model(NAME), dropout=rate)
+        optimizer = optax.adam(LEARNING_RATE)
+        batch = jax.device_put(batch)
+        state = fnn.init_train_state(net, optimizer, jax.random.key(0), batch[0])
+        step = fnn.make_train_step(net, optimizer, fnn.losses.softmax_cross_entropy)
+        with _patched(masks, attention):
+            compiled = step.lower(state, batch).compile()  # traced under the patch
+
+        def run(s, b):
+            s, metrics = compiled(s, b)
+            return s, metrics["loss"]
+
+        params = sum(x.size for x in jax.tree.leaves(state.params))
+        lowered = types.SimpleNamespace(compile=lambda: compiled)  # for suite.analyse
+        return Bench(run, state, batch, params, jax.block_until_ready, lambda s, b: lowered)
+
+    return make
+
+
+def frameworks(rate: float) -> dict[str, Callable[[tuple], Bench]]:
+    found = {
+        "fnn": fnn_bench(rate),
+        "fnn, jax.random.bernoulli masks": fnn_bench(rate, masks=True),
+        "fnn, bernoulli masks, JAX's attention gradient": fnn_bench(rate, masks=True, attention=True),
+        "fnn, no dropout": fnn_bench(0.0),
+        "flax linen": lambda batch: linen.make(NAME, batch, dropout=rate),
+    }
+    if importlib.util.find_spec("torch") is not None:
+        from benchmarks.frameworks import torch_models
+
+        found["pytorch (eager)"] = lambda batch: torch_models.make(NAME, batch, dropout=rate)
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args(argv)
+    if not 0.0 < args.rate < 1.0:
+        parser.error(f"--rate must be in (0, 1), got {args.rate}")
+    batch = batch_for(NAME)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {NAME} (batch {SPECS[NAME].batch}), "
+          f"dropout {args.rate}, {args.rounds} rounds", flush=True)
+    fnn_bench(0.0)(batch)  # the process's first compilation pays for more than its own program
+    benches, firsts, losses = {}, {}, {}
+    for name, make in frameworks(args.rate).items():
+        start = time.perf_counter()
+        bench = benches[name] = make(batch)
+        bench.state, loss = bench.step(bench.state, bench.batch)
+        bench.sync(loss)
+        firsts[name], losses[name] = time.perf_counter() - start, float(bench.sync(loss))
+    steps = SPECS[NAME].steps
+    rates: dict[str, list[float]] = {name: [] for name in benches}
+    for _ in range(args.rounds):
+        for name, bench in benches.items():
+            rates[name].append(time_calls(bench, steps))
+    reference = statistics.median(rates["fnn"])
+    print("| variant | first loss | steps/s | vs fnn | first call s | MiB |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, bench in benches.items():
+        rate = statistics.median(rates[name])
+        mib = f"{analyse(bench)[0]:.1f}" if bench.lower is not None else "-"
+        print(f"| {name} | {losses[name]:.4f} | {rate:.1f} | {rate / reference:.3f} | {firsts[name]:.2f} | {mib} |")
+
+
+if __name__ == "__main__":
+    main()
