@@ -2,13 +2,11 @@
 embeddings, its attention weights and both residual branches of every block, in one
 process, interleaved rounds.
 
-- ``fnn``: ``fnn.TransformerLM(dropout=rate)`` as shipped: masks from
+- ``fnn``: ``fnn.TransformerLM(dropout=rate)`` as shipped, its masks from
   ``fnn.layers.dropout.keep_mask`` (``jax.random.bernoulli``'s bits, Threefry's rounds
-  written out) and fnn's attention rule with the mask;
+  written out);
 - ``fnn, jax.random.bernoulli masks``: the same model drawing its masks with
   ``jax.random.bernoulli``, as Flax's, Equinox's and Haiku's dropout do (the same bits);
-- ``fnn, bernoulli masks, JAX's attention gradient``: and attention differentiated by JAX
-  (fnn's dropout before it had both);
 - ``fnn, no dropout``: the model without dropout, for what dropout adds;
 - ``flax linen`` and ``pytorch (eager)`` (when installed): the suite's peers with the same
   dropout.
@@ -50,34 +48,26 @@ def _bernoulli(key, rate, shape):
     return jax.random.bernoulli(key, 1.0 - rate, shape)
 
 
-def _jax_attention(*args):
-    with fnn.reverse_mode_only(False):
-        return fnn.autodiff.attention(*args)
-
-
 @contextlib.contextmanager
-def _patched(masks: bool, attention: bool) -> Iterator[None]:
-    """fnn with ``jax.random.bernoulli`` masks (``masks``) and JAX's attention gradient
-    (``attention``), while a step is traced."""
-    saved = dropout_module.keep_mask, attention_module.keep_mask, attention_module.attention
-    if masks:
+def _bernoulli_masks(enabled: bool) -> Iterator[None]:
+    """fnn's dropout masks drawn by ``jax.random.bernoulli`` while a step is traced."""
+    saved = dropout_module.keep_mask, attention_module.keep_mask
+    if enabled:
         dropout_module.keep_mask = attention_module.keep_mask = _bernoulli
-    if attention:
-        attention_module.attention = _jax_attention
     try:
         yield
     finally:
-        dropout_module.keep_mask, attention_module.keep_mask, attention_module.attention = saved
+        dropout_module.keep_mask, attention_module.keep_mask = saved
 
 
-def fnn_bench(rate: float, masks: bool = False, attention: bool = False) -> Callable[[tuple], Bench]:
+def fnn_bench(rate: float, bernoulli: bool = False) -> Callable[[tuple], Bench]:
     def make(batch: tuple) -> Bench:
         net = dataclasses.replace(fnn_model(NAME), dropout=rate)
         optimizer = optax.adam(LEARNING_RATE)
         batch = jax.device_put(batch)
         state = fnn.init_train_state(net, optimizer, jax.random.key(0), batch[0])
         step = fnn.make_train_step(net, optimizer, fnn.losses.softmax_cross_entropy)
-        with _patched(masks, attention):
+        with _bernoulli_masks(bernoulli):
             compiled = step.lower(state, batch).compile()  # traced under the patch
 
         def run(s, b):
@@ -94,8 +84,7 @@ def fnn_bench(rate: float, masks: bool = False, attention: bool = False) -> Call
 def frameworks(rate: float) -> dict[str, Callable[[tuple], Bench]]:
     found = {
         "fnn": fnn_bench(rate),
-        "fnn, jax.random.bernoulli masks": fnn_bench(rate, masks=True),
-        "fnn, bernoulli masks, JAX's attention gradient": fnn_bench(rate, masks=True, attention=True),
+        "fnn, jax.random.bernoulli masks": fnn_bench(rate, bernoulli=True),
         "fnn, no dropout": fnn_bench(0.0),
         "flax linen": lambda batch: linen.make(NAME, batch, dropout=rate),
     }

@@ -32,10 +32,9 @@ dilation and one group) has fnn's rule as well (see ``conv``). XLA's CPU
 convolutions are slow for few channels, and the LeNet step in ``benchmarks/`` runs 1.69x
 faster with the rules. On GPU and TPU it is XLA's convolution.
 
-Inside it and on CPU, ``attention`` (``fnn.dot_product_attention``, with or without
-dropout on the weights) has fnn's rule as well: the scores' cotangent from the row sums
-of ``do * o`` (see ``attention``). On GPU and TPU it is ``jax.nn.dot_product_attention``
-(with dropout, the same maths written out).
+Inside it and on CPU, ``attention`` (``fnn.dot_product_attention`` without dropout) has
+fnn's rule as well: the scores' cotangent from the row sums of ``do * o`` (see
+``attention``). On GPU and TPU it is ``jax.nn.dot_product_attention``.
 
 A custom VJP cannot be differentiated in forward mode, so a loss that applies
 ``jax.jvp`` (or ``jacfwd``) to a model inside a training step turns the fast rule off
@@ -313,38 +312,35 @@ def attention(
     ``[batch, heads, tq, tk]``. With dropout, ``keep`` (bool, broadcastable like ``visible``)
     keeps a weight, scaled by ``1 / (1 - rate)``, and drops the others.
 
-    Inside ``reverse_mode_only()`` on CPU it has fnn's rule, a custom VJP that keeps the
-    softmax weights ``p`` (and ``keep``) and the output ``o``, and takes the scores'
-    cotangent as ``p * (dp - rowsum(do * o))`` (``dp = do v^T``, where a dropped weight's
-    is zero and a kept one's scaled). JAX's gradient of the softmax sums ``dp * p`` over the
-    keys instead, a pass over the ``[batch, heads, tq, tk]`` array that XLA's CPU backend
-    fuses into the product ``do v^T``; the row sums of ``do * o`` run over the head
-    dimension. In a one-process A/B (a one-off script) the rule ran the benchmark
-    transformer's training step 1.13x faster and planned 70 MiB of temporaries against 80.
-    Elsewhere (outside the context, or on GPU and TPU, where a backend may have a fused
-    attention of its own) it is ``jax.nn.dot_product_attention``, or with dropout the same
-    maths written out.
+    Without dropout, inside ``reverse_mode_only()`` on CPU, it has fnn's rule, a custom VJP
+    that keeps the softmax weights ``p`` and the output ``o``, and takes the scores'
+    cotangent as ``p * (dp - rowsum(do * o))`` (``dp = do v^T``). JAX's gradient of the
+    softmax sums ``dp * p`` over the keys instead, a pass over the
+    ``[batch, heads, tq, tk]`` array that XLA's CPU backend fuses into the product
+    ``do v^T``; the row sums of ``do * o`` run over the head dimension. In a one-process
+    A/B (a one-off script) the rule ran the benchmark transformer's training step 1.13x
+    faster and planned 70 MiB of temporaries against 80. Elsewhere (outside the context,
+    or on GPU and TPU, where a backend may have a fused attention of its own) it is
+    ``jax.nn.dot_product_attention``.
+
+    With dropout it is that maths written out, differentiated by JAX: the rule extended to
+    the mask ran the benchmark transformer with dropout 0.1 no faster (paired medians of
+    0.95 and 1.06 in two one-off runs) and planned 4.8 MiB more.
     """
+    if keep is not None:
+        p = jnp.where(keep, attention_weights(q, k, visible) / (1.0 - rate), 0.0)
+        return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
     if reverse_only() and jax.default_backend() == "cpu":
         if visible is None:
             visible = jnp.ones((1, 1, q.shape[1], k.shape[1]), bool)
-        return _attention_reverse(rate, q, k, v, visible, keep)
-    if keep is None:
-        return jax.nn.dot_product_attention(q, k, v, mask=visible)
-    return _attend(attention_weights(q, k, visible), v, keep, rate)
+        return _attention_reverse(q, k, v, visible)
+    return jax.nn.dot_product_attention(q, k, v, mask=visible)
 
 
-def _attend(p: jax.Array, v: jax.Array, keep: jax.Array | None, rate: float) -> jax.Array:
-    """``p @ v`` per head, ``p`` with dropout when ``keep`` is given."""
-    if keep is not None:
-        p = jnp.where(keep, p / (1.0 - rate), 0.0)
-    return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention_reverse(rate, q, k, v, visible, keep):
+@jax.custom_vjp
+def _attention_reverse(q, k, v, visible):
     """``attention``'s rule (see its docstring): a custom VJP, reverse mode only."""
-    return _attention_forward(rate, q, k, v, visible, keep)[0]
+    return _attention_forward(q, k, v, visible)[0]
 
 
 def attention_weights(q: jax.Array, k: jax.Array, visible: jax.Array | None) -> jax.Array:
@@ -357,23 +353,21 @@ def attention_weights(q: jax.Array, k: jax.Array, visible: jax.Array | None) -> 
     return jax.nn.softmax(scores, axis=-1)
 
 
-def _attention_forward(rate, q, k, v, visible, keep):
-    p = attention_weights(q, k, visible)
-    o = _attend(p if keep is not None else p.astype(k.dtype), v, keep, rate)
-    return o, (q, k, v, p.astype(k.dtype), o, keep)
+def _attention_forward(q, k, v, visible):
+    p = attention_weights(q, k, visible).astype(k.dtype)
+    o = jnp.einsum("bhqk,bkhd->bqhd", p, v)
+    return o, (q, k, v, p, o)
 
 
-def _attention_backward(rate, residuals, do):
-    q, k, v, p, o, keep = residuals
-    dv = jnp.einsum("bhqk,bqhd->bkhd", p if keep is None else jnp.where(keep, p / (1.0 - rate), 0.0), do)
+def _attention_backward(residuals, do):
+    q, k, v, p, o = residuals
+    dv = jnp.einsum("bhqk,bqhd->bkhd", p, do)
     dp = jnp.einsum("bqhd,bkhd->bhqk", do, v, preferred_element_type=jnp.float32)
-    if keep is not None:  # o = (p * keep / (1 - rate)) v, so rowsum(do * o) is still rowsum(dp * p)
-        dp = jnp.where(keep, dp / (1.0 - rate), 0.0)
     rows = jnp.einsum("bqhd,bqhd->bhq", do, o, preferred_element_type=jnp.float32)
     ds = (p * (dp - rows[..., None]) / math.sqrt(q.shape[-1])).astype(q.dtype)
     dq = jnp.einsum("bhqk,bkhd->bqhd", ds, k)
     dk = jnp.einsum("bhqk,bqhd->bkhd", ds, q)
-    return dq, dk, dv, None, None
+    return dq, dk, dv, None
 
 
 _attention_reverse.defvjp(_attention_forward, _attention_backward)

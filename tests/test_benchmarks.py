@@ -130,10 +130,9 @@ def test_host_memory_measures_a_process_per_setting():
     assert rows[0].split(" | ")[4] == "1.00"
 
 
-def test_dropout_variants_patch_only_while_traced():
-    """``benchmarks.dropout``'s variants: fnn draws its masks with written-out Threefry and
-    takes attention by its rule; the patched variants draw them with
-    ``jax.random.bernoulli`` and differentiate attention by JAX."""
+def test_dropout_variant_patches_only_while_traced():
+    """``benchmarks.dropout``: fnn draws its masks with Threefry written out; the variant
+    draws them with ``jax.random.bernoulli``, only while traced."""
     import dataclasses
 
     import fnn
@@ -152,10 +151,9 @@ def test_dropout_variants_patch_only_while_traced():
             return str(jax.make_jaxpr(lambda p: loss(p))(params))  # a fresh trace each time
 
     shipped = jaxpr()
-    with dropout._patched(masks=True, attention=True):
+    with dropout._bernoulli_masks(True):
         patched = jaxpr()
-    assert "name=_bernoulli" not in shipped and shipped.count("name=_attention_reverse") == 4  # 2 layers, 2 blocks
-    assert "name=_bernoulli" in patched and "name=_attention_reverse" not in patched
+    assert "name=_bernoulli" not in shipped and "name=_bernoulli" in patched
     assert jaxpr() == shipped  # the patch is gone
 
 

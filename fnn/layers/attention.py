@@ -50,10 +50,11 @@ def dot_product_attention(
 
     Returns ``[batch, tq, heads, head_dim]``; a query that sees no key at all gives zeros.
     Without dropout this is ``jax.nn.dot_product_attention`` (softmax in float32), so a
-    backend's fused attention applies; with dropout, the same maths written out. In a
-    training step on CPU both take fnn's gradient rule (``fnn.autodiff.attention``), and
-    a causal attention over at least 128 queries runs in blocks of queries that skip the
-    hidden scores (``_causal_blocks``; on the CPU outside a training step as well).
+    backend's fused attention applies (in a training step on CPU, with fnn's gradient
+    rule: ``fnn.autodiff.attention``); with dropout, the same maths written out, its mask
+    from ``fnn.layers.dropout.keep_mask``. On the CPU a causal attention over at least 128
+    queries runs in blocks of queries that skip the hidden scores (``_causal_blocks``),
+    with or without dropout.
 
     Example:
         >>> import jax.numpy as jnp, fnn
