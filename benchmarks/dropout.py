@@ -40,6 +40,7 @@ from benchmarks.frameworks import linen
 from benchmarks.frameworks.fnn_models import model as fnn_model
 from benchmarks.models import LEARNING_RATE, SPECS, Bench, batch_for
 from benchmarks.suite import analyse, time_calls
+from fnn import hostmem
 
 NAME = "transformer"
 
@@ -103,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     if not 0.0 < args.rate < 1.0:
         parser.error(f"--rate must be in (0, 1), got {args.rate}")
     batch = batch_for(NAME)
+    malloc = "huge pages" if hostmem.huge_pages_set() else "system settings"
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {NAME} (batch {SPECS[NAME].batch}), "
-          f"dropout {args.rate}, {args.rounds} rounds", flush=True)
+          f"dropout {args.rate}, {args.rounds} rounds; malloc: {malloc}", flush=True)
     fnn_bench(0.0)(batch)  # the process's first compilation pays for more than its own program
     benches, firsts, losses = {}, {}, {}
     for name, make in frameworks(args.rate).items():
@@ -128,4 +130,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    hostmem.exec_with_huge_pages()  # as the suite and the fnn command do (FNN_SYSTEM_MALLOC=1 to not)
     main()

@@ -324,8 +324,9 @@ def attention(
     ``jax.nn.dot_product_attention``.
 
     With dropout it is that maths written out, differentiated by JAX: the rule extended to
-    the mask ran the benchmark transformer with dropout 0.1 no faster (paired medians of
-    0.95 and 1.06 in two one-off runs) and planned 4.8 MiB more.
+    the mask was no faster for the benchmark transformer with dropout 0.1 (the step's time
+    with JAX's gradient over the rule's: paired medians of 1.06 and 0.95 in two one-off
+    runs) and planned 4.8 MiB more.
     """
     if keep is not None:
         p = jnp.where(keep, attention_weights(q, k, visible) / (1.0 - rate), 0.0)
