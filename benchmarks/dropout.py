@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         bench = benches[name] = make(batch)
         bench.state, loss = bench.step(bench.state, bench.batch)
-        bench.sync(loss)
-        firsts[name], losses[name] = time.perf_counter() - start, float(bench.sync(loss))
+        losses[name] = float(bench.sync(loss))
+        firsts[name] = time.perf_counter() - start
     steps = SPECS[NAME].steps
     rates: dict[str, list[float]] = {name: [] for name in benches}
     for _ in range(args.rounds):

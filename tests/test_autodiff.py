@@ -438,7 +438,8 @@ def test_attention_dropout_equals_every_score_with_the_same_mask(case):
 
     def reference(q, k, v):
         keep = jax.random.bernoulli(key, 1.0 - rate, (q.shape[0], q.shape[2], tq, tk))
-        p = jax.nn.softmax(jnp.where(visible, jnp.einsum("bqhd,bkhd->bhqk", q, k) / 2.0, -jnp.inf), axis=-1)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
+        p = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
         out = jnp.einsum("bhqk,bkhd->bqhd", jnp.where(keep, p / (1.0 - rate), 0.0), v)
         out = jnp.where(jnp.swapaxes(visible.any(-1), 1, 2)[..., None], out, 0.0)
         return jnp.sum(jnp.sin(out) * jnp.arange(out.shape[-1]))

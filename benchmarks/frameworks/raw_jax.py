@@ -139,11 +139,10 @@ def adam_bench(apply, params, batch: tuple, key: jax.Array | None = None) -> Ben
     def step(state, batch):
         params, opt_state, *key = state
         x, y = batch
+        forward = apply
         if key:
-            key, step_key = jax.random.split(key[0])
-            forward, key = functools.partial(apply, key=step_key), [key]
-        else:
-            forward = apply
+            key[0], step_key = jax.random.split(key[0])
+            forward = functools.partial(apply, key=step_key)
         loss, grads = jax.value_and_grad(lambda q: cross_entropy(forward(q, x), y))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, *key), loss
