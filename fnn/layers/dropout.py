@@ -23,8 +23,9 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     rounds written out, so that XLA fuses them into the ops that read the mask. On CPU JAX
     runs the rounds as a loop over the whole array instead; there, a mask of a million
     entries and the ``where`` that applies it took 1.7 ms against 8.3 ms (a one-off
-    script). For any other key, with 64-bit floats enabled, or for 2**32 entries or more,
-    it is ``jax.random.bernoulli``.
+    script). For any other key type, a batch of keys, 64-bit floats enabled,
+    ``jax_threefry_partitionable`` off, or 2**32 entries or more, it is
+    ``jax.random.bernoulli``.
     """
     typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     if (
