@@ -27,10 +27,12 @@ and ``LSTM``, whose two products share it, two for ``GRU``). The gradient of the
 input (``g @ w^T``) and of the input projection's bias come from the same array, as one
 product and one sum after the loop.
 
-Inside it and on CPU, ``conv`` (the convolution of an ``fnn.Conv`` with stride 1, no
-dilation and one group) has fnn's rule as well (see ``conv``). XLA's CPU
-convolutions are slow for few channels, and the LeNet step in ``benchmarks/`` runs 1.69x
-faster with the rules. On GPU and TPU it is XLA's convolution.
+Inside it and on CPU, ``conv`` (the convolution of an ``fnn.Conv`` with one group, at
+any stride and dilation) has fnn's rule as well (see ``conv``). XLA's CPU convolutions
+are slow for few channels and for strides, and the LeNet step in ``benchmarks/`` runs
+1.69x faster with the rules, the spoken-commands step (its first convolution has stride
+2) 1.26-1.33x faster than with XLA's strided convolution. On GPU and TPU it is XLA's
+convolution.
 
 Inside it and on CPU, ``attention`` (``fnn.dot_product_attention`` without dropout) has
 fnn's rule as well: the scores' cotangent from the row sums of ``do * o`` (see
@@ -49,6 +51,7 @@ import functools
 import itertools
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +65,7 @@ _REVERSE_ONLY = contextvars.ContextVar("fnn_reverse_mode_only", default=False)
 def reverse_mode_only(enabled: bool = True) -> Iterator[None]:
     """While tracing inside it, fnn's weight products assume reverse-mode differentiation
     only and take their weight gradient as ``x^T @ g``, ``fnn.Recurrent`` takes its
-    weight and input gradients after the loop, and on CPU ``fnn.Conv`` with stride 1 and
+    weight and input gradients after the loop, and on CPU ``fnn.Conv`` with one group and
     attention without dropout take fnn's rules (see the module docstring).
 
     ``fnn.make_train_step`` traces its loss and gradient inside it; a hand-written step
@@ -141,23 +144,33 @@ def weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
 _matmul_reverse.defvjp(_matmul_forward, _matmul_backward)
 
 
-def conv(x: jax.Array, w: jax.Array, padding: tuple[tuple[int, int], ...]) -> jax.Array:
-    """A convolution with stride 1, no dilation and one group, channels last:
-    ``x: [batch, *spatial, in]``, ``w: [*kernel, in, out]``, ``padding`` one (low, high)
-    pair per spatial axis.
+def conv(
+    x: jax.Array,
+    w: jax.Array,
+    padding: tuple[tuple[int, int], ...],
+    strides: tuple[int, ...] | None = None,
+    dilation: tuple[int, ...] | None = None,
+) -> jax.Array:
+    """A convolution with one group, channels last: ``x: [batch, *spatial, in]``,
+    ``w: [*kernel, in, out]``, ``padding`` one (low, high) pair per spatial axis,
+    ``strides`` and the kernel's ``dilation`` one int per spatial axis (default 1).
 
     Inside ``reverse_mode_only()`` on CPU it has fnn's rule, measured on XLA's CPU backend
-    (one-off profiles of the LeNet step in ``benchmarks/``):
+    (one-off profiles of the LeNet step in ``benchmarks/``, and of the spoken-commands
+    model's strided first convolution):
 
     - one input channel: the forward pass is the sum over kernel offsets of a shifted
-      window of the input times that offset's weights. Each term is an elementwise
-      product, and XLA fuses the sum into one loop (5x faster than its convolution with
-      one input channel). The weight gradient is one product of the input's rows with
-      ``g`` and a constant selection of its diagonals (2x faster).
-    - up to 8 input channels: the input gradient is one product ``g @ w^T`` for every
-      offset at once, each offset's slice then added back at its shift (3-8x faster than
-      XLA's with one input channel, 2x with LeNet's six; at 16 channels and more XLA's
-      is faster, and is used).
+      (and strided) window of the input times that offset's weights. Each term is an
+      elementwise product, and XLA fuses the sum into one loop (5x faster than its
+      convolution with one input channel at stride 1, 4x at stride 2). The weight
+      gradient is one product of the input's rows with ``g`` and a constant selection of
+      its diagonals (2x faster).
+    - up to 8 input channels, or any input channels with a stride above 1: the input
+      gradient is one product ``g @ w^T`` for every offset at once, each offset's slice
+      then added back at its shift (3-8x faster than XLA's with one input channel, 2x
+      with LeNet's six; at stride 2, where XLA's input gradient is a convolution of the
+      stride-dilated ``g``, 2.5x with 16 channels; at stride 1 and 16 channels or more
+      XLA's is faster, and is used).
     - more than one input channel: the weight gradient is one ``window^T @ g`` product
       per kernel offset, summed over batch and positions, in a loop over the offsets (3x
       faster than XLA's for LeNet's second convolution). The forward pass is XLA's.
@@ -165,41 +178,63 @@ def conv(x: jax.Array, w: jax.Array, padding: tuple[tuple[int, int], ...]) -> ja
     Sums over offsets run in float32 for lower-precision inputs. Elsewhere (outside the
     context, or on GPU and TPU) it is ``lax.conv_general_dilated``.
     """
+    n = x.ndim - 2
     padding = tuple(map(tuple, padding))
-    out = [s + lo + hi - k + 1 for s, (lo, hi), k in zip(x.shape[1:-1], padding, w.shape[:-2])]
+    strides = tuple(strides or (1,) * n)
+    dilation = tuple(dilation or (1,) * n)
+    shape = _Shape(padding, strides, dilation)
     # no output positions: XLA's convolution gives the empty shape the layer raises on
-    if reverse_only() and jax.default_backend() == "cpu" and min(out) > 0:
-        return _conv_reverse(padding, x, w)
-    return _xla_conv(padding, x, w)
+    if reverse_only() and jax.default_backend() == "cpu" and min(shape.out(x, w)) > 0:
+        return _conv_reverse(shape, x, w)
+    return _xla_conv(shape, x, w)
 
 
-def _xla_conv(padding, x, w):
+class _Shape(NamedTuple):
+    """A convolution's padding, strides and kernel dilation (static)."""
+
+    padding: tuple[tuple[int, int], ...]
+    strides: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    def out(self, x, w) -> tuple[int, ...]:
+        """The output's spatial sizes."""
+        axes = zip(x.shape[1:-1], self.padding, w.shape[:-2], self.strides, self.dilation)
+        return tuple((size + lo + hi - d * (k - 1) - 1) // s + 1 for size, (lo, hi), k, s, d in axes)
+
+
+def _xla_conv(shape, x, w):
     n = x.ndim - 2
     lhs = "N" + "DHW"[3 - n :] + "C"
     rhs = "DHW"[3 - n :] + "IO"
-    return lax.conv_general_dilated(x, w, (1,) * n, padding, dimension_numbers=(lhs, rhs, lhs))
+    return lax.conv_general_dilated(
+        x, w, shape.strides, shape.padding, rhs_dilation=shape.dilation, dimension_numbers=(lhs, rhs, lhs)
+    )
 
 
-def _windows(xp: jax.Array, kernel: tuple[int, ...], out: tuple[int, ...]):
-    """``(offset, xp[:, offset : offset + out, :])`` for every offset of the kernel."""
+def _windows(xp: jax.Array, kernel, out, strides, dilation):
+    """``(offset, window)`` for every offset of the kernel: the padded input's positions
+    ``offset * dilation + stride * j`` on each spatial axis, ``j < out``."""
     for offset in itertools.product(*map(range, kernel)):
-        yield offset, xp[(slice(None), *(slice(o, o + s) for o, s in zip(offset, out)), slice(None))]
+        start = [o * d for o, d in zip(offset, dilation)]
+        stop = [a + s * (n - 1) + 1 for a, s, n in zip(start, strides, out)]
+        yield offset, lax.slice(
+            xp, (0, *start, 0), (xp.shape[0], *stop, xp.shape[-1]), (1, *strides, 1)
+        )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _conv_reverse(padding, x, w):
+def _conv_reverse(shape, x, w):
     """``conv``'s rule (see its docstring): a custom VJP, reverse mode only."""
-    return _conv_forward(padding, x, w)[0]
+    return _conv_forward(shape, x, w)[0]
 
 
-def _conv_forward(padding, x, w):
+def _conv_forward(shape, x, w):
     if x.shape[-1] != 1:
-        return _xla_conv(padding, x, w), (x, w)
-    kernel = w.shape[:-2]
-    xp = _pad(x, padding)
-    out = tuple(p - k + 1 for p, k in zip(xp.shape[1:-1], kernel))
+        return _xla_conv(shape, x, w), (x, w)
+    xp = _pad(x, shape.padding)
     acc = _accumulator(x.dtype)
-    y = sum(window.astype(acc) * w[offset][0].astype(acc) for offset, window in _windows(xp, kernel, out))
+    windows = _windows(xp, w.shape[:-2], shape.out(x, w), shape.strides, shape.dilation)
+    y = sum(window.astype(acc) * w[offset][0].astype(acc) for offset, window in windows)
     return y.astype(x.dtype), (x, w)
 
 
@@ -208,45 +243,48 @@ def _accumulator(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-# Up to this many input channels the input gradient is ``_col2im``; past it, XLA's.
+# Up to this many input channels (at stride 1) the input gradient is ``_col2im``; past
+# it, XLA's.
 _COL2IM_CHANNELS = 8
 
 
-def _conv_backward(padding, residuals, g):
+def _conv_backward(shape, residuals, g):
     x, w = residuals
     kernel, cin = w.shape[:-2], w.shape[-2]
-    if cin <= _COL2IM_CHANNELS:
-        dx = _col2im(padding, x, w, g)
+    if cin <= _COL2IM_CHANNELS or set(shape.strides) != {1}:
+        dx = _col2im(shape, x, w, g)
     else:
-        dx = jax.vjp(lambda x: _xla_conv(padding, x, w), x)[1](g)[0]
+        dx = jax.vjp(lambda x: _xla_conv(shape, x, w), x)[1](g)[0]
     if cin == 1:
-        dw = _weight_grad_one_channel(padding, x, g, kernel)
+        dw = _weight_grad_one_channel(shape, x, g, kernel)
     else:
-        dw = _weight_grad_by_offset(padding, x, g, kernel)
+        dw = _weight_grad_by_offset(shape, x, g, kernel)
     return dx, dw.reshape(w.shape).astype(w.dtype)
 
 
-def _weight_grad_one_channel(padding, x, g, kernel):
+def _weight_grad_one_channel(shape, x, g, kernel):
     """The weight gradient with one input channel, ``[*kernel, out]``, as one product.
 
     The input's windows are stacked for the offsets along every spatial axis but the last;
     along the last the rows stay whole (``padded`` long). One product ``rows^T @ g`` then
     gives ``m[window, p, j, c]``, the sum over batch and leading positions of the input at
     ``p`` times the cotangent at output position ``j``, and the gradient at last-axis
-    offset ``o`` is the sum of ``m`` where ``p = j + o``: a product with a constant 0/1
-    selection. XLA's weight gradient of LeNet's first convolution took 2x as long in a
-    one-off microbenchmark (4.6 ms against 2.3 ms)."""
-    xp = _pad(_after(x, g), padding)[..., 0]
+    offset ``o`` is the sum of ``m`` where ``p = stride * j + dilation * o``: a product
+    with a constant 0/1 selection. XLA's weight gradient of LeNet's first convolution took
+    2x as long in a one-off microbenchmark (4.6 ms against 2.3 ms)."""
+    xp = _pad(_after(x, g), shape.padding)[..., 0]
     *lead_kernel, last_kernel = kernel
     *lead_out, last_out = g.shape[1:-1]
+    *lead_strides, last_stride = shape.strides
+    *lead_dilation, last_dilation = shape.dilation
     padded, cout = xp.shape[-1], g.shape[-1]
     # windows along the leading spatial axes; the last axis (after them) stays whole
-    windows = [window for _, window in _windows(xp, lead_kernel, lead_out)]
+    windows = [window for _, window in _windows(xp, lead_kernel, lead_out, lead_strides, lead_dilation)]
     rows = jnp.stack(windows, -2).reshape(-1, len(windows) * padded)
     m = weight_grad(rows, g.reshape(rows.shape[0], last_out * cout))
     select = np.zeros((last_kernel, padded, last_out), np.float32)
     for o in range(last_kernel):
-        select[o, np.arange(last_out) + o, np.arange(last_out)] = 1
+        select[o, last_stride * np.arange(last_out) + last_dilation * o, np.arange(last_out)] = 1
     return jnp.einsum("wpc,op->woc", m.reshape(len(windows), padded * last_out, cout),
                       jnp.asarray(select.reshape(last_kernel, -1), m.dtype),
                       preferred_element_type=_accumulator(m.dtype))
@@ -263,15 +301,25 @@ def _after(x: jax.Array, g: jax.Array) -> jax.Array:
     return x + jnp.zeros((), x.dtype) * g.reshape(-1)[0].astype(x.dtype)
 
 
-def _weight_grad_by_offset(padding, x, g, kernel):
+def _weight_grad_by_offset(shape, x, g, kernel):
     """``window^T @ g`` for every kernel offset: ``[offsets, in, out]``. A loop over the
     offsets, so XLA compiles one product, not one per offset: in a one-off A/B of LeNet's
-    step, 0.5-1 s less to compile and 6 MiB less temporary memory, at the same speed."""
-    xp = _pad(x, padding)
+    step, 0.5-1 s less to compile and 6 MiB less temporary memory, at the same speed. With
+    a stride the loop slices the window's extent and then takes every stride-th position."""
+    xp = _pad(x, shape.padding)
     rows = g.reshape(-1, g.shape[-1])
-    size = (x.shape[0], *g.shape[1:-1], x.shape[-1])
-    starts = jnp.array([(0, *offset, 0) for offset in itertools.product(*map(range, kernel))], jnp.int32)
-    return lax.map(lambda start: weight_grad(lax.dynamic_slice(xp, tuple(start), size), rows), starts)
+    out = g.shape[1:-1]
+    extent = (x.shape[0], *(s * (n - 1) + 1 for s, n in zip(shape.strides, out)), x.shape[-1])
+    starts = jnp.array([(0, *(o * d for o, d in zip(offset, shape.dilation)), 0)
+                        for offset in itertools.product(*map(range, kernel))], jnp.int32)
+
+    def one(start):
+        window = lax.dynamic_slice(xp, tuple(start), extent)
+        if set(shape.strides) != {1}:
+            window = lax.slice(window, (0,) * window.ndim, window.shape, (1, *shape.strides, 1))
+        return weight_grad(window, rows)
+
+    return lax.map(one, starts)
 
 
 def _pad(x, padding):
@@ -279,19 +327,23 @@ def _pad(x, padding):
     return jnp.pad(x, ((0, 0), *padding, (0, 0)))
 
 
-def _col2im(padding, x, w, g):
+def _col2im(shape, x, w, g):
     """The input gradient as one product ``g @ w^T`` for every offset at once
-    (``[batch, *out, offsets, in]``), each offset's slice then added back at its shift."""
+    (``[batch, *out, offsets, in]``), each offset's slice then added back at its shift
+    (and, with a stride, spread ``stride`` apart)."""
     kernel, (cin, cout) = w.shape[:-2], w.shape[-2:]
     out = g.shape[1:-1]
-    padded = tuple(s + lo + hi for s, (lo, hi) in zip(x.shape[1:-1], padding))
+    padded = tuple(s + lo + hi for s, (lo, hi) in zip(x.shape[1:-1], shape.padding))
     cols = lax.dot_general(g, w.reshape(-1, cin, cout), (((g.ndim - 1,), (2,)), ((), ())),
                            preferred_element_type=_accumulator(g.dtype))
+    zero = jnp.zeros((), cols.dtype)
     dxp = 0
     for i, offset in enumerate(itertools.product(*map(range, kernel))):
-        shift = [(o, p - s - o) for o, p, s in zip(offset, padded, out)]
-        dxp = dxp + jnp.pad(cols[..., i, :], ((0, 0), *shift, (0, 0)))
-    crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(padding, x.shape[1:-1]))
+        spread = []
+        for o, p, n, s, d in zip(offset, padded, out, shape.strides, shape.dilation):
+            spread.append((o * d, p - o * d - s * (n - 1) - 1, s - 1))
+        dxp = dxp + lax.pad(cols[..., i, :], zero, ((0, 0, 0), *spread, (0, 0, 0)))
+    crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(shape.padding, x.shape[1:-1]))
     return dxp[(slice(None), *crop, slice(None))].astype(x.dtype)
 
 

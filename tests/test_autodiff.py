@@ -154,15 +154,23 @@ def test_train_step_equals_plain_gradient(model, x):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 
-# Convolutions: autodiff.conv (stride 1, no dilation, one group) and its rule on CPU.
+# Convolutions: autodiff.conv (one group; any stride and dilation) and its rule on CPU.
 
-CONV_CASES = [  # x shape, kernel, padding as Conv takes it, out channels
-    ((2, 12, 12, 1), (5, 5), "SAME", 6),  # one input channel: the shifted-sum forward
-    ((2, 9, 9, 6), (5, 5), "VALID", 4),  # up to 8 input channels: the col2im input gradient
-    ((3, 10, 3), (4,), ((1, 2),), 5),  # 1-D, asymmetric padding
-    ((2, 5, 6, 4, 1), (3, 3, 2), 1, 3),  # 3-D, one input channel
-    ((2, 7, 8, 4), (2, 3), "SAME", 5),  # even kernel: more padding after than before
-    ((2, 6, 7, 12), (3, 3), "SAME", 4),  # more than 8 input channels: XLA's input gradient
+CONV_CASES = [  # x shape, kernel, padding as Conv takes it, out channels, strides, dilation
+    ((2, 12, 12, 1), (5, 5), "SAME", 6, 1, 1),  # one input channel: the shifted-sum forward
+    ((2, 9, 9, 6), (5, 5), "VALID", 4, 1, 1),  # up to 8 input channels: the col2im input gradient
+    ((3, 10, 3), (4,), ((1, 2),), 5, 1, 1),  # 1-D, asymmetric padding
+    ((2, 5, 6, 4, 1), (3, 3, 2), 1, 3, 1, 1),  # 3-D, one input channel
+    ((2, 7, 8, 4), (2, 3), "SAME", 5, 1, 1),  # even kernel: more padding after than before
+    ((2, 6, 7, 12), (3, 3), "SAME", 4, 1, 1),  # more than 8 input channels: XLA's input gradient
+    ((2, 13, 10, 1), (3, 3), "SAME", 4, 2, 1),  # one channel, stride 2, odd size: a row left out
+    ((2, 11, 9, 1), (3, 2), "VALID", 3, (3, 2), 1),  # one channel, a stride per axis
+    ((2, 12, 12, 1), (3, 3), "SAME", 4, 1, 2),  # one channel, dilated kernel
+    ((2, 9, 10, 3), (3, 3), ((2, 0), (1, 1)), 5, 2, 1),  # few channels, stride 2
+    ((2, 10, 10, 12), (3, 3), "SAME", 4, 2, 1),  # more than 8 channels, stride 2: col2im
+    ((2, 12, 12, 12), (3, 3), "VALID", 4, 1, 2),  # more than 8 channels, dilated: XLA's
+    ((3, 17, 2), (4,), "SAME", 3, 3, 2),  # 1-D, stride and dilation
+    ((2, 7, 7, 6, 1), (2, 3, 3), 1, 2, 2, (1, 2, 1)),  # 3-D, strided and dilated
 ]
 
 
@@ -173,29 +181,39 @@ def _conv_inputs(x_shape, kernel, out, dtype=jnp.float32):
     return x, w
 
 
+def _geometry(x, w, padding, strides=1, dilation=1):
+    """(pads, strides, dilation) as fnn.Conv resolves them."""
+    layer = fnn.Conv(w.shape[-1], w.shape[:-2], padding=padding, strides=strides, dilation=dilation)
+    pads = layer.padding
+    if isinstance(pads, str):
+        window = [d * (k - 1) + 1 for k, d in zip(w.shape[:-2], layer.dilation)]
+        pads = jax.lax.padtype_to_pads(x.shape[1:-1], window, layer.strides, pads)
+    return pads, layer.strides, layer.dilation
+
+
 def _pads(x, w, padding):
-    layer = fnn.Conv(w.shape[-1], w.shape[:-2], padding=padding)
-    if isinstance(layer.padding, str):
-        return jax.lax.padtype_to_pads(x.shape[1:-1], w.shape[:-2], (1,) * (x.ndim - 2), layer.padding)
-    return layer.padding
+    return _geometry(x, w, padding)[0]
 
 
-def _conv_loss(pads):
-    return lambda x, w: jnp.sum(jnp.sin(autodiff.conv(x, w, pads)) ** 2)
+def _conv_loss(pads, strides=None, dilation=None):
+    return lambda x, w: jnp.sum(jnp.sin(autodiff.conv(x, w, pads, strides, dilation)) ** 2)
 
 
-@pytest.mark.parametrize("x_shape, kernel, padding, out", CONV_CASES)
-def test_conv_values_and_gradients_match_xla(x_shape, kernel, padding, out):
+@pytest.mark.parametrize("x_shape, kernel, padding, out, strides, dilation", CONV_CASES)
+def test_conv_values_and_gradients_match_xla(x_shape, kernel, padding, out, strides, dilation):
     x, w = _conv_inputs(x_shape, kernel, out)
-    pads = _pads(x, w, padding)
+    pads, strides, dilation = _geometry(x, w, padding, strides, dilation)
     want_y = jax.lax.conv_general_dilated(
-        x, w, (1,) * len(kernel), pads,
+        x, w, strides, pads, rhs_dilation=dilation,
         dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, w.shape, _conv_layout(len(kernel))),
     )
-    plain = _jit(jax.value_and_grad(_conv_loss(pads), argnums=(0, 1)))(x, w)
+    loss = _conv_loss(pads, strides, dilation)
+    plain = _jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
     with fnn.reverse_mode_only():
-        y = autodiff.conv(x, w, pads)
-        value, grads = _jit(jax.value_and_grad(_conv_loss(pads), argnums=(0, 1)))(x, w)
+        y = autodiff.conv(x, w, pads, strides, dilation)
+        assert _custom_vjp_calls(loss, x, w) == 1
+        value, grads = _jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
+    assert y.shape == want_y.shape
     np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(value, plain[0], rtol=1e-5)
     for got, want in zip(grads, plain[1]):
@@ -230,12 +248,12 @@ def _custom_vjp_calls(f, *args):
     return text.count("custom_vjp_call")
 
 
-def test_conv_layer_takes_the_rule_only_for_unit_stride_dilation_and_groups():
+def test_conv_layer_takes_the_rule_for_one_group_at_any_stride_and_dilation():
     x = jnp.ones((2, 8, 8, 4))
     for layer, calls in [
         (fnn.Conv(4, (3, 3)), 1),
-        (fnn.Conv(4, (3, 3), strides=2), 0),
-        (fnn.Conv(4, (3, 3), dilation=2), 0),
+        (fnn.Conv(4, (3, 3), strides=2), 1),
+        (fnn.Conv(4, (3, 3), dilation=2), 1),
         (fnn.Conv(4, (3, 3), groups=2), 0),
     ]:
         params, _ = layer.init(jax.random.key(0), x)
@@ -243,6 +261,32 @@ def test_conv_layer_takes_the_rule_only_for_unit_stride_dilation_and_groups():
         with fnn.reverse_mode_only():
             assert _custom_vjp_calls(loss, params) == calls, layer
         assert _custom_vjp_calls(loss, params) == 0
+
+
+@pytest.mark.parametrize("strides, dilation, padding", [(2, 1, "SAME"), ((1, 3), 1, "VALID"), (1, 2, "SAME"), (2, 2, 1)])
+def test_strided_conv_layer_trains_as_with_xlas_gradient(strides, dilation, padding):
+    """A training step of a strided or dilated ``fnn.Conv`` (fnn's rule) against the same
+    step with JAX's gradient of ``lax.conv_general_dilated`` (``reverse_mode_only(False)``)."""
+    net = fnn.serial(
+        fnn.Conv(6, (3, 3), strides=strides, dilation=dilation, padding=padding), fnn.relu,
+        fnn.Conv(5, (3, 3), strides=strides, padding=padding), fnn.relu,
+        fnn.Flatten(), fnn.Dense(3),
+    )
+    x = jax.random.normal(jax.random.key(1), (4, 15, 14, 1))
+    y = jnp.array([0, 1, 2, 1])
+    loss = fnn.losses.softmax_cross_entropy
+    params, _ = net.init(jax.random.key(0), x)
+
+    def value_and_grad(p):
+        return jax.value_and_grad(lambda p: loss(net(p, x), y))(p)
+
+    want = _jit(value_and_grad)(params)
+    with fnn.reverse_mode_only():
+        assert _custom_vjp_calls(lambda p: loss(net(p, x), y), params) == 3  # two convolutions, the Dense
+        got = _jit(value_and_grad)(params)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_conv_rule_is_for_cpu_only(monkeypatch):

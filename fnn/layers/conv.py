@@ -170,20 +170,22 @@ class Conv(_ConvBase):
 
     def forward(self, params, x, *, key=None, train=False):
         self._check(x, params["w"].shape[-2] * self.groups)
-        if self.groups == 1 and set(self.strides) == set(self.dilation) == {1}:
+        if self.groups == 1:
             # fnn.autodiff.conv: the same convolution, with fnn's gradient rule in a training step
-            return self._convolve(params, x, _unit_conv)
+            return self._convolve(params, x, _fnn_conv, window_strides=self.strides)
         return self._convolve(
             params, x, lax.conv_general_dilated, window_strides=self.strides, feature_group_count=self.groups
         )
 
 
-def _unit_conv(x, w, *, padding, rhs_dilation, dimension_numbers):
-    """``autodiff.conv`` called as ``lax.conv_general_dilated`` is (stride and dilation 1)."""
+def _fnn_conv(x, w, *, window_strides, padding, rhs_dilation, dimension_numbers):
+    """``autodiff.conv`` called as ``lax.conv_general_dilated`` is (one group, channels last)."""
+    del dimension_numbers  # channels last, as autodiff.conv takes them
     pads = padding
     if isinstance(padding, str):
-        pads = lax.padtype_to_pads(x.shape[1:-1], w.shape[:-2], (1,) * (x.ndim - 2), padding)
-    return autodiff.conv(x, w, pads)
+        window = [d * (k - 1) + 1 for k, d in zip(w.shape[:-2], rhs_dilation)]
+        pads = lax.padtype_to_pads(x.shape[1:-1], window, window_strides, padding)
+    return autodiff.conv(x, w, pads, window_strides, rhs_dilation)
 
 
 @dataclasses.dataclass(frozen=True)
