@@ -17,9 +17,11 @@ times cheaper on the CPU than a stride of 1 (0.075 s against 0.49 s for a batch 
 for a fraction of a point of accuracy.
 
 Measured with the defaults (20 epochs, adam) on a 2-core CPU, on the 960 test
-utterances of the 48 unseen voices (chance 5%): 96.7-97.4% test accuracy over three
-runs (``train.seed`` 0 and 1), train stage 118-145 s, whole run 148-183 s (a first run
-also synthesises and caches the 6,080 utterances, about 25 s). The hardest voices
+utterances of the 48 unseen voices (chance 5%): 96.4-97.4% test accuracy over five
+runs (``train.seed`` 0 and 1). In the latest two the train stage took 62 s and the whole
+run about 80 s (a first run also synthesises and caches the 6,080 utterances, about
+25 s); the strided first convolution takes fnn's gradient rule (``BENCHMARKS.md``,
+"Strided convolutions"). The hardest voices
 score 85-90%: the ``klatt2`` variant, the only test variant made by the Klatt
 synthesiser, and the breathy ``f2`` and ``f5`` in the Caribbean accent (``en-029``).
 
