@@ -1,5 +1,8 @@
 """The train state, the compiled train and evaluation steps, fit, and per-example gradients."""
 
+import collections
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -120,13 +123,39 @@ def test_fit_logs_means_and_stops_on_a_non_finite_loss():
         fnn.fit(step, state, [(x, bad_y)] * 5, log_every=5)
 
 
-def test_per_example_grads_equal_a_loop_over_single_examples():
-    model = fnn.serial(fnn.Conv(3, (3, 3)), fnn.relu, fnn.Flatten(), fnn.Dense(4))
+PER_EXAMPLE_MODELS = {  # name: (model, input shape, input kind, labels per example)
+    "conv": (fnn.serial(fnn.Conv(3, (3, 3)), fnn.relu, fnn.Flatten(), fnn.Dense(4)), (5, 6, 6, 2), "float", ()),
+    "strided one-channel conv": (
+        fnn.serial(fnn.Conv(3, (3, 3), strides=2), fnn.relu, fnn.Flatten(), fnn.Dense(4)), (5, 9, 8, 1), "float", ()
+    ),
+    "lstm": (fnn.serial(fnn.Embedding(7, 5), fnn.Recurrent(fnn.LSTM(6)), fnn.Dense(4)), (5, 4), "ids", (4,)),
+}
+
+
+@pytest.mark.parametrize("name", list(PER_EXAMPLE_MODELS))
+def test_per_example_grads_equal_a_loop_over_single_examples(name):
+    """Per-example gradients (taken with fnn's rules) against JAX's gradient of each
+    example alone, and their mean against the batch's gradient."""
+    model, shape, kind, label_shape = PER_EXAMPLE_MODELS[name]
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(5, 6, 6, 2)).astype(np.float32)
-    y = rng.integers(0, 4, 5).astype(np.int32)
+    if kind == "ids":
+        x = rng.integers(0, 7, shape).astype(np.int32)
+    else:
+        x = rng.normal(size=shape).astype(np.float32)
+    y = rng.integers(0, 4, (shape[0], *label_shape)).astype(np.int32)
     params, state = model.init(KEY, x)
     loss = fnn.losses.softmax_cross_entropy
+
+    def primitives(f):  # the primitives of a fresh trace of f, counted
+        return collections.Counter(re.findall(r"= (\w+)\[", str(jax.make_jaxpr(lambda p: f(p))(params))))
+
+    def by_hand(p):
+        return jax.vmap(jax.grad(lambda p, x, y: loss(model(p, x[None]), y[None])), (None, 0, 0))(p, x, y)
+
+    with fnn.reverse_mode_only():
+        with_rules = primitives(by_hand)
+    assert with_rules != primitives(by_hand)  # the model takes fnn's rules inside the context
+    assert primitives(lambda p: fnn.per_example_grads(model, loss, p, state, (x, y))) == with_rules
     grads = fnn.per_example_grads(model, loss, params, state, (x, y))
     for i in range(len(x)):
         xi, yi = x[i : i + 1], y[i : i + 1]
