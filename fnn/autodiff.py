@@ -31,8 +31,9 @@ Inside it and on CPU, ``conv`` (the convolution of an ``fnn.Conv`` with one grou
 any stride and dilation) has fnn's rule as well (see ``conv``). XLA's CPU convolutions
 are slow for few channels and for strides, and the LeNet step in ``benchmarks/`` runs
 1.69x faster with the rules, the spoken-commands step (its first convolution has stride
-2) 1.26-1.33x faster than with XLA's strided convolution. On GPU and TPU it is XLA's
-convolution.
+2) 1.33-1.48x faster than with XLA's strided convolution. ``conv_transpose`` (an
+``fnn.ConvTranspose`` with a stride) takes the gradients of the strided convolution whose
+input gradient it is (see ``conv_transpose``). On GPU and TPU both are XLA's.
 
 Inside it and on CPU, ``attention`` (``fnn.dot_product_attention`` without dropout) has
 fnn's rule as well: the scores' cotangent from the row sums of ``do * o`` (see
@@ -202,12 +203,16 @@ class _Shape(NamedTuple):
         return tuple((size + lo + hi - d * (k - 1) - 1) // s + 1 for size, (lo, hi), k, s, d in axes)
 
 
+def _layouts(n: int) -> tuple[str, str, str]:
+    """Channels-last dimension numbers for ``n`` spatial axes: input, kernel, output."""
+    spatial = "DHW"[3 - n :]
+    return "N" + spatial + "C", spatial + "IO", "N" + spatial + "C"
+
+
 def _xla_conv(shape, x, w):
-    n = x.ndim - 2
-    lhs = "N" + "DHW"[3 - n :] + "C"
-    rhs = "DHW"[3 - n :] + "IO"
+    layouts = _layouts(x.ndim - 2)
     return lax.conv_general_dilated(
-        x, w, shape.strides, shape.padding, rhs_dilation=shape.dilation, dimension_numbers=(lhs, rhs, lhs)
+        x, w, shape.strides, shape.padding, rhs_dilation=shape.dilation, dimension_numbers=layouts
     )
 
 
@@ -348,6 +353,92 @@ def _col2im(shape, x, w, g):
 
 
 _conv_reverse.defvjp(_conv_forward, _conv_backward)
+
+
+def conv_transpose(
+    x: jax.Array,
+    w: jax.Array,
+    padding: tuple[tuple[int, int], ...],
+    strides: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> jax.Array:
+    """``lax.conv_transpose(x, w, strides, padding, rhs_dilation=dilation)``, channels
+    last (``x: [batch, *spatial, in]``, ``w: [*kernel, in, out]``, ``padding`` one
+    (low, high) pair per spatial axis, applied to the stride-dilated input).
+
+    A transposed convolution is the input gradient of a strided convolution whose kernel
+    is ``w`` flipped along its spatial axes with its channel axes swapped, and whose
+    padding is what is left of the dilated kernel's extent: ``d * (k - 1) - low`` and
+    ``d * (k - 1) - high``. Inside ``reverse_mode_only()`` on CPU, with a stride above 1
+    and neither of those negative, it has a rule built on ``conv``'s: the forward pass is
+    XLA's; the input gradient is that strided convolution of ``g``, and the weight
+    gradient the rule's weight gradient of it (one ``g``-window product per offset, or
+    the rows and a selection of diagonals for one output channel). XLA's CPU backend
+    computes both gradients as convolutions of dilated arrays: in one-off
+    microbenchmarks (forward and both gradients, stride 2) the rule was 1.2-10x faster,
+    e.g. 17.9 ms against 173.3 ms for 32 x 16 x 16 x 64 -> 32 channels (3x3); at stride
+    1, a plain convolution, the two were level, and XLA's is used. (The forward pass as
+    the input gradient of ``conv``'s rule, one product for every offset with its slices
+    added back, planned 14.6 MiB more for the benchmark segmenter's step and was slower
+    there.) Elsewhere it is ``lax.conv_transpose``.
+    """
+    padding = tuple(map(tuple, padding))
+    extent = [d * (k - 1) for k, d in zip(w.shape[:-2], dilation)]
+    left = tuple((e - lo, e - hi) for e, (lo, hi) in zip(extent, padding))
+    shape = _Shape(left, tuple(strides), tuple(dilation))
+    size = _transposed_size(shape, x, w)
+    # at stride 1 (a plain convolution) XLA's was as fast in a one-off microbenchmark
+    ok = set(shape.strides) != {1} and min(size) > 0 and min(min(pair) for pair in shape.padding) >= 0
+    if reverse_only() and jax.default_backend() == "cpu" and ok:
+        return _conv_transpose_reverse(shape, x, w)
+    return _xla_conv_transpose(shape, x, w)
+
+
+def _xla_conv_transpose(shape, x, w):
+    """``lax.conv_transpose`` of the strided convolution ``shape``'s input gradient."""
+    extent = [d * (k - 1) for k, d in zip(w.shape[:-2], shape.dilation)]
+    padding = tuple((e - lo, e - hi) for e, (lo, hi) in zip(extent, shape.padding))
+    return lax.conv_transpose(
+        x, w, shape.strides, padding, rhs_dilation=shape.dilation, dimension_numbers=_layouts(x.ndim - 2)
+    )
+
+
+def _transposed_size(shape, x, w) -> tuple[int, ...]:
+    """The spatial sizes of a transposed convolution's output: the input sizes of the
+    strided convolution (``shape``) whose input gradient it is."""
+    axes = zip(x.shape[1:-1], shape.padding, w.shape[:-2], shape.strides, shape.dilation)
+    return tuple((n - 1) * s + 1 + d * (k - 1) - lo - hi for n, (lo, hi), k, s, d in axes)
+
+
+def _adjoint_kernel(w: jax.Array) -> jax.Array:
+    """``w`` flipped along its spatial axes, its channel axes swapped (its own inverse)."""
+    n = w.ndim - 2
+    return jnp.swapaxes(jnp.flip(w, tuple(range(n))), -1, -2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _conv_transpose_reverse(shape, x, w):
+    """``conv_transpose``'s rule (see its docstring): a custom VJP, reverse mode only."""
+    return _conv_transpose_forward(shape, x, w)[0]
+
+
+def _conv_transpose_forward(shape, x, w):
+    return _xla_conv_transpose(shape, x, w), (x, w)
+
+
+def _conv_transpose_backward(shape, residuals, g):
+    x, w = residuals
+    adjoint = _adjoint_kernel(w)
+    dx = _conv_forward(shape, g.astype(x.dtype), adjoint)[0]
+    kernel = w.shape[:-2]
+    if g.shape[-1] == 1:
+        dw = _weight_grad_one_channel(shape, g, x, kernel)
+    else:
+        dw = _weight_grad_by_offset(shape, g, x, kernel)
+    return dx, _adjoint_kernel(dw.reshape(adjoint.shape)).astype(w.dtype)
+
+
+_conv_transpose_reverse.defvjp(_conv_transpose_forward, _conv_transpose_backward)
 
 
 def attention(

@@ -289,6 +289,62 @@ def test_strided_conv_layer_trains_as_with_xlas_gradient(strides, dilation, padd
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+CONV_TRANSPOSE_CASES = [  # x shape, kernel, strides, padding as ConvTranspose takes it, out, dilation, rule
+    ((2, 5, 5, 3), (3, 3), 2, "SAME", 4, 1, True),
+    ((2, 7, 7, 8), (2, 2), 2, "VALID", 1, 1, True),  # one output channel: the diagonals' weight gradient
+    ((2, 6, 6, 1), (4, 4), 2, "SAME", 5, 1, True),  # one input channel
+    ((3, 9, 2), (3,), 3, "SAME", 2, 2, True),  # 1-D, dilated
+    ((2, 4, 5, 2), (3, 3), (1, 2), ((1, 2), (0, 1)), 3, 1, True),  # a stride per axis, explicit padding
+    ((2, 4, 4, 3, 1), (2, 2, 2), 2, "SAME", 2, 1, True),  # 3-D
+    ((2, 5, 5, 4), (1, 1), 2, "SAME", 3, 1, False),  # more padding than the kernel: XLA's
+    ((2, 5, 5, 4), (3, 3), 1, "SAME", 3, (2, 1), False),  # stride 1, a plain convolution: XLA's
+]
+
+
+@pytest.mark.parametrize("x_shape, kernel, strides, padding, out, dilation, rule", CONV_TRANSPOSE_CASES)
+def test_conv_transpose_values_and_gradients_match_xla(x_shape, kernel, strides, padding, out, dilation, rule):
+    """``fnn.ConvTranspose`` in a training step (fnn's rule where it applies) against
+    ``lax.conv_transpose`` and JAX's gradient of it."""
+    layer = fnn.ConvTranspose(out, kernel, strides=strides, padding=padding, dilation=dilation)
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    params, _ = layer.init(jax.random.key(1), x)
+    spatial = "DHW"[3 - len(kernel) :]
+    want_y = jax.lax.conv_transpose(
+        x, params["w"], layer.strides, layer.padding, rhs_dilation=layer.dilation,
+        dimension_numbers=("N" + spatial + "C", spatial + "IO", "N" + spatial + "C"),
+    ) + params["b"]
+
+    def loss(p, x):
+        return jnp.sum(jnp.sin(layer(p, x)) ** 2)
+
+    plain = _jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+    with fnn.reverse_mode_only():
+        y = layer(params, x)
+        assert _custom_vjp_calls(lambda p: layer(p, x), params) == int(rule)
+        value, grads = _jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+    assert y.shape == want_y.shape
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(value, plain[0], rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(plain[1])):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transpose_rule_keeps_bfloat16():
+    layer = fnn.ConvTranspose(3, (3, 3), strides=2, dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 5))
+    params, _ = layer.init(jax.random.key(1), x)
+    loss = lambda p, x: jnp.sum(layer(p, x).astype(jnp.float32) ** 2)  # noqa: E731
+    want = _jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    with fnn.reverse_mode_only():
+        y = layer(params, x)
+        got = _jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    assert y.dtype == jnp.bfloat16
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a.astype(jnp.float32), b.astype(jnp.float32), rtol=0.05, atol=0.3)
+
+
 def test_conv_rule_is_for_cpu_only(monkeypatch):
     """On GPU and TPU the rule is off: XLA's convolutions there come from cuDNN and the
     TPU compiler."""

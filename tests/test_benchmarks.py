@@ -167,40 +167,47 @@ def test_linen_dropout_transformer_trains_with_a_key_per_step():
     assert math.isfinite(float(first)) and math.isfinite(float(second))
 
 
-def test_strided_conv_variant_takes_xlas_convolution_only_for_strides_while_traced():
-    """``benchmarks.strided_conv``: in fnn's spoken-commands step every convolution takes
-    fnn's rule; the variant gives the strided one XLA's, only while traced."""
+@pytest.mark.parametrize("name, rules, patched", [("spoken-commands", 4, 3), ("segmenter", 4, 0)])
+def test_strided_conv_variant_takes_xlas_convolution_only_for_strides_while_traced(name, rules, patched):
+    """``benchmarks.strided_conv``: in fnn's step every convolution takes fnn's rule (the
+    spoken-commands model's three and its classifier's product; the segmenter's two
+    strided convolutions and two transposed ones); the variant gives the strided and
+    transposed ones XLA's, only while traced."""
     import fnn
     from benchmarks import strided_conv
 
-    net = strided_conv.spoken_commands.make_model(strided_conv.CONFIG)
-    x, y = strided_conv.batch()
+    model = strided_conv.MODELS[name]
+    net = model.fnn()
+    x, y = model.batch(0)
     params, _ = net.init(jax.random.key(0), x)
 
-    def rules():
+    def count():
         def loss(p):
             return fnn.losses.softmax_cross_entropy(net(p, x), y)
 
         with fnn.reverse_mode_only():
             return str(jax.make_jaxpr(lambda p: loss(p))(params)).count("custom_vjp_call")
 
-    assert rules() == 4  # three convolutions and the classifier's product
+    assert count() == rules
     with strided_conv._xla_strided(True):
-        assert rules() == 3
-    assert rules() == 4  # the patch is gone
+        assert count() == patched
+    assert count() == rules  # the patch is gone
 
 
-@pytest.mark.parametrize("name", ["raw jax", "fnn", "flax linen", "pytorch (eager)"])
-def test_strided_conv_peers_have_fnns_parameters_and_train(name):
+@pytest.mark.parametrize("framework", ["raw jax", "fnn", "flax linen", "pytorch (eager)"])
+@pytest.mark.parametrize("name", ["spoken-commands", "segmenter"])
+def test_strided_conv_peers_have_fnns_parameters_and_train(name, framework):
     from benchmarks import strided_conv
 
-    if name not in strided_conv.frameworks():
+    model = strided_conv.MODELS[name]
+    found = strided_conv.frameworks(model)
+    if framework not in found:
         pytest.skip("torch is not installed (optional for the benchmarks)")
-    data = strided_conv.batch()
-    bench = strided_conv.frameworks()[name](data)
-    assert bench.params == 24_596  # the spoken-commands model with the 20 words
+    data = model.batch(0)
+    bench = found[framework](data)
+    assert bench.params == model.params
     losses = []
-    for _ in range(8):
+    for _ in range(6):
         bench.state, loss = bench.step(bench.state, bench.batch)
         losses.append(float(bench.sync(loss)))
     assert all(map(math.isfinite, losses)) and losses[-1] < losses[0]

@@ -218,4 +218,27 @@ class ConvTranspose(_ConvBase):
 
     def forward(self, params, x, *, key=None, train=False):
         self._check(x, params["w"].shape[-2])
-        return self._convolve(params, x, lax.conv_transpose, strides=self.strides)
+        # fnn.autodiff.conv_transpose: the same, with fnn's gradient rule in a training step
+        return self._convolve(params, x, _fnn_conv_transpose, strides=self.strides)
+
+
+def _fnn_conv_transpose(x, w, *, strides, padding, rhs_dilation, dimension_numbers):
+    """``autodiff.conv_transpose`` called as ``lax.conv_transpose`` is (channels last)."""
+    del dimension_numbers  # channels last, as autodiff.conv_transpose takes them
+    pads = padding
+    if isinstance(padding, str):
+        window = [d * (k - 1) + 1 for k, d in zip(w.shape[:-2], rhs_dilation)]
+        pads = tuple(_transpose_pads(k, s, padding) for k, s in zip(window, strides))
+    return autodiff.conv_transpose(x, w, pads, strides, rhs_dilation)
+
+
+def _transpose_pads(k: int, s: int, padding: str) -> tuple[int, int]:
+    """The (low, high) padding of the stride-dilated input that ``lax.conv_transpose``
+    takes for ``"SAME"`` or ``"VALID"``, for a (dilated) kernel extent ``k`` and stride ``s``."""
+    if padding == "SAME":
+        total = k + s - 2
+        low = k - 1 if s > k - 1 else -(-total // 2)
+    else:  # VALID
+        total = k + s - 2 + max(k - s, 0)
+        low = k - 1
+    return low, total - low
