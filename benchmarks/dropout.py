@@ -27,18 +27,16 @@ import dataclasses
 import importlib.util
 import statistics
 import time
-import types
 from collections.abc import Callable, Iterator
 
 import jax
-import optax
 
-import fnn
 import fnn.layers.attention as attention_module
 import fnn.layers.dropout as dropout_module
 from benchmarks.frameworks import linen
 from benchmarks.frameworks.fnn_models import model as fnn_model
-from benchmarks.models import LEARNING_RATE, SPECS, Bench, batch_for
+from benchmarks.frameworks.fnn_models import traced_under
+from benchmarks.models import SPECS, Bench, batch_for
 from benchmarks.suite import analyse, time_calls
 from fnn import hostmem
 
@@ -64,20 +62,7 @@ def _bernoulli_masks(enabled: bool) -> Iterator[None]:
 def fnn_bench(rate: float, bernoulli: bool = False) -> Callable[[tuple], Bench]:
     def make(batch: tuple) -> Bench:
         net = dataclasses.replace(fnn_model(NAME), dropout=rate)
-        optimizer = optax.adam(LEARNING_RATE)
-        batch = jax.device_put(batch)
-        state = fnn.init_train_state(net, optimizer, jax.random.key(0), batch[0])
-        step = fnn.make_train_step(net, optimizer, fnn.losses.softmax_cross_entropy)
-        with _bernoulli_masks(bernoulli):
-            compiled = step.lower(state, batch).compile()  # traced under the patch
-
-        def run(s, b):
-            s, metrics = compiled(s, b)
-            return s, metrics["loss"]
-
-        params = sum(x.size for x in jax.tree.leaves(state.params))
-        lowered = types.SimpleNamespace(compile=lambda: compiled)  # for suite.analyse
-        return Bench(run, state, batch, params, jax.block_until_ready, lambda s, b: lowered)
+        return traced_under(net, batch, _bernoulli_masks(bernoulli))
 
     return make
 

@@ -35,17 +35,16 @@ import dataclasses
 import importlib.util
 import statistics
 import time
-import types
 from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 
 import fnn
+from benchmarks.frameworks.fnn_models import traced_under
 from benchmarks.frameworks.raw_jax import adam_bench
 from benchmarks.models import LEARNING_RATE, Bench
 from benchmarks.suite import analyse, time_calls
@@ -256,24 +255,7 @@ def _xla_strided(enabled: bool) -> Iterator[None]:
 
 
 def fnn_bench(model: Model, xla_strided: bool = False) -> Callable[[tuple], Bench]:
-    def make(data: tuple) -> Bench:
-        net = model.fnn()
-        optimizer = optax.adam(LEARNING_RATE)
-        data = jax.device_put(data)
-        state = fnn.init_train_state(net, optimizer, jax.random.key(0), data[0])
-        step = fnn.make_train_step(net, optimizer, fnn.losses.softmax_cross_entropy)
-        with _xla_strided(xla_strided):
-            compiled = step.lower(state, data).compile()  # traced under the patch
-
-        def run(s, b):
-            s, metrics = compiled(s, b)
-            return s, metrics["loss"]
-
-        params = sum(x.size for x in jax.tree.leaves(state.params))
-        lowered = types.SimpleNamespace(compile=lambda: compiled)  # for suite.analyse
-        return Bench(run, state, data, params, jax.block_until_ready, lambda s, b: lowered)
-
-    return make
+    return lambda data: traced_under(model.fnn(), data, _xla_strided(xla_strided))
 
 
 def raw_bench(model: Model) -> Callable[[tuple], Bench]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +87,25 @@ def make(name: str, batch: tuple, steps_per_call: int = 1, jax_rules: bool = Fal
 
     params = sum(x.size for x in jax.tree.leaves(state.params))
     return Bench(run, state, batch, params, jax.block_until_ready, step.lower, steps_per_call)
+
+
+def traced_under(net: fnn.Layer, batch: tuple, patch: contextlib.AbstractContextManager) -> Bench:
+    """fnn's step of ``net`` (adam, one step per call), traced and compiled inside the
+    context ``patch`` (a variant of fnn that holds only while the step is traced)."""
+    optimizer = optax.adam(LEARNING_RATE)
+    batch = jax.device_put(batch)
+    state = fnn.init_train_state(net, optimizer, jax.random.key(0), batch[0])
+    step = fnn.make_train_step(net, optimizer, fnn.losses.softmax_cross_entropy)
+    with patch:
+        compiled = step.lower(state, batch).compile()
+
+    def run(s, b):
+        s, metrics = compiled(s, b)
+        return s, metrics["loss"]
+
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    lowered = types.SimpleNamespace(compile=lambda: compiled)  # for suite.analyse
+    return Bench(run, state, batch, params, jax.block_until_ready, lambda s, b: lowered)
 
 
 def make_scan(name: str, batch: tuple) -> Bench:
