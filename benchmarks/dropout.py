@@ -25,8 +25,6 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
-import statistics
-import time
 from collections.abc import Callable, Iterator
 
 import jax
@@ -37,7 +35,7 @@ from benchmarks.frameworks import linen
 from benchmarks.frameworks.fnn_models import model as fnn_model
 from benchmarks.frameworks.fnn_models import traced_under
 from benchmarks.models import SPECS, Bench, batch_for
-from benchmarks.suite import analyse, time_calls
+from benchmarks.suite import analyse, time_variants
 from fnn import hostmem
 
 NAME = "transformer"
@@ -93,26 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {NAME} (batch {SPECS[NAME].batch}), "
           f"dropout {args.rate}, {args.rounds} rounds; malloc: {malloc}", flush=True)
     fnn_bench(0.0)(batch)  # the process's first compilation pays for more than its own program
-    benches, firsts, losses = {}, {}, {}
-    for name, make in frameworks(args.rate).items():
-        start = time.perf_counter()
-        bench = benches[name] = make(batch)
-        bench.state, loss = bench.step(bench.state, bench.batch)
-        losses[name] = float(bench.sync(loss))
-        firsts[name] = time.perf_counter() - start
-    steps = SPECS[NAME].steps
-    rates: dict[str, list[float]] = {name: [] for name in benches}
-    for _ in range(args.rounds):
-        for name, bench in benches.items():
-            rates[name].append(time_calls(bench, steps))
-    reference = statistics.median(rates["fnn"])
+    variants = time_variants(frameworks(args.rate), batch, args.rounds, SPECS[NAME].steps)
+    reference = variants["fnn"].rate
     print("| variant | first loss | steps/s | vs fnn | first call s | MiB |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, bench in benches.items():
-        rate = statistics.median(rates[name])
-        mib = f"{analyse(bench)[0]:.1f}" if bench.lower is not None else "-"
-        print(f"| {name} | {losses[name]:.4f} | {rate:.1f} | {rate / reference:.3f} | {firsts[name]:.2f} | {mib} |")
-
+    for name, v in variants.items():
+        mib = f"{analyse(v.bench)[0]:.1f}" if v.bench.lower is not None else "-"
+        print(f"| {name} | {v.first_loss:.4f} | {v.rate:.1f} | {v.rate / reference:.3f} | {v.first_call:.2f} | {mib} |")
 
 if __name__ == "__main__":
     hostmem.exec_with_huge_pages()  # as the suite and the fnn command do (FNN_SYSTEM_MALLOC=1 to not)

@@ -33,8 +33,6 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
-import statistics
-import time
 from collections.abc import Callable, Iterator
 
 import flax.linen as nn
@@ -47,7 +45,7 @@ import fnn
 from benchmarks.frameworks.fnn_models import traced_under
 from benchmarks.frameworks.raw_jax import adam_bench
 from benchmarks.models import LEARNING_RATE, Bench
-from benchmarks.suite import analyse, time_calls
+from benchmarks.suite import analyse, time_variants
 from experiments import spoken_commands
 from fnn import autodiff, hostmem
 
@@ -314,28 +312,17 @@ def run_model(name: str, rounds: int, steps: int) -> None:
     data = model.batch(0)
     print(f"{name}: batch {data[0].shape}, {rounds} rounds of {steps} steps", flush=True)
     raw_bench(model)(data)  # the process's first compilation pays for more than its own program
-    benches, firsts, losses = {}, {}, {}
-    for variant, make in frameworks(model).items():
-        start = time.perf_counter()
-        bench = benches[variant] = make(data)
-        if bench.params != model.params:
-            raise AssertionError(f"{name}, {variant}: {bench.params} parameters, not the model's {model.params}")
-        bench.state, loss = bench.step(bench.state, bench.batch)
-        losses[variant] = float(bench.sync(loss))
-        firsts[variant] = time.perf_counter() - start
-    rates: dict[str, list[float]] = {variant: [] for variant in benches}
-    for _ in range(rounds):
-        for variant, bench in benches.items():
-            rates[variant].append(time_calls(bench, steps))
-    reference = statistics.median(rates["raw jax"])
+    variants = time_variants(frameworks(model), data, rounds, steps)
+    wrong = {variant: v.bench.params for variant, v in variants.items() if v.bench.params != model.params}
+    if wrong:
+        raise AssertionError(f"{name}: parameter counts differ from the model's {model.params}: {wrong}")
+    reference = variants["raw jax"].rate
     print("| variant | params | first loss | steps/s | vs raw jax | first call s | MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for variant, bench in benches.items():
-        rate = statistics.median(rates[variant])
-        mib = f"{analyse(bench)[0]:.1f}" if bench.lower is not None else "-"
-        print(f"| {variant} | {bench.params:,} | {losses[variant]:.4f} | {rate:.1f} | {rate / reference:.3f} | "
-              f"{firsts[variant]:.2f} | {mib} |", flush=True)
-
+    for variant, v in variants.items():
+        mib = f"{analyse(v.bench)[0]:.1f}" if v.bench.lower is not None else "-"
+        print(f"| {variant} | {v.bench.params:,} | {v.first_loss:.4f} | {v.rate:.1f} | {v.rate / reference:.3f} | "
+              f"{v.first_call:.2f} | {mib} |", flush=True)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

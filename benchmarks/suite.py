@@ -50,6 +50,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +136,37 @@ def time_calls(bench: Bench, calls: int) -> float:
     bench.sync(loss)
     bench.state = state
     return calls * bench.steps_per_call / (time.perf_counter() - start)
+
+
+@dataclasses.dataclass
+class Variant:
+    """One variant's bench and what ``time_variants`` measured of it."""
+
+    bench: Bench
+    first_call: float  # seconds: building, tracing, compiling and one step
+    first_loss: float
+    rate: float  # steps per second, the median of the rounds
+
+
+def time_variants(
+    makers: dict[str, Callable[[Any], Bench]], batch: Any, rounds: int, steps: int
+) -> dict[str, Variant]:
+    """Build each variant (``make(batch)``) and take its first step, then time ``rounds``
+    interleaved rounds of ``steps`` calls each, so that drift of the machine hits all alike."""
+    variants = {}
+    for name, make in makers.items():
+        start = time.perf_counter()
+        bench = make(batch)
+        bench.state, loss = bench.step(bench.state, bench.batch)
+        loss = float(bench.sync(loss))
+        variants[name] = Variant(bench, time.perf_counter() - start, loss, 0.0)
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, variant in variants.items():
+            rates[name].append(time_calls(variant.bench, steps))
+    for name, variant in variants.items():
+        variant.rate = statistics.median(rates[name])
+    return variants
 
 
 def first_calls(benches: dict[str, Bench], rounds: int) -> dict[str, float]:
