@@ -113,6 +113,9 @@ class PPOConfig:
 
     def __post_init__(self):
         choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(self)}
+        if choices["env"] is None:  # the shared base, which names no environments of its own
+            raise ConfigError(f"{type(self).__name__} is the configs' shared base: use CartPoleConfig "
+                              "(classic control) or MinAtarConfig, which name their env choices")
         for key in ("env", "eval_policy"):
             if getattr(self, key) not in choices[key]:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(choices[key])}")

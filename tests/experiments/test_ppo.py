@@ -148,3 +148,8 @@ def test_bad_minatar_config_values_name_their_key():
         ppo.MinAtarConfig(channels=0)
     with pytest.raises(fnn.config.ConfigError, match="env"):
         ppo.CartPoleConfig(env="Breakout-MinAtar")
+
+
+def test_the_shared_base_config_says_which_configs_to_use():
+    with pytest.raises(fnn.config.ConfigError, match="CartPoleConfig .* MinAtarConfig"):
+        ppo.PPOConfig()
