@@ -382,10 +382,7 @@ def conv_transpose(
     added back, planned 14.6 MiB more for the benchmark segmenter's step and was slower
     there.) Elsewhere it is ``lax.conv_transpose``.
     """
-    padding = tuple(map(tuple, padding))
-    extent = [d * (k - 1) for k, d in zip(w.shape[:-2], dilation)]
-    left = tuple((e - lo, e - hi) for e, (lo, hi) in zip(extent, padding))
-    shape = _Shape(left, tuple(strides), tuple(dilation))
+    shape = _Shape(_mirror(padding, w, dilation), tuple(strides), tuple(dilation))
     size = _transposed_size(shape, x, w)
     # at stride 1 (a plain convolution) XLA's was as fast in a one-off microbenchmark
     ok = set(shape.strides) != {1} and min(size) > 0 and min(min(pair) for pair in shape.padding) >= 0
@@ -396,11 +393,17 @@ def conv_transpose(
 
 def _xla_conv_transpose(shape, x, w):
     """``lax.conv_transpose`` of the strided convolution ``shape``'s input gradient."""
-    extent = [d * (k - 1) for k, d in zip(w.shape[:-2], shape.dilation)]
-    padding = tuple((e - lo, e - hi) for e, (lo, hi) in zip(extent, shape.padding))
+    padding = _mirror(shape.padding, w, shape.dilation)
     return lax.conv_transpose(
         x, w, shape.strides, padding, rhs_dilation=shape.dilation, dimension_numbers=_layouts(x.ndim - 2)
     )
+
+
+def _mirror(padding, w, dilation) -> tuple[tuple[int, int], ...]:
+    """``d * (k - 1) - low`` and ``d * (k - 1) - high`` per spatial axis: a transposed
+    convolution's padding from its strided convolution's, and back (its own inverse)."""
+    axes = zip(padding, w.shape[:-2], dilation)
+    return tuple((d * (k - 1) - lo, d * (k - 1) - hi) for (lo, hi), k, d in axes)
 
 
 def _transposed_size(shape, x, w) -> tuple[int, ...]:
