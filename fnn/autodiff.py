@@ -176,6 +176,12 @@ def conv(
       per kernel offset, summed over batch and positions, in a loop over the offsets (3x
       faster than XLA's for LeNet's second convolution). The forward pass is XLA's.
 
+    At the sizes of a ResNet's layers (``benchmarks/conv_layers.py``: 56 x 56 x 64 and
+    28 x 28 x 128 inputs, batch 16) a layer's gradient call is level with XLA's at stride 1
+    and 1.1-3x faster with a stride. With a stride the input gradient's product for every
+    offset, ``[batch, *out, offsets, in]``, is 9/4 of the input's size for a 3x3 kernel at
+    stride 2: those calls plan 1.65x the memory of XLA's.
+
     Sums over offsets run in float32 for lower-precision inputs. Elsewhere (outside the
     context, or on GPU and TPU) it is ``lax.conv_general_dilated``.
     """
@@ -380,7 +386,9 @@ def conv_transpose(
     1, a plain convolution, the two were level, and XLA's is used. (The forward pass as
     the input gradient of ``conv``'s rule, one product for every offset with its slices
     added back, planned 14.6 MiB more for the benchmark segmenter's step and was slower
-    there.) Elsewhere it is ``lax.conv_transpose``.
+    there.) At a ResNet decoder's size (``benchmarks/conv_layers.py``: 16 x 28 x 28 x 64 ->
+    32 channels, 3x3, stride 2) the forward pass and both gradients took 29-42 ms against
+    XLA's 747-811 ms. Elsewhere it is ``lax.conv_transpose``.
     """
     shape = _Shape(_mirror(padding, w, dilation), tuple(strides), tuple(dilation))
     size = _transposed_size(shape, x, w)

@@ -211,3 +211,51 @@ def test_strided_conv_peers_have_fnns_parameters_and_train(name, framework):
         bench.state, loss = bench.step(bench.state, bench.batch)
         losses.append(float(bench.sync(loss)))
     assert all(map(math.isfinite, losses)) and losses[-1] < losses[0]
+
+
+def _small(case):
+    """A case of ``benchmarks.conv_layers`` at a size a test computes quickly (10 x 10 keeps
+    the odd "SAME" pad of a stride-2 convolution at the end, as 56 x 56 has it)."""
+    import dataclasses
+
+    return dataclasses.replace(case, x=(2, 10, 10, 4), features=6)
+
+
+@pytest.mark.parametrize("name", ["downsample-56", "projection-56", "same-56", "dilated-32", "upsample-28"])
+def test_conv_layers_variants_agree_with_raw_jax(name):
+    """``benchmarks.conv_layers``: fnn's layer (traced inside ``reverse_mode_only``, so its
+    convolution takes fnn's rule) gives raw JAX's loss and gradients, and PyTorch's
+    convolution (padded and laid out as the benchmark does) the same loss."""
+    import numpy as np
+
+    import fnn
+    from benchmarks import conv_layers
+
+    case = _small(conv_layers.CASES[name])
+    data = case.data()
+    found = conv_layers.variants(case)
+    outputs = {}
+    for variant, make in found.items():
+        bench = make(data)
+        assert bench.params == data[1]["w"].size + data[1]["b"].size
+        outputs[variant] = bench.step(bench.state, bench.batch)[1]
+    (loss, grads), (fnn_loss, fnn_grads) = outputs["raw jax"], outputs["fnn"]
+    np.testing.assert_allclose(fnn_loss, loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(fnn_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    with fnn.reverse_mode_only():  # as the fnn variant is traced: the layer takes fnn's rule
+        assert "custom_vjp_call" in str(jax.make_jaxpr(case.layer())(data[1], data[0]))
+    if "pytorch (eager)" in outputs:
+        np.testing.assert_allclose(outputs["pytorch (eager)"][0].item(), loss, rtol=1e-5)
+
+
+def test_conv_layers_prints_a_row_per_case_and_variant(monkeypatch, capsys):
+    from benchmarks import conv_layers
+
+    monkeypatch.setattr(conv_layers, "CASES", {"small": _small(conv_layers.CASES["downsample-56"])})
+    conv_layers.main(["--rounds", "1", "--calls", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| small |")]
+    assert [row.split(" | ")[1] for row in rows] == list(conv_layers.variants(conv_layers.CASES["small"]))
+    assert rows[0].endswith("| 1.00 | " + rows[0].split(" | ")[-1])
+    with pytest.raises(SystemExit):
+        conv_layers.main(["--rounds", "0"])
