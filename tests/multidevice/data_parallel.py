@@ -128,17 +128,19 @@ def check_pipeline():
 
 def check_fnn_rules():
     """The layers whose gradients take fnn's own rules in a training step (``fnn.autodiff``:
-    a convolution of one input channel and one of several, an LSTM's weight and input
-    gradients after its loop, causal attention) train on 8 devices as on one, the batch
-    split and, under FSDP, the weights. With SGD, not Adam: the attention's key bias has a
+    a convolution of one input channel and one of several, with and without a stride, a
+    strided transposed convolution, an LSTM's weight and input gradients after its loop,
+    causal attention) train on 8 devices as on one, the batch split and, under FSDP, the
+    weights. With SGD, not Adam: the attention's key bias has a
     gradient of zero up to rounding (the softmax ignores a constant added to a query's
     scores), which Adam would scale up to a full step in a direction that rounding picks."""
     optimizer = optax.sgd(0.1)
-    model = fnn.serial(fnn.Conv(4, (3,)), fnn.relu, fnn.Conv(6, (3,), padding="VALID"),
+    model = fnn.serial(fnn.Conv(4, (3,), strides=2), fnn.relu, fnn.Conv(6, (3,), padding="VALID"), fnn.relu,
+                       fnn.Conv(6, (3,), strides=2, dilation=2), fnn.ConvTranspose(6, (3,), strides=2),
                        fnn.Recurrent(fnn.LSTM(8)), fnn.MultiHeadAttention(2, causal=True),
                        fnn.Flatten(), fnn.Dense(10))
     rng = np.random.default_rng(2)
-    data = [(rng.normal(size=(32, 12, 1)).astype(np.float32), rng.integers(0, 10, 32).astype(np.int32))
+    data = [(rng.normal(size=(32, 24, 1)).astype(np.float32), rng.integers(0, 10, 32).astype(np.int32))
             for _ in range(3)]
     start = fnn.init_train_state(model, optimizer, jax.random.key(0), data[0][0])
 
