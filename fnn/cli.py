@@ -21,6 +21,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import jax
+
 from fnn import config as config_lib
 from fnn import hostmem, pipeline, runs
 from fnn.checkpoint import CheckpointError
@@ -138,18 +140,55 @@ def main(argv: Sequence[str] | None = None) -> int:
 TRAINING_COMMANDS = ("run", "resume", "sweep")
 
 
-def _huge_pages_to_train(argv: Sequence[str]) -> None:
-    """When the command line ``argv`` (after ``fnn``) trains, re-executes the process so
+CACHE_VARIABLE = "FNN_CACHE_DIR"
+CACHE_LIMIT = 1 << 30  # bytes; JAX drops the least recently used programs past it
+
+
+def compilation_cache(environ: dict[str, str] = os.environ) -> str | None:
+    """Keeps every program this process compiles on disk, and loads it from there when a
+    later process compiles the same program (JAX's persistent compilation cache). A
+    second ``fnn run digits`` took 19 s instead of 27 s (its train stage, most of which is
+    compiling, 9.9-10.1 s instead of 16.2 s; two repeats, the same results).
+
+    The directory is ``$FNN_CACHE_DIR``, by default ``fnn/jax`` in ``$XDG_CACHE_HOME``
+    (``~/.cache``), and it holds at most 1 GiB. ``FNN_CACHE_DIR=""`` turns it off, and a
+    cache directory already given to JAX (``JAX_COMPILATION_CACHE_DIR`` or
+    ``jax.config``) is kept as it is.
+
+    The ``fnn`` commands that train call it when they start. Returns the directory in use,
+    or None.
+    """
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    path = environ.get(CACHE_VARIABLE)
+    if path is None:
+        home = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(home, "fnn", "jax")
+    if not path:
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    # every program, not only those that compile for a second or more (JAX's default): a
+    # run compiles many small ones (the digits run: 48 programs, 4 of them over a second)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_compilation_cache_max_size", CACHE_LIMIT)
+    return path
+
+
+def _set_up_to_train(argv: Sequence[str]) -> None:
+    """When the command line ``argv`` (after ``fnn``) trains: re-executes the process so
     that ``malloc`` backs large blocks with huge pages (``fnn.hostmem``;
-    ``FNN_SYSTEM_MALLOC=1`` leaves it alone)."""
+    ``FNN_SYSTEM_MALLOC=1`` leaves it alone), then keeps compiled programs on disk
+    (``compilation_cache``)."""
     if argv[:1] and argv[0] in TRAINING_COMMANDS and not {"-h", "--help", "--keys"} & set(argv):
         hostmem.exec_with_huge_pages()
+        compilation_cache()
 
 
 def console() -> int:
     """The ``fnn`` console script: ``main()``, a command that trains in a process whose
-    ``malloc`` backs large blocks with huge pages."""
-    _huge_pages_to_train(sys.argv[1:])
+    ``malloc`` backs large blocks with huge pages and whose compiled programs are kept on
+    disk for the next run."""
+    _set_up_to_train(sys.argv[1:])
     return main()
 
 
@@ -217,7 +256,8 @@ def experiment_main(name: str, argv: Sequence[str] | None = None, *, program: bo
     (``experiment_main("xor", ["steps=20", "--dir", "runs/xor"])`` trains and saves a run).
     ``program=True``, which an experiment's ``__main__`` passes, says the process is that
     experiment's program: a command line that trains then first re-executes it with
-    ``malloc`` huge pages, as ``fnn run`` does (``fnn.hostmem.exec_with_huge_pages``).
+    ``malloc`` huge pages and keeps its compiled programs on disk, as ``fnn run`` does
+    (``fnn.hostmem.exec_with_huge_pages``, ``compilation_cache``).
 
     Example:
         >>> import contextlib, io
@@ -232,7 +272,7 @@ def experiment_main(name: str, argv: Sequence[str] | None = None, *, program: bo
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if program:
-        _huge_pages_to_train(["run", *argv])
+        _set_up_to_train(["run", *argv])
     if any(a in ("-h", "--help") for a in argv):
         print(_keys_help(pipeline.find(name)))
         return

@@ -7,6 +7,10 @@ process and the processes they start. Compiles are faster (three compile-heavy t
 18-31% less time) and the programs compute the same functions; no fast-math is enabled.
 What users run and what ``benchmarks/`` measures is compiled at the default level.
 XLA reads the flag when its CPU backend starts, at the first computation, after this.
+
+The ``fnn`` commands the tests start keep no compiled programs on disk
+(``FNN_CACHE_DIR=""``, see ``fnn.cli.compilation_cache``) unless a test gives them a
+directory.
 """
 
 import os
@@ -15,3 +19,4 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
 
 if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+os.environ.setdefault("FNN_CACHE_DIR", "")

@@ -118,17 +118,21 @@ def test_thp_mode_reads_the_bracketed_mode(tmp_path):
     ],
 )
 def test_the_fnn_command_sets_it_up_first_when_it_trains(monkeypatch, argv, execs):
+    """Huge pages first (a re-execution), then the compilation cache in the process that
+    trains."""
     order = []
     monkeypatch.setattr(sys, "argv", ["fnn", *argv])
     monkeypatch.setattr(fnn.hostmem, "exec_with_huge_pages", lambda: order.append("malloc"))
+    monkeypatch.setattr(fnn.cli, "compilation_cache", lambda: order.append("cache"))
     monkeypatch.setattr(fnn.cli, "main", lambda: order.append("main") or 0)
     assert fnn.cli.console() == 0
-    assert order == (["malloc", "main"] if execs else ["main"])
+    assert order == (["malloc", "cache", "main"] if execs else ["main"])
 
 
 def test_experiment_main_sets_it_up_only_for_its_program_when_it_trains(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(fnn.hostmem, "exec_with_huge_pages", lambda: calls.append(1))
+    monkeypatch.setattr(fnn.cli, "compilation_cache", lambda: calls.append(2))
     monkeypatch.setattr(sys, "argv", ["xor", "steps=many"])
     with pytest.raises(SystemExit):
         fnn.cli.experiment_main("xor")  # called in-process (as by a test): never re-executes
@@ -137,7 +141,7 @@ def test_experiment_main_sets_it_up_only_for_its_program_when_it_trains(monkeypa
     assert "hidden = 4" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         fnn.cli.experiment_main("xor", program=True)
-    assert calls == [1]
+    assert calls == [1, 2]
 
 
 def test_every_experiment_program_says_so():

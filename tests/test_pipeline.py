@@ -426,6 +426,48 @@ TINY = ["model=mlp", "width=32", "train.epochs=4"]
 FNN = [sys.executable, "-m", "fnn.cli"]
 
 
+class _Config:
+    """A stand-in for ``jax.config``: what ``compilation_cache`` reads and sets."""
+
+    def __init__(self, cache_dir=None):
+        self.jax_compilation_cache_dir = cache_dir
+        self.updates = {}
+
+    def update(self, name, value):
+        self.updates[name] = value
+
+
+def test_compilation_cache_directory_switch_and_jax_settings_kept(monkeypatch, tmp_path):
+    monkeypatch.setattr(jax, "config", config := _Config())
+    assert fnn.cli.compilation_cache({"FNN_CACHE_DIR": "", "XDG_CACHE_HOME": str(tmp_path)}) is None
+    assert config.updates == {}
+    assert fnn.cli.compilation_cache({"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "fnn" / "jax")
+    assert config.updates == {"jax_compilation_cache_dir": str(tmp_path / "fnn" / "jax"),
+                              "jax_persistent_cache_min_compile_time_secs": 0.0,
+                              "jax_compilation_cache_max_size": fnn.cli.CACHE_LIMIT}
+    assert fnn.cli.compilation_cache({"FNN_CACHE_DIR": str(tmp_path / "c")}) == str(tmp_path / "c")
+    monkeypatch.setattr(jax, "config", config := _Config("/given/to/jax"))
+    assert fnn.cli.compilation_cache({"FNN_CACHE_DIR": str(tmp_path / "c")}) == "/given/to/jax"
+    assert config.updates == {}
+
+
+def test_the_fnn_command_keeps_compiled_programs_for_the_next_run(tmp_path):
+    """``fnn run`` in a process of its own writes every program it compiles to
+    ``FNN_CACHE_DIR``; a second run of the same configuration finds them all there and
+    compiles nothing new."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "FNN_CACHE_DIR": str(cache), "FNN_SYSTEM_MALLOC": "1"}
+
+    def run(name):
+        subprocess.run([*FNN, "run", "xor", "steps=20", "-q", "--dir", str(tmp_path / name)], env=env,
+                       check=True, capture_output=True, timeout=300)
+        return sorted(path.name for path in cache.iterdir())
+
+    first = run("a")
+    assert len(first) > 2, first
+    assert run("b") == first
+
+
 def test_cli_run_show_and_compare(tmp_path, capsys):
     assert fnn.cli.main(["run", "digits", *TINY, "--dir", str(tmp_path / "a"), "-q"]) == 0
     assert fnn.cli.main(["run", "digits", "-q", *TINY, "--set", "train.optimizer=sgd", "--dir", str(tmp_path / "b")]) == 0
