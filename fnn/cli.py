@@ -153,7 +153,9 @@ def compilation_cache(environ: dict[str, str] = os.environ) -> str | None:
     The directory is ``$FNN_CACHE_DIR``, by default ``fnn/jax`` in ``$XDG_CACHE_HOME``
     (``~/.cache``), and it holds at most 1 GiB. ``FNN_CACHE_DIR=""`` turns it off, and a
     cache directory already given to JAX (``JAX_COMPILATION_CACHE_DIR`` or
-    ``jax.config``) is kept as it is.
+    ``jax.config``) is kept as it is. An entry that cannot be read (a corrupt file) is
+    compiled again, with a warning from JAX that names it; deleting the directory
+    clears the cache.
 
     The ``fnn`` commands that train call it when they start. Returns the directory in use,
     or None.

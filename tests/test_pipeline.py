@@ -454,18 +454,25 @@ def test_compilation_cache_directory_switch_and_jax_settings_kept(monkeypatch, t
 def test_the_fnn_command_keeps_compiled_programs_for_the_next_run(tmp_path):
     """``fnn run`` in a process of its own writes every program it compiles to
     ``FNN_CACHE_DIR``; a second run of the same configuration finds them all there and
-    compiles nothing new."""
+    compiles nothing new. Entries that cannot be read (corrupt files) are compiled again,
+    with a warning naming each, and the run ends as the others did."""
     cache = tmp_path / "cache"
     env = {**os.environ, "FNN_CACHE_DIR": str(cache), "FNN_SYSTEM_MALLOC": "1"}
 
     def run(name):
-        subprocess.run([*FNN, "run", "xor", "steps=20", "-q", "--dir", str(tmp_path / name)], env=env,
-                       check=True, capture_output=True, timeout=300)
-        return sorted(path.name for path in cache.iterdir())
+        done = subprocess.run([*FNN, "run", "xor", "steps=20", "-q", "--dir", str(tmp_path / name)], env=env,
+                              check=True, capture_output=True, text=True, timeout=300)
+        loss = json.loads((tmp_path / name / "final.json").read_text())["loss"]
+        return sorted(path.name for path in cache.iterdir()), loss, done.stderr
 
-    first = run("a")
+    first, loss, _ = run("a")
     assert len(first) > 2, first
-    assert run("b") == first
+    assert run("b")[:2] == (first, loss)
+    for entry in cache.glob("*-cache"):
+        entry.write_bytes(b"not a compiled program")
+    names, again, err = run("c")
+    assert (names, again) == (first, loss)
+    assert "Error reading persistent compilation cache entry" in err, err
 
 
 def test_cli_run_show_and_compare(tmp_path, capsys):
