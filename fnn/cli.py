@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 TRAINING_COMMANDS = ("run", "resume", "sweep")
 
 
-CACHE_VARIABLE = "FNN_CACHE_DIR"
+CACHE_DISABLE_VARIABLE = "FNN_NO_COMPILATION_CACHE"
 CACHE_LIMIT = 1 << 30  # bytes; JAX drops the least recently used programs past it
 
 
@@ -150,24 +150,22 @@ def compilation_cache(environ: dict[str, str] = os.environ) -> str | None:
     second ``fnn run digits`` took 19 s instead of 27 s (its train stage, most of which is
     compiling, 9.9-10.1 s instead of 16.2 s; two repeats, the same results).
 
-    The directory is ``$FNN_CACHE_DIR``, by default ``fnn/jax`` in ``$XDG_CACHE_HOME``
-    (``~/.cache``), and it holds at most 1 GiB. ``FNN_CACHE_DIR=""`` turns it off, and a
-    cache directory already given to JAX (``JAX_COMPILATION_CACHE_DIR`` or
-    ``jax.config``) is kept as it is. An entry that cannot be read (a corrupt file) is
-    compiled again, with a warning from JAX that names it; deleting the directory
-    clears the cache.
+    The directory is ``jax/`` in fnn's cache (``$FNN_CACHE`` or ``~/.cache/fnn``, where the
+    speech experiments keep their audio), and it holds at most 1 GiB.
+    ``FNN_NO_COMPILATION_CACHE=1`` turns it off, and a cache directory already given to JAX
+    (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is kept as it is. An entry that
+    cannot be read (a corrupt file) is compiled again, with a warning from JAX that names
+    it; deleting the directory clears the cache.
 
     The ``fnn`` commands that train call it when they start. Returns the directory in use,
     or None.
     """
     if jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
-    path = environ.get(CACHE_VARIABLE)
-    if path is None:
-        home = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        path = os.path.join(home, "fnn", "jax")
-    if not path:
+    if environ.get(CACHE_DISABLE_VARIABLE, "") not in ("", "0"):
         return None
+    root = environ.get("FNN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fnn")
+    path = os.path.join(root, "jax")
     jax.config.update("jax_compilation_cache_dir", path)
     # every program, not only those that compile for a second or more (JAX's default): a
     # run compiles many small ones (the digits run: 48 programs, 4 of them over a second)

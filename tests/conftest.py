@@ -9,8 +9,8 @@ What users run and what ``benchmarks/`` measures is compiled at the default leve
 XLA reads the flag when its CPU backend starts, at the first computation, after this.
 
 The ``fnn`` commands the tests start keep no compiled programs on disk
-(``FNN_CACHE_DIR=""``, see ``fnn.cli.compilation_cache``) unless a test gives them a
-directory.
+(``FNN_NO_COMPILATION_CACHE=1``, see ``fnn.cli.compilation_cache``) unless a test turns
+it on.
 """
 
 import os
@@ -19,4 +19,4 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
 
 if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
-os.environ.setdefault("FNN_CACHE_DIR", "")
+os.environ.setdefault("FNN_NO_COMPILATION_CACHE", "1")

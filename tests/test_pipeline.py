@@ -439,25 +439,28 @@ class _Config:
 
 def test_compilation_cache_directory_switch_and_jax_settings_kept(monkeypatch, tmp_path):
     monkeypatch.setattr(jax, "config", config := _Config())
-    assert fnn.cli.compilation_cache({"FNN_CACHE_DIR": "", "XDG_CACHE_HOME": str(tmp_path)}) is None
+    assert fnn.cli.compilation_cache({"FNN_NO_COMPILATION_CACHE": "1", "FNN_CACHE": str(tmp_path)}) is None
     assert config.updates == {}
-    assert fnn.cli.compilation_cache({"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "fnn" / "jax")
-    assert config.updates == {"jax_compilation_cache_dir": str(tmp_path / "fnn" / "jax"),
+    assert fnn.cli.compilation_cache({"FNN_NO_COMPILATION_CACHE": "0", "FNN_CACHE": str(tmp_path)}) == str(
+        tmp_path / "jax"
+    )
+    assert config.updates == {"jax_compilation_cache_dir": str(tmp_path / "jax"),
                               "jax_persistent_cache_min_compile_time_secs": 0.0,
                               "jax_compilation_cache_max_size": fnn.cli.CACHE_LIMIT}
-    assert fnn.cli.compilation_cache({"FNN_CACHE_DIR": str(tmp_path / "c")}) == str(tmp_path / "c")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert fnn.cli.compilation_cache({}) == str(tmp_path / "home" / ".cache" / "fnn" / "jax")
     monkeypatch.setattr(jax, "config", config := _Config("/given/to/jax"))
-    assert fnn.cli.compilation_cache({"FNN_CACHE_DIR": str(tmp_path / "c")}) == "/given/to/jax"
+    assert fnn.cli.compilation_cache({"FNN_CACHE": str(tmp_path)}) == "/given/to/jax"
     assert config.updates == {}
 
 
 def test_the_fnn_command_keeps_compiled_programs_for_the_next_run(tmp_path):
-    """``fnn run`` in a process of its own writes every program it compiles to
-    ``FNN_CACHE_DIR``; a second run of the same configuration finds them all there and
+    """``fnn run`` in a process of its own writes every program it compiles to ``jax/`` in
+    ``$FNN_CACHE``; a second run of the same configuration finds them all there and
     compiles nothing new. Entries that cannot be read (corrupt files) are compiled again,
     with a warning naming each, and the run ends as the others did."""
-    cache = tmp_path / "cache"
-    env = {**os.environ, "FNN_CACHE_DIR": str(cache), "FNN_SYSTEM_MALLOC": "1"}
+    cache = tmp_path / "jax"
+    env = {**os.environ, "FNN_CACHE": str(tmp_path), "FNN_NO_COMPILATION_CACHE": "", "FNN_SYSTEM_MALLOC": "1"}
 
     def run(name):
         done = subprocess.run([*FNN, "run", "xor", "steps=20", "-q", "--dir", str(tmp_path / name)], env=env,
