@@ -19,12 +19,12 @@ import datetime
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 
 from fnn import config as config_lib
-from fnn import hostmem, pipeline, runs
+from fnn import data, hostmem, pipeline, runs
 from fnn.checkpoint import CheckpointError
 from fnn.loop import Interrupted
 
@@ -144,7 +144,7 @@ CACHE_DISABLE_VARIABLE = "FNN_NO_COMPILATION_CACHE"
 CACHE_LIMIT = 1 << 30  # bytes; JAX drops the least recently used programs past it
 
 
-def compilation_cache(environ: dict[str, str] = os.environ) -> str | None:
+def compilation_cache(environ: Mapping[str, str] = os.environ) -> str | None:
     """Keeps every program this process compiles on disk, and loads it from there when a
     later process compiles the same program (JAX's persistent compilation cache). A
     second ``fnn run digits`` took 19 s instead of 27 s (its train stage, most of which is
@@ -164,8 +164,7 @@ def compilation_cache(environ: dict[str, str] = os.environ) -> str | None:
         return jax.config.jax_compilation_cache_dir
     if environ.get(CACHE_DISABLE_VARIABLE, "") not in ("", "0"):
         return None
-    root = environ.get("FNN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fnn")
-    path = os.path.join(root, "jax")
+    path = str(data.cache_dir("jax", environ))
     jax.config.update("jax_compilation_cache_dir", path)
     # every program, not only those that compile for a second or more (JAX's default): a
     # run compiles many small ones (the digits run: 48 programs, 4 of them over a second)

@@ -12,11 +12,27 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+
+def cache_dir(name: str, environ: Mapping[str, str] = os.environ) -> Path:
+    """``name`` in fnn's cache: ``$FNN_CACHE``, or ``~/.cache/fnn`` when that is unset or
+    empty. The speech experiments keep their synthesised audio in ``speech``, the commands
+    that train their compiled programs in ``jax``.
+
+    Example:
+        >>> str(cache_dir("speech", {"FNN_CACHE": "my-cache"}))
+        'my-cache/speech'
+        >>> cache_dir("jax", {"FNN_CACHE": ""}) == Path.home() / ".cache" / "fnn" / "jax"
+        True
+    """
+    return Path(environ.get("FNN_CACHE") or Path.home() / ".cache" / "fnn") / name
 
 
 def check_finite(name: str, array: np.ndarray) -> None:

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from fnn import data
+
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Connected digit strings say 0 as "zero" or "oh", as people do; their symbols are 0-9 and o.
@@ -393,7 +395,7 @@ def synthesize(spec: SpeechSpec) -> Utterances:
 
 
 def default_cache_dir() -> Path:
-    """``$FNN_CACHE`` or ``~/.cache/fnn``, with ``speech/`` below it.
+    """``$FNN_CACHE`` or ``~/.cache/fnn``, with ``speech/`` below it (``fnn.data.cache_dir``).
 
     Example:
         >>> import os
@@ -406,7 +408,7 @@ def default_cache_dir() -> Path:
         ...     default_cache_dir() == Path.home() / ".cache" / "fnn" / "speech"
         True
     """
-    return Path(os.environ.get("FNN_CACHE") or Path.home() / ".cache" / "fnn") / "speech"
+    return data.cache_dir("speech")
 
 
 def save(utterances: Utterances, path: Path) -> None:

@@ -256,6 +256,6 @@ def test_conv_layers_prints_a_row_per_case_and_variant(monkeypatch, capsys):
     conv_layers.main(["--rounds", "1", "--calls", "1"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| small |")]
     assert [row.split(" | ")[1] for row in rows] == list(conv_layers.variants(conv_layers.CASES["small"]))
-    assert rows[0].endswith("| 1.00 | " + rows[0].split(" | ")[-1])
+    assert rows[0].split(" | ")[3] == "1.00"  # raw JAX's speed against itself
     with pytest.raises(SystemExit):
         conv_layers.main(["--rounds", "0"])
