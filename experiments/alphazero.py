@@ -87,7 +87,7 @@ import pgx
 
 import fnn
 from experiments import board_search
-from fnn.config import ConfigError
+from fnn.config import ConfigError, check_at_least
 from fnn.pipeline import Experiment, Pipeline
 
 GAMES = ("tic_tac_toe", "connect_four", "go_9x9")
@@ -122,15 +122,13 @@ class Config:
     checkpoint_every: int = 0  # 0: only at the end (and on SIGINT/SIGTERM)
 
     def __post_init__(self):
-        for key, low in (
+        check_at_least(self, (
             ("channels", 1), ("blocks", 0), ("games", 1), ("moves", 1), ("simulations", 2),
             ("considered", 1), ("random_moves", 0), ("buffer", 1), ("batch_size", 1), ("sgd_steps", 1),
             ("iterations", 1), ("anneal", 0), ("eval_simulations", 0), ("eval_games", 2),
             ("baseline_games", 0), ("pass_from", 0),
             ("log_every", 1), ("eval_every", 0), ("checkpoint_every", 0), ("seed", 0),
-        ):
-            if getattr(self, key) < low:
-                raise ConfigError(f"{key} must be at least {low}, got {getattr(self, key)}")
+        ))
         if self.game not in GAMES:
             raise ConfigError(f"game: {self.game!r} is not one of {', '.join(GAMES)}")
         if self.random_moves >= SHORTEST[self.game]:

@@ -69,6 +69,20 @@ class Config:
     # parameters stay float32, and sampling runs in float32
     precision: str = dataclasses.field(default="float32", metadata={"choices": fnn.precision.DTYPES})
 
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            fnn.config.check_choice(field.name, getattr(self, field.name), field.metadata.get("choices"))
+        # held_out_every 1 would hold every address out and leave nothing to train on
+        fnn.config.check_at_least(self, (
+            ("steps", 1), ("batch_size", 1), ("length", 1), ("width", 1), ("layers", 1), ("heads", 1),
+            ("held_out_every", 2), ("eval_every", 1), ("eval_windows", 1), ("sample_length", 0), ("seed", 0),
+        ))
+        for key, ok, says in (("learning_rate", self.learning_rate > 0, "positive"),
+                              ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+                              ("temperature", self.temperature > 0, "positive")):
+            if not ok:
+                raise fnn.config.ConfigError(f"{key} must be {says}, got {getattr(self, key)}")
+
 
 def make_model(config: Config, vocab_size: int) -> fnn.Layer:
     if config.model == "lstm":
@@ -149,13 +163,20 @@ def bits_per_char(outputs, targets) -> jax.Array:
     return fnn.losses.softmax_cross_entropy(outputs, targets) / math.log(2)
 
 
+def schedule(config: Config) -> optax.Schedule:
+    """The learning rate: a linear warm-up from 0 over 100 steps (half the run when it is
+    shorter: the cosine after the warm-up needs steps of its own), then a cosine decay to a
+    tenth of ``learning_rate`` at the last step."""
+    warmup = min(100, config.steps // 2)
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, config.steps,
+                                              config.learning_rate / 10)
+
+
 def model(config: Config, vocab) -> dict:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, 100, config.steps, config.learning_rate / 10
-    )
     return {
         "model": make_model(config, vocab.size),
-        "optimizer": optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01)),
+        "optimizer": optax.chain(optax.clip_by_global_norm(1.0),
+                                 optax.adamw(schedule(config), weight_decay=0.01)),
         "loss": fnn.losses.softmax_cross_entropy,
         "metrics": {"bits_per_char": bits_per_char},
     }

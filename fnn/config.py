@@ -146,6 +146,26 @@ def parse_value(text: str, hint: Any, key: str, choices: Iterable | None = None)
     return value
 
 
+def check_at_least(config: Any, bounds: Iterable[tuple[str, float]], prefix: str = "") -> None:
+    """A ``ConfigError`` naming the first field of ``config`` below its lower bound, for
+    ``(field, bound)`` pairs; ``prefix`` is the config's place in a larger one (``train.``).
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class Run:
+        ...     steps: int = 10
+        ...     batch_size: int = 0
+        >>> check_at_least(Run(), [("steps", 1), ("batch_size", 1)], prefix="train.")
+        Traceback (most recent call last):
+        ...
+        fnn.config.ConfigError: train.batch_size must be at least 1, got 0
+    """
+    for key, low in bounds:
+        if getattr(config, key) < low:
+            raise ConfigError(f"{prefix}{key} must be at least {low}, got {getattr(config, key)}")
+
+
 def check_choice(key: str, value: Any, choices: Iterable | None) -> None:
     """A ``ConfigError`` naming ``key`` unless ``value`` is one of ``choices`` (None: any).
 

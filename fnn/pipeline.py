@@ -388,16 +388,9 @@ class TrainConfig:
         for field in dataclasses.fields(self):
             config_lib.check_choice(f"train.{field.name}", getattr(self, field.name),
                                     field.metadata.get("choices"))
-        for key, low in (
-            ("batch_size", 1),
-            ("epochs", 1),
-            ("keep_checkpoints", 1),
-            ("log_every", 0),
-            ("eval_every", 0),
-            ("checkpoint_every", 0),
-        ):
-            if getattr(self, key) < low:
-                raise config_lib.ConfigError(f"train.{key} must be at least {low}, got {getattr(self, key)}")
+        config_lib.check_at_least(self, (("batch_size", 1), ("epochs", 1), ("keep_checkpoints", 1),
+                                         ("log_every", 0), ("eval_every", 0), ("checkpoint_every", 0)),
+                                  prefix="train.")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise config_lib.ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
         if not 0 <= self.momentum < 1:

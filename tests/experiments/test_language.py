@@ -1,5 +1,7 @@
 """The language experiments on a reduced budget: they learn, well past their baselines."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,34 @@ def test_char_models_beat_the_unigram_baseline_and_write_text(model, precision):
     assert [r["step"] for r in result["curve"]] == [75, 150]
     assert result["curve"][1]["valid_bits_per_char"] < result["curve"][0]["valid_bits_per_char"]
     assert result["sample"].startswith("The ") and len(result["sample"]) == 44
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("steps=0", "steps must be at least 1, got 0"),
+        ("heads=-2", "heads must be at least 1, got -2"),
+        ("held_out_every=1", "held_out_every must be at least 2, got 1"),
+        ("learning_rate=0", "learning_rate must be positive, got 0.0"),
+        ("dropout=1", "dropout must be in [0, 1), got 1.0"),
+        ("temperature=-0.5", "temperature must be positive, got -0.5"),
+    ],
+)
+def test_char_lm_rejects_bad_config_values_by_name(override, says):
+    import fnn
+
+    with pytest.raises(fnn.config.ConfigError, match=re.escape(says)):
+        fnn.config.override(char_lm.Config(), [override])
+
+
+@pytest.mark.parametrize("steps, warmup", [(1, 0), (60, 30), (100, 50), (1000, 100)])
+def test_char_lm_warms_up_for_100_steps_or_half_a_shorter_run(steps, warmup):
+    config = char_lm.Config(steps=steps, learning_rate=4e-3)
+    rate = char_lm.schedule(config)
+    if warmup:
+        assert float(rate(0)) == 0.0 and float(rate(warmup // 2)) == pytest.approx(2e-3)
+    assert float(rate(warmup)) == pytest.approx(4e-3)
+    assert float(rate(steps)) == pytest.approx(4e-4)
 
 
 def test_unigram_bits_is_the_cross_entropy_of_smoothed_counts():
