@@ -77,11 +77,9 @@ class Config:
             ("steps", 1), ("batch_size", 1), ("length", 1), ("width", 1), ("layers", 1), ("heads", 1),
             ("held_out_every", 2), ("eval_every", 1), ("eval_windows", 1), ("sample_length", 0), ("seed", 0),
         ))
-        for key, ok, says in (("learning_rate", self.learning_rate > 0, "positive"),
-                              ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
-                              ("temperature", self.temperature > 0, "positive")):
-            if not ok:
-                raise fnn.config.ConfigError(f"{key} must be {says}, got {getattr(self, key)}")
+        fnn.config.check_that(self, (("learning_rate", self.learning_rate > 0, "positive"),
+                                     ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+                                     ("temperature", self.temperature > 0, "positive")))
 
 
 def make_model(config: Config, vocab_size: int) -> fnn.Layer:

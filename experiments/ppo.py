@@ -75,7 +75,7 @@ import numpy as np
 import optax
 
 import fnn
-from fnn.config import ConfigError, check_at_least
+from fnn.config import ConfigError, check_at_least, check_that
 from fnn.pipeline import Experiment, Pipeline
 
 CLASSIC_CONTROL = ("CartPole-v1", "Acrobot-v1")  # gymnax's discrete-action tasks with vector observations
@@ -125,15 +125,13 @@ class PPOConfig:
         if (self.num_envs * self.rollout_steps) % self.minibatches:
             raise ConfigError(f"minibatches ({self.minibatches}) must divide num_envs * rollout_steps "
                               f"({self.num_envs * self.rollout_steps})")
-        for key, ok, says in (("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
-                              ("lam", 0 <= self.lam <= 1, "in [0, 1]"),
-                              ("clip", self.clip > 0, "positive"),
-                              ("value_coef", self.value_coef > 0, "positive"),
-                              ("entropy_coef", self.entropy_coef >= 0, "at least 0"),
-                              ("learning_rate", self.learning_rate > 0, "positive"),
-                              ("max_grad_norm", self.max_grad_norm > 0, "positive")):
-            if not ok:
-                raise ConfigError(f"{key} must be {says}, got {getattr(self, key)}")
+        check_that(self, (("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
+                          ("lam", 0 <= self.lam <= 1, "in [0, 1]"),
+                          ("clip", self.clip > 0, "positive"),
+                          ("value_coef", self.value_coef > 0, "positive"),
+                          ("entropy_coef", self.entropy_coef >= 0, "at least 0"),
+                          ("learning_rate", self.learning_rate > 0, "positive"),
+                          ("max_grad_norm", self.max_grad_norm > 0, "positive")))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -166,6 +166,26 @@ def check_at_least(config: Any, bounds: Iterable[tuple[str, float]], prefix: str
             raise ConfigError(f"{prefix}{key} must be at least {low}, got {getattr(config, key)}")
 
 
+def check_that(config: Any, checks: Iterable[tuple[str, bool, str]]) -> None:
+    """A ``ConfigError`` naming the first field of ``config`` whose check failed, for
+    ``(field, ok, what it must be)`` triples.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class Run:
+        ...     dropout: float = 1.5
+        >>> run = Run()
+        >>> check_that(run, [("dropout", 0 <= run.dropout < 1, "in [0, 1)")])
+        Traceback (most recent call last):
+        ...
+        fnn.config.ConfigError: dropout must be in [0, 1), got 1.5
+    """
+    for key, ok, says in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {says}, got {getattr(config, key)}")
+
+
 def check_choice(key: str, value: Any, choices: Iterable | None) -> None:
     """A ``ConfigError`` naming ``key`` unless ``value`` is one of ``choices`` (None: any).
 
