@@ -46,6 +46,12 @@ class Config:
     valid_fraction: float = 0.1
     data_seed: int = 0
 
+    def __post_init__(self):
+        fnn.config.check_at_least(self, (("seeds", 1), ("epochs", 1), ("width", 1), ("batch_size", 1),
+                                         ("data_seed", 0)))
+        fnn.config.check_that(self, (("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
+                                     ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)")))
+
 
 def variants(config: Config) -> dict[str, digits.Config]:
     """Each variant as the digits configuration that trains one member of it."""
@@ -75,8 +81,6 @@ def variant_run(run, name: str, variant: digits.Config):
 def train_variants(train_set, eval_set, test_set, config: Config, run=None, progress: bool = False) -> dict:
     """Train every variant's population; collect each member's validation accuracy after every
     epoch and its test accuracy at the end."""
-    if config.seeds < 1:
-        raise fnn.config.ConfigError(f"seeds must be at least 1, got {config.seeds}")
     members = [{"seed": s} for s in range(config.seeds)]
     stages = Pipeline(digits.augmentation, digits.model, fnn.pipeline.optimizer, population_batches,
                       population_train, fnn.pipeline.test)

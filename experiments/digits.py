@@ -59,6 +59,12 @@ class Config:
     data_seed: int = 0  # the train/validation/test split (train.seed seeds the rest)
     train: TrainConfig = TrainConfig()
 
+    def __post_init__(self):
+        fnn.config.check_at_least(self, (("width", 1), ("data_seed", 0)))
+        fnn.config.check_that(self, (("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+                                     ("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
+                                     ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)")))
+
 
 NUM_CLASSES = 10
 

@@ -50,6 +50,10 @@ class Config:
     max_epochs: int = 1000  # give up after this many passes over the data
     seed: int = 0  # draws the line and the points
 
+    def __post_init__(self):
+        fnn.config.check_at_least(self, (("points", 2), ("max_epochs", 1), ("seed", 0), ("margin", 0)))
+        fnn.config.check_that(self, (("learning_rate", self.learning_rate > 0, "positive"),))
+
 
 def make_data(points: int, margin: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``points`` 2-D inputs in [-1, 1]^2, their 0/1 labels (the side of a random line
@@ -62,7 +66,7 @@ def make_data(points: int, margin: float, seed: int) -> tuple[np.ndarray, np.nda
     distance = candidates @ normal - offset
     keep = np.abs(distance) >= margin
     if keep.sum() < points:
-        raise ValueError(f"margin {margin} leaves too few points; use a smaller margin")
+        raise fnn.config.ConfigError(f"margin {margin} leaves too few points; use a smaller margin")
     x = candidates[keep][:points].astype(np.float32)
     y = (distance[keep][:points] > 0).astype(np.float32)
     return x, y, np.array([*normal, -offset])

@@ -105,7 +105,7 @@ class Config:
     def __post_init__(self):
         for key, low in (("iterations", 1), ("games", 2), ("hidden", 1), ("layers", 1), ("updates", 1),
                          ("magnet_every", 1), ("average_from", 0), ("eval_every", 1),
-                         ("checkpoint_every", 0)):
+                         ("checkpoint_every", 0), ("seed", 0)):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{key} must be an int >= {low}, got {value!r}")

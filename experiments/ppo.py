@@ -121,7 +121,7 @@ class PPOConfig:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(choices[key])}")
         check_at_least(self, (("num_envs", 1), ("rollout_steps", 1), ("iterations", 1), ("epochs", 1),
                               ("minibatches", 1), ("hidden", 1), ("eval_episodes", 1), ("eval_every", 0),
-                              ("log_every", 1), ("checkpoint_every", 0)))
+                              ("log_every", 1), ("checkpoint_every", 0), ("seed", 0)))
         if (self.num_envs * self.rollout_steps) % self.minibatches:
             raise ConfigError(f"minibatches ({self.minibatches}) must divide num_envs * rollout_steps "
                               f"({self.num_envs * self.rollout_steps})")

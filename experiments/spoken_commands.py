@@ -52,6 +52,15 @@ class Config:
     valid_fraction: float = 0.1
     train: TrainConfig = TrainConfig(epochs=20, batch_size=64)
 
+    def __post_init__(self):
+        # the model's three convolutions and two poolings need 7 frames (85 ms) and 7 bands
+        fnn.config.check_at_least(self, (("max_seconds", 0.1), ("n_mels", 7), ("channels", 1)))
+        fnn.config.check_that(self, (
+            ("words", len(set(self.words)) == len(self.words) >= 2, "two or more distinct words"),
+            ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+            ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)"),
+        ))
+
 
 def make_model(config: Config) -> fnn.Layer:
     c = config.channels

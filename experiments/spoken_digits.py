@@ -60,6 +60,13 @@ class Config:
     examples: int = 8  # decoded test strings printed next to their references
     train: TrainConfig = TrainConfig(epochs=15, batch_size=32, learning_rate=2e-3)
 
+    def __post_init__(self):
+        fnn.config.check_at_least(self, (("min_digits", 1), ("max_digits", self.min_digits), ("n_mels", 1),
+                                         ("stack", 1), ("channels", 1), ("kernel", 1), ("hidden", 1),
+                                         ("beam_width", 1), ("examples", 0)))
+        fnn.config.check_that(self, (("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+                                     ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)")))
+
 
 def make_model(config: Config) -> fnn.Layer:
     return fnn.serial(

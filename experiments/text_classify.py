@@ -62,6 +62,13 @@ class Config:
     held_out_every: int = 5
     train: TrainConfig = TrainConfig(epochs=10, learning_rate=3e-3)  # optimizer: adamw, see below
 
+    def __post_init__(self):
+        # held_out_every 1 would hold every address out and leave nothing to train on; the
+        # vocabulary holds padding, unknown and at least one word
+        fnn.config.check_at_least(self, (("min_words", 1), ("max_words", self.min_words), ("vocab_size", 3),
+                                         ("embedding", 1), ("hidden", 1), ("held_out_every", 2)))
+        fnn.config.check_that(self, (("dropout", 0 <= self.dropout < 1, "in [0, 1)"),))
+
 
 def label_of(speech: corpus.Speech, label: str) -> int | None:
     """The class of a speech, or None when it belongs to none (another party)."""

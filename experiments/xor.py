@@ -44,6 +44,11 @@ class Config:
     momentum: float = 0.9
     seed: int = 0  # initial weights
 
+    def __post_init__(self):
+        fnn.config.check_at_least(self, (("hidden", 1), ("steps", 1), ("seed", 0)))
+        fnn.config.check_that(self, (("learning_rate", self.learning_rate > 0, "positive"),
+                                     ("momentum", 0 <= self.momentum < 1, "in [0, 1)")))
+
 
 X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
 Y = np.array([[0], [1], [1], [0]], np.float32)  # XOR of the two inputs

@@ -162,7 +162,7 @@ def check_at_least(config: Any, bounds: Iterable[tuple[str, float]], prefix: str
         fnn.config.ConfigError: train.batch_size must be at least 1, got 0
     """
     for key, low in bounds:
-        if getattr(config, key) < low:
+        if not getattr(config, key) >= low:  # NaN too
             raise ConfigError(f"{prefix}{key} must be at least {low}, got {getattr(config, key)}")
 
 

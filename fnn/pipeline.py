@@ -389,7 +389,8 @@ class TrainConfig:
             config_lib.check_choice(f"train.{field.name}", getattr(self, field.name),
                                     field.metadata.get("choices"))
         config_lib.check_at_least(self, (("batch_size", 1), ("epochs", 1), ("keep_checkpoints", 1),
-                                         ("log_every", 0), ("eval_every", 0), ("checkpoint_every", 0)),
+                                         ("log_every", 0), ("eval_every", 0), ("checkpoint_every", 0),
+                                         ("seed", 0)),
                                   prefix="train.")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise config_lib.ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")

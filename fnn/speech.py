@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from fnn import data
+from fnn.config import check_at_least
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -548,6 +549,7 @@ class VoiceSplit:
     cache: str = "default"
 
     def __post_init__(self):
+        check_at_least(self, (("copies", 1), ("test_copies", 1), ("seed", 0)), prefix="data.")
         shared = sorted(set(self.train_variants) & set(self.test_variants))
         if shared:
             raise SpeechError(f"data: the variants {shared} are both training and test voices")

@@ -1,0 +1,93 @@
+"""Every experiment's config refuses values it cannot run with when it is made or overridden:
+a ``ConfigError`` naming the key, never a crash deep inside a run."""
+
+import dataclasses
+import math
+import re
+
+import pytest
+
+import fnn
+from experiments import comparisons, digits, perceptron, spoken_commands, spoken_digits, text_classify, xor
+
+
+@pytest.mark.parametrize("config, assignment, says", [
+    (comparisons.Config(), "seeds=0", "seeds must be at least 1, got 0"),
+    (comparisons.Config(), "width=0", "width must be at least 1, got 0"),
+    (comparisons.Config(), "test_fraction=1", "test_fraction must be in (0, 1), got 1.0"),
+    (comparisons.Config(), "valid_fraction=0", "valid_fraction must be in (0, 1), got 0.0"),
+    (comparisons.Config(), "data_seed=-1", "data_seed must be at least 0, got -1"),
+    (digits.Config(), "width=0", "width must be at least 1, got 0"),
+    (digits.Config(), "dropout=1", "dropout must be in [0, 1), got 1.0"),
+    (digits.Config(), "test_fraction=0", "test_fraction must be in (0, 1), got 0.0"),
+    (digits.Config(), "train.seed=-3", "train.seed must be at least 0, got -3"),
+    (perceptron.Config(), "points=1", "points must be at least 2, got 1"),
+    (perceptron.Config(), "margin=-0.1", "margin must be at least 0, got -0.1"),
+    (perceptron.Config(), "learning_rate=0", "learning_rate must be positive, got 0.0"),
+    (perceptron.Config(), "max_epochs=0", "max_epochs must be at least 1, got 0"),
+    (xor.Config(), "hidden=0", "hidden must be at least 1, got 0"),
+    (xor.Config(), "steps=0", "steps must be at least 1, got 0"),
+    (xor.Config(), "learning_rate=-0.5", "learning_rate must be positive, got -0.5"),
+    (xor.Config(), "momentum=1", "momentum must be in [0, 1), got 1.0"),
+    (text_classify.Config(), "min_words=0", "min_words must be at least 1, got 0"),
+    (text_classify.Config(), "max_words=10", "max_words must be at least 20, got 10"),
+    (text_classify.Config(), "vocab_size=2", "vocab_size must be at least 3, got 2"),
+    (text_classify.Config(), "held_out_every=1", "held_out_every must be at least 2, got 1"),
+    (text_classify.Config(), "embedding=0", "embedding must be at least 1, got 0"),
+    (spoken_commands.Config(), "max_seconds=0.05", "max_seconds must be at least 0.1, got 0.05"),
+    (spoken_commands.Config(), "n_mels=6", "n_mels must be at least 7, got 6"),
+    (spoken_commands.Config(), "words=yes,yes", "words must be two or more distinct words"),
+    (spoken_commands.Config(), "valid_fraction=1.5", "valid_fraction must be in (0, 1), got 1.5"),
+    (spoken_commands.Config(), "data.copies=0", "data.copies must be at least 1, got 0"),
+    (spoken_digits.Config(), "max_digits=0", "max_digits must be at least 1, got 0"),
+    (spoken_digits.Config(), "beam_width=0", "beam_width must be at least 1, got 0"),
+    (spoken_digits.Config(), "stack=0", "stack must be at least 1, got 0"),
+    (spoken_digits.Config(), "data.test_copies=0", "data.test_copies must be at least 1, got 0"),
+    (spoken_digits.Config(), "data.seed=-1", "data.seed must be at least 0, got -1"),
+])
+def test_bad_values_are_config_errors_naming_the_key(config, assignment, says):
+    with pytest.raises(fnn.config.ConfigError, match=re.escape(says)):
+        fnn.config.override(config, [assignment])
+
+
+def _numeric_keys(config, prefix=""):
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numeric_keys(value, f"{prefix}{field.name}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield f"{prefix}{field.name}", value
+
+
+@pytest.mark.parametrize("name", sorted(fnn.pipeline.experiments()))
+def test_no_experiment_takes_nan_or_a_negative_count(name):
+    """A sweep over every number of every installed experiment's config: NaN is never a
+    value, and neither is -1 (seeds, sizes, intervals and rates are all at least 0)."""
+    config = fnn.pipeline.experiments()[name].config
+    checked = 0
+    for key, value in _numeric_keys(config):
+        for bad in (["nan", "-1"] if isinstance(value, float) else ["-1"]):
+            with pytest.raises(fnn.config.ConfigError, match=re.escape(key)):
+                fnn.config.override(config, [f"{key}={bad}"])
+            checked += 1
+    assert checked >= 5, f"{name}: only {checked} numeric keys"
+    assert not any(isinstance(v, float) and math.isnan(v) for _, v in _numeric_keys(config))
+
+
+def test_nan_given_in_code_is_refused_too():
+    """``--set`` refuses ``nan`` as text; a config made in code is checked by its own rules."""
+    with pytest.raises(fnn.config.ConfigError, match=re.escape("margin must be at least 0, got nan")):
+        perceptron.Config(margin=math.nan)
+    with pytest.raises(fnn.config.ConfigError, match=re.escape("max_seconds must be at least 0.1, got nan")):
+        spoken_commands.Config(max_seconds=math.nan)
+
+
+def test_perceptron_s_margin_too_wide_for_its_square_is_a_config_error():
+    with pytest.raises(fnn.config.ConfigError, match="margin 1.5 leaves too few points"):
+        perceptron.run(perceptron.Config(margin=1.5))
+
+
+def test_the_fnn_command_prints_the_bad_key_and_exits_2(capsys, tmp_path):
+    assert fnn.cli.main(["run", "xor", "hidden=0", "--dir", str(tmp_path / "x"), "-q"]) == 2
+    assert "fnn run: hidden must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before a run directory was made
