@@ -259,3 +259,35 @@ def test_conv_layers_prints_a_row_per_case_and_variant(monkeypatch, capsys):
     assert rows[0].split(" | ")[3] == "1.00"  # raw JAX's speed against itself
     with pytest.raises(SystemExit):
         conv_layers.main(["--rounds", "0"])
+
+
+def test_input_pipeline_measures_the_wait_and_the_cost_against_one_batch(monkeypatch, capsys):
+    import fnn
+    from benchmarks import input_pipeline
+    from experiments import digits
+
+    small = digits.Config(model="mlp", width=16, train=fnn.pipeline.TrainConfig(epochs=1))
+    monkeypatch.setattr(input_pipeline, "cases", lambda quick: {"digits (mlp)": (digits.run, small),
+                                                                "left out": (None, None)})
+    input_pipeline.main(["--rounds", "1", "--cases", "mlp"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| digits")]
+    assert len(rows) == 1
+    cells = rows[0].strip("| ").split(" | ")
+    assert cells[1] == "20"  # 1,293 training digits in batches of 64
+    seconds, wait, fraction, alone = float(cells[2]), float(cells[3]), float(cells[4][:-1]), float(cells[5])
+    assert 0 <= wait < seconds and 0 <= fraction < 100 and alone > 0
+    assert fnn.loop.Prefetch is fnn.data.Prefetch  # the stand-in is gone after the run
+    with pytest.raises(SystemExit):
+        input_pipeline.main(["--rounds", "0"])
+
+
+def test_one_batch_hands_the_first_batch_to_every_step():
+    import numpy as np
+
+    import fnn
+    from benchmarks.input_pipeline import OneBatch
+
+    data = fnn.data.loader((np.arange(10.0, dtype=np.float32),), 2, seed=0, epochs=2)
+    batches = list(OneBatch(data, state={"next_index": 3}))
+    assert len(batches) == 7 and all(b is batches[0] for b in batches)
+    np.testing.assert_array_equal(batches[0][0], data[0][0])

@@ -1,5 +1,6 @@
 """Loading, splitting and batching."""
 
+import jax
 import numpy as np
 import pytest
 from sklearn import datasets
@@ -51,3 +52,48 @@ def test_batches_cover_each_epoch_once_and_shuffle_by_seed():
 def test_bad_data_is_a_clear_error(arrays, size, message):
     with pytest.raises(ValueError, match=message):
         list(fnn.data.batches(arrays, size))
+
+
+class _Counted:
+    """A batch dataset that counts the batches read from it."""
+
+    def __init__(self, data):
+        self.data, self.read = data, []
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, k):
+        self.read.append(k)
+        return self.data[k]
+
+
+def test_prefetch_reads_each_batch_once_size_ahead_and_resumes_from_its_state():
+    data = _Counted(fnn.data.loader((np.arange(12.0, dtype=np.float32),), 2, seed=3, epochs=2))  # 12 batches
+    it = fnn.data.Prefetch(data, size=3)
+    assert data.read == [0, 1, 2]  # made ahead before the first is asked for
+    first = [next(it) for _ in range(4)]
+    assert data.read == list(range(7)) and it.state() == {"next_index": 4}
+    rest = list(fnn.data.Prefetch(data.data, state=it.state()))
+    every = [data.data[k] for k in range(12)]
+    for got, want in zip(first + rest, every, strict=True):
+        np.testing.assert_array_equal(got[0], want[0])
+    assert it.state() == {"next_index": 4}  # what was made ahead is not consumed
+    with pytest.raises(ValueError, match="does not fit a dataset of 12 batches"):
+        fnn.data.Prefetch(data, state={"next_index": 13})
+
+
+def test_prefetch_leaves_batches_on_the_host_for_a_cpu_device_and_puts_them_otherwise(monkeypatch):
+    data = fnn.data.loader((np.ones((8, 3), np.float32), np.zeros(8, np.int32)), 4, seed=0)
+    cpu = jax.devices("cpu")[0]
+    for it in (fnn.data.Prefetch(data), fnn.data.Prefetch(data, device=cpu)):
+        assert all(isinstance(a, np.ndarray) for a in jax.tree.leaves(next(it)))  # no copy per batch
+    put = fnn.data.Prefetch(data, put=lambda b: ("put", b))
+    assert next(put)[0] == "put"
+    # an accelerator: each batch is copied to it ahead of the step (here a stand-in that is
+    # the CPU device under another platform name)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    batch = next(fnn.data.Prefetch(data))
+    assert all(isinstance(a, jax.Array) for a in jax.tree.leaves(batch))
+    with jax.default_device(cpu):  # an explicit default device is honoured
+        assert isinstance(next(fnn.data.Prefetch(data))[0], np.ndarray)

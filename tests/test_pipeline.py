@@ -196,11 +196,6 @@ def test_loop_reports_the_time_it_waited_for_input():
             time.sleep(0.02)
             return self.data[i]
 
-        def to_iter_dataset(self, options):
-            import grain
-
-            return grain.MapDataset.range(len(self.data)).map(self.__getitem__).to_iter_dataset(options)
-
     step, state, data, _ = _problem()  # the first loop donated its state's buffers
     stats = {}
     loop.train_loop(step, state, Slow(data), log_every=24, progress=False, stats=stats)
