@@ -244,8 +244,9 @@ class Prefetch:
     loss). Batches go to ``device`` (default: JAX's default device), or through ``put`` when
     given (e.g. ``DataParallel.put_batch``, which splits each batch among several devices).
     On a CPU device they stay the host's arrays: the step reads them as they are, where a
-    ``jax.device_put`` per batch waits on the busy CPU runtime (in ``benchmarks/input_pipeline.py``,
-    0.8 ms a batch while text-classify trained, against 0.06 ms alone).
+    ``jax.device_put`` per batch waits on the busy CPU runtime (0.8 ms a batch while
+    text-classify trained, against 0.06 ms alone, in a one-off measurement; the cost to
+    whole runs is in ``benchmarks/input_pipeline.py``).
 
     ``state()`` is the position after the batches consumed so far (not those made ahead),
     ``{"next_index": k}``; a new ``Prefetch(dataset, state=...)`` continues from there.
