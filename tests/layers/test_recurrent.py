@@ -155,6 +155,7 @@ BY_HAND = [
     fnn.Recurrent(fnn.GRU(H), reverse=True),
     fnn.Recurrent(fnn.SimpleRNN(H), remat=True, unroll=2),
     fnn.Bidirectional(fnn.LSTM(H)),
+    fnn.Recurrent(fnn.LSTM(H), remat=True),
 ]
 
 
@@ -171,7 +172,8 @@ def _by_hand_and_plain_grads(layer, x, loss_of_output):
     return by_hand, jax.value_and_grad(loss)(params), jaxpr
 
 
-@pytest.mark.parametrize("layer", BY_HAND, ids=["lstm", "gru-reverse", "rnn-remat-unroll", "bidirectional"])
+@pytest.mark.parametrize("layer", BY_HAND,
+                         ids=["lstm", "gru-reverse", "rnn-remat-unroll", "bidirectional", "lstm-remat"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_hand_written_gradients_equal_the_plain_ones(layer, masked):
     x = sequence()
@@ -256,17 +258,39 @@ def _planned_bytes(rnn, x):
         return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
 
-def test_an_lstm_keeps_one_pre_activation_per_step(monkeypatch):
-    """An LSTM reads its input projection and hidden product only as their sum, so the
-    forward loop keeps that one [batch, 4 * hidden] array per step (a GRU keeps both). The
-    compiled gradient plans less memory than with both, and second-order gradients stay
-    right."""
+def _primitives(jaxpr, into=None):
+    """The names of the primitives of ``jaxpr`` and of every jaxpr inside it."""
+    into = set() if into is None else into
+    for eqn in jaxpr.eqns:
+        into.add(eqn.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            _primitives(sub, into)
+    return into
+
+
+def test_an_lstm_keeps_its_gates_and_its_backward_loop_computes_no_sigmoid_or_tanh(monkeypatch):
+    """The forward loop keeps an LSTM's gates after their activations and ``tanh(c')``, so
+    that the backward loop's element-wise gradient is products and sums alone; second-order
+    gradients stay right. Without that, the loop would keep the sum of the input projection
+    and the hidden product (one [batch, 4 * hidden] array a step, as a SimpleRNN does; a GRU
+    keeps both parts), which plans less memory than both parts."""
     from fnn.layers import recurrent
 
+    rnn = fnn.Recurrent(fnn.LSTM(16))
     x = sequence(4, 12, 8)
-    one = _planned_bytes(fnn.Recurrent(fnn.LSTM(16)), x)
+    params, _ = rnn.init(KEY, x)
+    with fnn.reverse_mode_only():
+        jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(rnn(p, x) ** 2)))(params).jaxpr
+    loops = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "scan"]
+    backward = [eqn for eqn in loops if eqn.params["reverse"]]  # the forward loop runs forward
+    assert len(loops) == 2 and len(backward) == 1
+    assert {"logistic", "tanh"} <= _primitives(loops[0].params["jaxpr"].jaxpr)
+    assert not {"logistic", "tanh"} & _primitives(backward[0].params["jaxpr"].jaxpr)
+
+    monkeypatch.setattr(recurrent, "_GATES_SAVED", ())
+    one = _planned_bytes(rnn, x)
     monkeypatch.setattr(recurrent, "_SUMMED", ())
-    assert one < _planned_bytes(fnn.Recurrent(fnn.LSTM(16)), x)
+    assert one < _planned_bytes(rnn, x)
     monkeypatch.undo()
     small = fnn.Recurrent(fnn.LSTM(3))
     xs = sequence(2, 3, 2)
