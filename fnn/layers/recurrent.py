@@ -217,12 +217,16 @@ class LSTM(Cell):
         return carry[1]
 
     def activate(self, params, carry, projected, hidden):
-        c, _ = carry
-        z = projected + hidden
-        i, f, g, o = jnp.split(z, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        i, f, g, o = self.gate_values(projected + hidden)
+        c = f * carry[0] + i * g
+        h = o * jnp.tanh(c)
         return (c, h), h
+
+    @staticmethod
+    def gate_values(z: jax.Array) -> tuple[jax.Array, ...]:
+        """``(i, f, g, o)`` after their activations, from the pre-activation ``z``."""
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -438,8 +442,7 @@ def _residuals(cell, carry, projected, hidden):
     rounds, for 2 MiB more of its 29); for the other cells the parts of the pre-activation
     (``_parts``)."""
     if type(cell) in _GATES_SAVED:
-        i, f, g, o = jnp.split(projected + hidden, 4, axis=-1)
-        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        i, f, g, o = cell.gate_values(projected + hidden)
         return i, f, g, o, jnp.tanh(f * carry[0] + i * g)
     return _parts(cell, projected, hidden)
 
@@ -485,7 +488,7 @@ def _scan_by_hand_forward(cell, reverse, unroll, remat, params, carry, xs, mask)
 
 
 def _scan_by_hand_backward(cell, reverse, unroll, remat, residuals, cotangents):
-    params, xs, mask, (carries, parts) = residuals
+    params, xs, mask, (carries, kept) = residuals
     d_ys, d_carry = cotangents
     rest = {k: v for k, v in params["hidden"].items() if k != "w"}  # a GRU's bias inside r *
 
@@ -496,13 +499,13 @@ def _scan_by_hand_backward(cell, reverse, unroll, remat, residuals, cotangents):
 
     def step(grads, inputs):
         d_carry, d_rest = grads
-        carry, parts, x_t, m_t, d_y = inputs
-        if parts is None:  # remat: the step's pre-activation again
-            parts = _residuals(cell, carry, *_pre_activation(cell, params, carry, x_t))
+        carry, kept, x_t, m_t, d_y = inputs
+        if kept is None:  # remat: the step's residuals again
+            kept = _residuals(cell, carry, *_pre_activation(cell, params, carry, x_t))
         if type(cell) in _GATES_SAVED:
-            d_carry, d_parts, d_step_rest = _lstm_step_grad(carry, parts, m_t, d_carry, d_y)
+            d_carry, d_parts, d_step_rest = _lstm_step_grad(carry, kept, m_t, d_carry, d_y)
         else:
-            _, vjp = jax.vjp(lambda c, z, r: activate(c, z, r, m_t), carry, parts, rest)
+            _, vjp = jax.vjp(lambda c, z, r: activate(c, z, r, m_t), carry, kept, rest)
             d_carry, d_parts, d_step_rest = vjp((d_carry, d_y))
         _, to_carry = jax.vjp(cell.hidden_input, carry)
         (d_h,) = to_carry(jnp.matmul(d_parts[-1], u_t))
@@ -513,7 +516,7 @@ def _scan_by_hand_backward(cell, reverse, unroll, remat, residuals, cotangents):
     # into each step's product): 1.04-1.07x the LSTM step in one-off A/Bs
     u_t = lax.optimization_barrier(params["hidden"]["w"].astype(d_ys.dtype).T)
     zeros = jax.tree.map(jnp.zeros_like, rest)
-    inputs = (carries, parts, xs, mask, d_ys)
+    inputs = (carries, kept, xs, mask, d_ys)
     (d_carry, d_rest), d_parts = lax.scan(step, (d_carry, zeros), inputs, reverse=not reverse, unroll=unroll)
     g_in, g_hidden = d_parts[0], d_parts[-1]
     h_in = cell.hidden_input(carries)
