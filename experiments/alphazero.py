@@ -87,7 +87,7 @@ import pgx
 
 import fnn
 from experiments import board_search
-from fnn.config import ConfigError, check_at_least
+from fnn.config import ConfigError, check_at_least, check_that
 from fnn.pipeline import Experiment, Pipeline
 
 GAMES = ("tic_tac_toe", "connect_four", "go_9x9")
@@ -138,16 +138,13 @@ class Config:
             )
         if self.pass_from and self.game != "go_9x9":
             raise ConfigError(f"pass_from is a rule of Go's agent; {self.game} has no pass move")
-        if self.eval_simulations == 1:
-            raise ConfigError("eval_simulations must be 0 (greedy) or at least 2, got 1")
         if self.buffer < self.games:
             raise ConfigError(
                 f"buffer must hold at least one move of every game ({self.games}), got {self.buffer}"
             )
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not self.weight_decay >= 0:
-            raise ConfigError(f"weight_decay must be at least 0, got {self.weight_decay}")
+        check_that(self, (("eval_simulations", self.eval_simulations != 1, "0 (greedy) or at least 2"),
+                          ("learning_rate", self.learning_rate > 0, "positive"),
+                          ("weight_decay", self.weight_decay >= 0, "at least 0")))
 
 
 # -- the network -------------------------------------------------------------------------

@@ -70,8 +70,7 @@ class Config:
     precision: str = dataclasses.field(default="float32", metadata={"choices": fnn.precision.DTYPES})
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            fnn.config.check_choice(field.name, getattr(self, field.name), field.metadata.get("choices"))
+        fnn.config.check_choices(self)
         # held_out_every 1 would hold every address out and leave nothing to train on
         fnn.config.check_at_least(self, (
             ("steps", 1), ("batch_size", 1), ("length", 1), ("width", 1), ("layers", 1), ("heads", 1),

@@ -81,7 +81,7 @@ import pgx
 
 import fnn
 from experiments import poker_tree
-from fnn.config import ConfigError
+from fnn.config import ConfigError, check_that
 from fnn.pipeline import Experiment, Pipeline
 
 
@@ -109,13 +109,10 @@ class Config:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{key} must be an int >= {low}, got {value!r}")
-        for key in ("learning_rate", "step_size"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        if not 0 <= self.explore < 1:
-            raise ConfigError(f"explore must be in [0, 1), got {self.explore}")
-        if not self.temperature >= 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        check_that(self, (("learning_rate", self.learning_rate > 0, "positive"),
+                          ("step_size", self.step_size > 0, "positive"),
+                          ("explore", 0 <= self.explore < 1, "in [0, 1)"),
+                          ("temperature", self.temperature >= 0, ">= 0")))
 
 
 @dataclasses.dataclass(frozen=True)

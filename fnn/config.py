@@ -166,9 +166,9 @@ def check_at_least(config: Any, bounds: Iterable[tuple[str, float]], prefix: str
             raise ConfigError(f"{prefix}{key} must be at least {low}, got {getattr(config, key)}")
 
 
-def check_that(config: Any, checks: Iterable[tuple[str, bool, str]]) -> None:
+def check_that(config: Any, checks: Iterable[tuple[str, bool, str]], prefix: str = "") -> None:
     """A ``ConfigError`` naming the first field of ``config`` whose check failed, for
-    ``(field, ok, what it must be)`` triples.
+    ``(field, ok, what it must be)`` triples; ``prefix`` as for :func:`check_at_least`.
 
     Example:
         >>> import dataclasses
@@ -183,7 +183,25 @@ def check_that(config: Any, checks: Iterable[tuple[str, bool, str]]) -> None:
     """
     for key, ok, says in checks:
         if not ok:
-            raise ConfigError(f"{key} must be {says}, got {getattr(config, key)}")
+            raise ConfigError(f"{prefix}{key} must be {says}, got {getattr(config, key)}")
+
+
+def check_choices(config: Any, prefix: str = "") -> None:
+    """:func:`check_choice` for every field of the dataclass ``config`` with ``choices``
+    metadata; ``prefix`` as for :func:`check_at_least`.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class Run:
+        ...     model: str = dataclasses.field(default="rnn", metadata={"choices": ("mlp", "cnn")})
+        >>> check_choices(Run(), prefix="train.")
+        Traceback (most recent call last):
+        ...
+        fnn.config.ConfigError: train.model: 'rnn' is not one of 'mlp', 'cnn'
+    """
+    for field in dataclasses.fields(config):
+        check_choice(f"{prefix}{field.name}", getattr(config, field.name), field.metadata.get("choices"))
 
 
 def check_choice(key: str, value: Any, choices: Iterable | None) -> None:

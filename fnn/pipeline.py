@@ -385,17 +385,14 @@ class TrainConfig:
     precision: str = dataclasses.field(default="float32", metadata={"choices": precision_lib.DTYPES})
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            config_lib.check_choice(f"train.{field.name}", getattr(self, field.name),
-                                    field.metadata.get("choices"))
+        config_lib.check_choices(self, prefix="train.")
         config_lib.check_at_least(self, (("batch_size", 1), ("epochs", 1), ("keep_checkpoints", 1),
                                          ("log_every", 0), ("eval_every", 0), ("checkpoint_every", 0),
                                          ("seed", 0)),
                                   prefix="train.")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise config_lib.ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.momentum < 1:
-            raise config_lib.ConfigError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        config_lib.check_that(self, (("learning_rate", self.learning_rate is None or self.learning_rate > 0,
+                                      "positive"),
+                                     ("momentum", 0 <= self.momentum < 1, "in [0, 1)")), prefix="train.")
 
 
 def learning_rate(train: TrainConfig) -> float:
