@@ -18,7 +18,7 @@ machine's speed hits all alike. Per model and framework the table gives:
   row's figures are left out);
 - ``GFLOP/s`` and ``% peak`` for the compute-bound models (``mlp-large``, ``transformer``):
   raw JAX's FLOPs per step times each framework's steps/s, against the peak measured by
-  timing a 2048x2048 float32 matrix product in JAX.
+  timing a 2048x2048 float32 matrix product in JAX (8192x8192 on an accelerator).
 
 ``fnn K=10`` is fnn with ``make_train_step(..., steps_per_call=10)``: ten steps per
 compiled call (a ``lax.scan`` over ten batches already on the device), counted as ten
@@ -56,7 +56,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.frameworks import JAX_FRAMEWORKS, TORCH_AVAILABLE, VARIANTS, torch_frameworks
+from benchmarks.frameworks import (
+    JAX_FRAMEWORKS,
+    KNOWN,
+    MISSING,
+    TORCH_AVAILABLE,
+    VARIANTS,
+    installed,
+    torch_frameworks,
+)
 from benchmarks.models import SPECS, Bench, batch_for, expected_params
 from fnn import hostmem
 
@@ -91,9 +99,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def peak_gflops(size: int = 2048, repeats: int = 7) -> float:
-    """The machine's float32 matmul rate in JAX: the best of ``repeats`` timed products."""
-    a = jax.device_put(np.random.default_rng(0).normal(size=(size, size)).astype(np.float32))
+def peak_size() -> int:
+    """The side of the square product that measures the peak: 2048 on a CPU, 8192 on an
+    accelerator (a 2048 product leaves a GPU mostly idle)."""
+    return 2048 if jax.default_backend() == "cpu" else 8192
+
+
+def peak_gflops(size: int | None = None, repeats: int = 7, dtype: Any = np.float32) -> float:
+    """The machine's matmul rate in JAX for square ``dtype`` products of side ``size``
+    (default ``peak_size()``): the best of ``repeats`` timed products."""
+    size = size or peak_size()
+    a = jax.device_put(np.random.default_rng(0).normal(size=(size, size)).astype(dtype))
     matmul = jax.jit(jnp.matmul)
     matmul(a, a).block_until_ready()
     best = float("inf")
@@ -256,13 +272,12 @@ def markdown_table(rows: Iterable[Row]) -> str:
 
 
 def versions() -> str:
-    import equinox
-    import flax
-    import haiku
-    import optax
+    import importlib
 
-    parts = [f"python {platform.python_version()}", f"jax {jax.__version__}", f"flax {flax.__version__}",
-             f"equinox {equinox.__version__}", f"haiku {haiku.__version__}", f"optax {optax.__version__}"]
+    parts = [f"python {platform.python_version()}", f"jax {jax.__version__}"]
+    for package in ("flax", "equinox", "haiku", "optax"):
+        if installed(package):
+            parts.append(f"{package} {importlib.import_module(package).__version__}")
     if TORCH_AVAILABLE:
         import torch
 
@@ -273,7 +288,7 @@ def versions() -> str:
 def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(SPECS), choices=list(SPECS))
-    every = [*JAX_FRAMEWORKS, *VARIANTS, "pytorch (eager)", "pytorch (torch.compile)"]
+    every = [*KNOWN, *VARIANTS, "pytorch (eager)", "pytorch (torch.compile)"]
     parser.add_argument("--frameworks", nargs="+", choices=every, help="default: all available")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true",
@@ -309,12 +324,14 @@ def main(argv: list[str] | None = None) -> list[Row]:
     say(versions())
     if not TORCH_AVAILABLE and not args.no_torch:
         say("PyTorch is not installed: its rows are skipped (pip install torch to add them)")
+    if MISSING:
+        say(f"not installed, so their rows are skipped: {', '.join(MISSING)}")
     huge = hostmem.huge_pages_set()
     say(f"malloc: {'huge pages, GLIBC_TUNABLES=' + os.environ['GLIBC_TUNABLES'] if huge else 'system settings'}")
     say(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     peak = None if args.quick else peak_gflops()
     if peak:
-        say(f"measured peak: {peak:.1f} GFLOP/s (2048x2048 float32 matmul in JAX)")
+        say(f"measured peak: {peak:.1f} GFLOP/s ({peak_size()}x{peak_size()} float32 matmul in JAX)")
     rounds = 1 if args.quick else args.rounds
     first_rounds = 1 if args.quick else args.first_rounds
     say(f"medians of {rounds} interleaved rounds (first calls: of {first_rounds})")

@@ -1,5 +1,7 @@
-"""PyTorch on the CPU (optional: used when ``torch`` is installed): ``nn.Module`` models
-and ``torch.optim.Adam``, eager; and the same compiled with ``torch.compile`` on request.
+"""PyTorch (optional: used when ``torch`` is installed): ``nn.Module`` models and
+``torch.optim.Adam``, eager; and the same compiled with ``torch.compile`` on request. It runs
+where JAX runs: on the GPU when JAX's default backend is a GPU and PyTorch sees one
+(``device()``), else on the CPU with every core this process may use.
 
 Images are channels first (NCHW), as torch's convolutions are. ``nn.LSTM`` keeps two bias
 vectors (input and hidden); the hidden one is zeroed and frozen, so the trained parameters
@@ -31,6 +33,16 @@ from benchmarks.models import (
 )
 
 THREADS = len(os.sched_getaffinity(0))  # as XLA's CPU client: every core this process may use
+
+
+def device() -> torch.device:
+    """Where PyTorch trains: CUDA when JAX's default backend is a GPU and PyTorch sees one
+    (so a GPU table compares like with like), else the CPU."""
+    import jax
+
+    if jax.default_backend() == "gpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 class Block(nn.Module):
@@ -93,7 +105,8 @@ class Model(nn.Module):
 def make(name: str, batch: tuple, compile: bool = False, dropout: float = 0.0) -> Bench:
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    model = Model(name, dropout)  # in training mode, as nn.Module starts
+    where = device()
+    model = Model(name, dropout).to(where)  # in training mode, as nn.Module starts
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=LEARNING_RATE)
     x, y = batch
@@ -102,6 +115,7 @@ def make(name: str, batch: tuple, compile: bool = False, dropout: float = 0.0) -
     x, y = torch.from_numpy(x), torch.from_numpy(y).long()
     if x.dtype == torch.int32:
         x = x.long()
+    x, y = x.to(where), y.to(where)
 
     def loss_of(x, y):
         logits = model(x)
