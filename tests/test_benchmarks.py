@@ -83,6 +83,59 @@ def test_variant_rows_run_only_when_named(monkeypatch):
     assert seen[1] == ["raw jax", "fnn (jax rules)"]
 
 
+@pytest.fixture
+def without_haiku(monkeypatch):
+    """``benchmarks.frameworks`` and the suite as on a machine without Haiku installed."""
+    import importlib
+
+    from benchmarks import frameworks
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "haiku" else find_spec(name, *a))
+    try:
+        yield importlib.reload(frameworks), importlib.reload(suite)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(frameworks)
+        importlib.reload(suite)
+
+
+def test_a_peer_not_installed_is_left_out_with_a_note(without_haiku, monkeypatch, capsys):
+    frameworks, reloaded = without_haiku
+    assert frameworks.MISSING == ["haiku"]
+    assert "haiku" not in frameworks.JAX_FRAMEWORKS and "haiku" not in frameworks.PARAM_COUNTS
+    assert "equinox" in frameworks.JAX_FRAMEWORKS and "haiku" in frameworks.KNOWN
+    seen = []
+    monkeypatch.setattr(reloaded, "bench_model", lambda name, fws, *a, **k: seen.append(list(fws)) or [])
+    reloaded.main(["--models", "mlp-small", "--quick", "--no-torch"])
+    out = capsys.readouterr().out
+    assert "not installed, so their rows are skipped: haiku" in out and "haiku 0" not in out
+    assert "haiku" not in seen[0] and "equinox" in seen[0]
+    with pytest.raises(SystemExit):
+        reloaded.main(["--models", "mlp-small", "--quick", "--frameworks", "haiku"])
+    assert "not available here: haiku" in capsys.readouterr().err
+
+
+def test_pytorch_trains_where_jax_does(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from benchmarks.frameworks import torch_models
+
+    assert torch_models.device().type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert torch_models.device().type == "cpu"  # JAX is on the CPU here
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert torch_models.device().type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert torch_models.device().type == "cpu"
+
+
+def test_the_peak_is_measured_with_a_product_that_fills_the_device(monkeypatch):
+    assert suite.peak_size() == 2048
+    assert suite.peak_gflops(size=256, repeats=2) > 0
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert suite.peak_size() == 8192
+
+
 def test_analysis_reports_memory_and_flops():
     bench = JAX_FRAMEWORKS["fnn"]("mlp-small", batch_for("mlp-small"))
     mib, gflop = suite.analyse(bench)
@@ -291,3 +344,37 @@ def test_one_batch_hands_the_first_batch_to_every_step():
     batches = list(OneBatch(data, state={"next_index": 3}))
     assert len(batches) == 7 and all(b is batches[0] for b in batches)
     np.testing.assert_array_equal(batches[0][0], data[0][0])
+
+
+def test_the_gpu_script_runs_its_three_parts_and_keeps_their_results(tmp_path):
+    """benchmarks/gpu.sh, with small options on this CPU: every part's log and table in $OUT."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable,
+           "CHECK_ARGS": "--models mlp-small --steps 2", "SUITE_ARGS": "--quick --models mlp-small --no-torch",
+           "MFU_ARGS": "--d-model 32 --heads 2 --layers 1 --mlp 64 --vocab 64 --seq 16 --batch 2 --rounds 1 "
+                       "--steps 1 --dtype float32 --peak-tflops 1"}
+    done = subprocess.run(["bash", "benchmarks/gpu.sh"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert {p.name for p in tmp_path.iterdir()} == {"machine.txt", "device_check.log", "suite.log", "suite.md",
+                                                   "mfu.log", "mfu.md", "mfu.json"}
+    assert "every model agrees" in (tmp_path / "device_check.log").read_text()
+    assert "| mlp-small | fnn |" in (tmp_path / "suite.md").read_text()
+    assert "MFU " in (tmp_path / "mfu.log").read_text()
+
+
+def test_the_gpu_script_fails_when_a_part_fails_and_still_runs_the_others(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "CHECK_ARGS": "--steps 1",
+           "SUITE_ARGS": "--rounds 0", "MFU_ARGS": "--heads 3"}
+    done = subprocess.run(["bash", "benchmarks/gpu.sh"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    for name, message in [("device_check", "--steps must be at least 2"), ("suite", "--rounds must be at least 1"),
+                          ("mfu", "not divisible by heads 3")]:
+        assert message in (tmp_path / f"{name}.log").read_text()
+        assert f"== {name} exited with 2" in done.stdout
