@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# fnn's checks and figures on a GPU, in one run of about 7 minutes: for a machine that has a
+# GPU and a Python with JAX for it (and Flax, Equinox, optax; PyTorch and Haiku when there),
+# where nothing is installed first. Each part has its own time limit, so a slow part leaves
+# the others' results; everything goes to $OUT (default ./gpu-out).
+#
+#   OUT=/tmp/gpu bash benchmarks/gpu.sh
+#
+# CHECK_ARGS, SUITE_ARGS and MFU_ARGS replace each part's options (the tests run the script
+# on a CPU with small ones).
+#
+# 1. benchmarks.device_check: every benchmark model's gradients on the GPU against JAX's on
+#    the CPU, and 20 adam steps on the GPU that must lower its loss;
+# 2. benchmarks.suite: the peer table on the GPU (PyTorch on CUDA too), 5 rounds;
+# 3. benchmarks.mfu: the transformer at the size that fills the GPU, bfloat16: its MFU.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+status=0
+run() {  # run LIMIT NAME COMMAND...: the command's output in $out/NAME.log
+    local limit=$1 name=$2
+    shift 2
+    echo "== $name: $*"
+    timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || { echo "== $name exited with $rc"; status=1; }
+}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  "$py" -c "import jax; print('jax', jax.__version__, jax.devices())"; } 2>&1 | tee "$out/machine.txt"
+# shellcheck disable=SC2086  # the options are words
+run 120 device_check "$py" -m benchmarks.device_check ${CHECK_ARGS:-}
+# shellcheck disable=SC2086
+run 270 suite "$py" -m benchmarks.suite ${SUITE_ARGS:---rounds 5 --first-rounds 1} --markdown "$out/suite.md"
+# shellcheck disable=SC2086
+run 150 mfu "$py" -m benchmarks.mfu ${MFU_ARGS:-} --markdown "$out/mfu.md" --json "$out/mfu.json"
+exit $status
