@@ -39,6 +39,7 @@ def dot_product_attention(
     causal: bool = False,
     dropout_rate: float = 0.0,
     key: jax.Array | None = None,
+    implementation: str | None = None,
 ) -> jax.Array:
     """``softmax(q k^T / sqrt(head_dim)) v`` per head.
 
@@ -47,6 +48,11 @@ def dot_product_attention(
         mask: bool, broadcastable to ``[batch, heads, tq, tk]``; False hides a key.
         causal: query ``i`` sees keys ``j <= i + (tk - tq)`` (the last query sees all).
         dropout_rate, key: dropout on the attention weights (needs ``key``).
+        implementation: ``None`` (fnn's choice, below) or ``"cudnn"``: on a GPU, for
+            float16 or bfloat16 inputs, ``jax.nn.dot_product_attention(...,
+            implementation="cudnn")``, cuDNN's fused attention, which never stores the
+            ``[tq, tk]`` scores (a causal mask as its own, without an array); float32
+            inputs (a model's initialisation, say) keep fnn's attention. No dropout.
 
     Returns ``[batch, tq, heads, head_dim]``; a query that sees no key at all gives zeros.
     Without dropout this is ``jax.nn.dot_product_attention`` (softmax in float32), so a
@@ -63,10 +69,12 @@ def dot_product_attention(
         (1, 3, 2, 4)
     """
     _check_attention_inputs(q, k, v, mask)
+    check_implementation("dot_product_attention", implementation, dropout_rate)
     dtype = jnp.result_type(q, k, v)
     q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
     tq, tk = q.shape[1], k.shape[1]
     visible = None if mask is None else jnp.reshape(mask, (1,) * (4 - len(mask.shape)) + tuple(mask.shape))
+    given = visible
     if causal:  # aligned to the last key, unlike jax.nn's is_causal when tq != tk
         now = jnp.arange(tk)[None, :] <= jnp.arange(tq)[:, None] + (tk - tq)
         visible = now[None, None] if visible is None else visible & now
@@ -75,7 +83,15 @@ def dot_product_attention(
         if key is None:
             raise LayerError("attention dropout needs an rng key when train=True: pass key=...")
         keep = keep_mask(key, dropout_rate, (q.shape[0], q.shape[2], tq, tk))
-    if causal and jax.default_backend() == "cpu":
+    if implementation == "cudnn" and jax.default_backend() != "gpu":
+        raise LayerError(
+            f"dot_product_attention: implementation='cudnn' runs on a GPU; the default backend is "
+            f"{jax.default_backend()}"
+        )
+    if implementation == "cudnn" and dtype in (jnp.float16, jnp.bfloat16):
+        own_causal = causal and tq == tk  # cuDNN's causal mask is jax.nn's is_causal
+        out = _cudnn(q, k, v, given if own_causal else visible, own_causal)
+    elif causal and jax.default_backend() == "cpu":
         out = _causal_blocks(q, k, v, visible, keep, dropout_rate)
     else:
         out = attention(q, k, v, visible, keep, dropout_rate)
@@ -84,6 +100,26 @@ def dot_product_attention(
     # jax.nn gives a query that sees no key the mean of all values; give it zeros instead
     sees_a_key = jnp.swapaxes(visible.any(-1), 1, 2)[..., None]  # [batch|1, tq, heads|1, 1]
     return jnp.where(sees_a_key, out, 0.0)
+
+
+IMPLEMENTATIONS = (None, "cudnn")
+
+
+def check_implementation(where: str, implementation: Any, dropout: float) -> None:
+    """A ``ValueError`` naming ``where`` for an attention ``implementation`` fnn does not
+    have, or cuDNN's with dropout."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"{where}: implementation must be None or 'cudnn', got {implementation!r}")
+    if implementation == "cudnn" and dropout:
+        raise ValueError(f"{where}: implementation='cudnn' has no dropout, got dropout {dropout}")
+
+
+def _cudnn(q, k, v, visible, is_causal):
+    """cuDNN's fused attention, with its own causal mask when ``is_causal``; ``visible`` (the
+    rest of the mask) goes as an array, which cuDNN adds to the scores as a bias."""
+    if visible is not None:
+        visible = jnp.broadcast_to(visible, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+    return jax.nn.dot_product_attention(q, k, v, mask=visible, is_causal=is_causal, implementation="cudnn")
 
 
 def _check_attention_inputs(q: Any, k: Any, v: Any, mask: Any) -> None:
@@ -167,6 +203,9 @@ class MultiHeadAttention(WeightOptions, Layer):
         dropout: dropout rate on the attention weights while training.
         rotary: apply rotary position embeddings to queries and keys.
         rotary_base: the rotary embeddings' base wavelength.
+        implementation: as for ``dot_product_attention``: ``None`` or ``"cudnn"`` (cuDNN's
+            fused attention on a GPU for float16 or bfloat16, e.g. under
+            ``fnn.precision.Policy``; no dropout).
         use_bias, w_init, b_init, dtype, param_dtype: keyword-only, see ``WeightOptions``.
 
     Shapes: ``x: [batch, time, d_model]`` or ``(x, mask)`` -> ``[batch, time, out]``
@@ -190,6 +229,7 @@ class MultiHeadAttention(WeightOptions, Layer):
     dropout: float = 0.0
     rotary: bool = False
     rotary_base: float = 10000.0
+    implementation: str | None = None
 
     def __post_init__(self):
         positive_int(self, "num_heads", self.num_heads)
@@ -197,6 +237,7 @@ class MultiHeadAttention(WeightOptions, Layer):
             if getattr(self, field) is not None:
                 positive_int(self, field, getattr(self, field))
         check_rate(self, self.dropout)
+        check_implementation(type(self).__name__, self.implementation, self.dropout)
 
     def _head_dim(self, d_model: int) -> int:
         if self.head_dim is not None:
@@ -273,6 +314,7 @@ class MultiHeadAttention(WeightOptions, Layer):
             causal=self.causal,
             dropout_rate=self.dropout if train else 0.0,
             key=key,
+            implementation=self.implementation,
         )
         return join_mask(self._output(params, heads, dtype), mask)
 

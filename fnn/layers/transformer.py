@@ -18,6 +18,7 @@ from fnn.layers.attention import (
     LearnedPositions,
     MultiHeadAttention,
     SinusoidalPositions,
+    check_implementation,
     check_length,
     check_rate,
 )
@@ -47,6 +48,8 @@ class TransformerBlock(Layer):
         dropout: on the attention weights and on both residual branches while training.
         norm: ``"layer"`` (LayerNorm) or ``"rms"`` (RMSNorm).
         activation: a ``jax.nn`` function name for the MLP.
+        attention_implementation: the attention's ``implementation`` (``None``, or
+            ``"cudnn"`` for cuDNN's fused attention on a GPU; see ``MultiHeadAttention``).
 
     Params ``{"norm_1", "attention", "norm_2", "mlp": {"dense_0", "dense_1"}}``.
 
@@ -65,6 +68,7 @@ class TransformerBlock(Layer):
     norm: str = "layer"
     activation: str = "gelu"
     rotary: bool = False
+    attention_implementation: str | None = None
 
     def __post_init__(self):
         positive_int(self, "mlp_dim", self.mlp_dim)
@@ -79,7 +83,8 @@ class TransformerBlock(Layer):
     @property
     def attention(self) -> MultiHeadAttention:
         return MultiHeadAttention(
-            self.num_heads, causal=self.causal, dropout=self.dropout, rotary=self.rotary
+            self.num_heads, causal=self.causal, dropout=self.dropout, rotary=self.rotary,
+            implementation=self.attention_implementation,
         )
 
     def _children(self, d_model: int) -> dict[str, Layer]:
@@ -157,6 +162,9 @@ class TransformerLM(Layer):
         remat: recompute each block's activations in the backward pass instead of storing
             them (``fnn.remat``): less memory for more compute; the same parameters and
             gradients.
+        attention_implementation: ``None``, or ``"cudnn"`` for cuDNN's fused attention on a
+            GPU in training (float16 or bfloat16, e.g. under ``fnn.precision.Policy``; no
+            dropout). ``decode`` keeps fnn's attention.
 
     Shapes: ``ids: int[batch, time]`` or ``(ids, mask)`` -> ``[batch, time, vocab_size]``.
     Params ``{"embed", "positions"?, "block_0", ..., "norm", "head"?}``.
@@ -183,6 +191,7 @@ class TransformerLM(Layer):
     norm: str = "layer"
     tie_embeddings: bool = False
     remat: bool = False
+    attention_implementation: str | None = None
 
     def __post_init__(self):
         for field in ("vocab_size", "d_model", "num_heads", "num_layers", "max_len"):
@@ -194,6 +203,7 @@ class TransformerLM(Layer):
             raise ValueError(
                 f"TransformerLM: d_model {self.d_model} is not divisible by num_heads {self.num_heads}"
             )
+        check_implementation(type(self).__name__, self.attention_implementation, self.dropout)
 
     @property
     def embed(self) -> Embedding:
@@ -216,6 +226,7 @@ class TransformerLM(Layer):
             causal=True,
             norm=self.norm,
             rotary=self.positions == "rotary",
+            attention_implementation=self.attention_implementation,
         )
 
     def _children(self) -> dict[str, Layer]:

@@ -250,6 +250,13 @@ def test_sampling_depends_on_the_key_only(lm_params):
         (lambda: fnn.MultiHeadAttention(2, head_dim=0), "MultiHeadAttention: head_dim must be a positive int"),
         (lambda: fnn.LearnedPositions(0), "LearnedPositions: max_len must be a positive int, got 0"),
         (lambda: fnn.SinusoidalPositions(-3), "SinusoidalPositions: max_len must be a positive int, got -3"),
+        (lambda: lm(attention_implementation="flash"), "TransformerLM: implementation must be None or 'cudnn'"),
+        (lambda: lm(dropout=0.1, attention_implementation="cudnn"),
+         "TransformerLM: implementation='cudnn' has no dropout, got dropout 0.1"),
+        (lambda: fnn.TransformerBlock(2, 8, dropout=0.1, attention_implementation="cudnn"),
+         "MultiHeadAttention: implementation='cudnn' has no dropout"),
+        (lambda: fnn.MultiHeadAttention(2, implementation="xla"),
+         "MultiHeadAttention: implementation must be None or 'cudnn', got 'xla'"),
     ],
 )
 def test_configuration_errors(build, message):
@@ -284,3 +291,75 @@ def test_decode_errors(lm_params):
         model.decode(params, cache, jnp.ones((2, 1), jnp.int32))
     with pytest.raises(fnn.ShapeError, match="embed: Embedding has ids 0 to 12, got 13 at index"):
         model.decode(params, cache, jnp.array([1, 13]))
+
+
+# ---- cuDNN's fused attention (implementation="cudnn") ------------------------------------------
+# No GPU here: the tests check what fnn hands jax.nn.dot_product_attention, with a stand-in
+# that records the call and computes it with JAX's own XLA implementation.
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def recorded(q, k, v, *, mask=None, is_causal=False, implementation=None, **kw):
+        calls.append({"mask": None if mask is None else mask.shape, "is_causal": is_causal,
+                      "implementation": implementation, "dtype": q.dtype})
+        return real(q, k, v, mask=mask, is_causal=is_causal, implementation="xla", **kw)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax.nn, "dot_product_attention", recorded)
+    return calls
+
+
+@pytest.mark.parametrize("causal, padded, tq", [(True, False, 6), (True, True, 6), (False, True, 6), (True, True, 4)])
+def test_cudnn_gets_its_own_causal_mask_and_the_rest_as_an_array(fake_gpu, causal, padded, tq):
+    q = jax.random.normal(jax.random.key(0), (2, tq, 2, 8), jnp.bfloat16)
+    k, v = (jax.random.normal(jax.random.key(i), (2, 6, 2, 8), jnp.bfloat16) for i in (1, 2))
+    mask = jnp.array([[True] * 6, [True] * 4 + [False] * 2])[:, None, None, :] if padded else None
+    expected = fnn.dot_product_attention(q, k, v, mask=mask, causal=causal)  # fnn's own, under the same "gpu"
+    fake_gpu.clear()
+    got = fnn.dot_product_attention(q, k, v, mask=mask, causal=causal, implementation="cudnn")
+    chex.assert_trees_all_close(got.astype(jnp.float32), expected.astype(jnp.float32), atol=2e-2)
+    (call,) = fake_gpu
+    own_causal = causal and tq == 6
+    assert call["implementation"] == "cudnn" and call["is_causal"] == own_causal
+    # the causal mask goes as cuDNN's own when the queries are the keys' steps; anything else as an array
+    assert call["mask"] == (None if own_causal and not padded else (2, 2, tq, 6))
+
+
+def test_cudnn_attention_needs_a_gpu_and_keeps_fnns_for_float32(fake_gpu, monkeypatch):
+    q = jax.random.normal(jax.random.key(0), (1, 4, 2, 8))
+    fake_gpu.clear()
+    same = fnn.dot_product_attention(q, q, q, causal=True, implementation="cudnn")  # float32: fnn's own
+    assert [c["implementation"] for c in fake_gpu] == [None]
+    chex.assert_trees_all_close(same, fnn.dot_product_attention(q, q, q, causal=True))
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    for dtype in (jnp.float32, jnp.bfloat16):
+        with pytest.raises(fnn.LayerError, match="implementation='cudnn' runs on a GPU; the default backend is cpu"):
+            fnn.dot_product_attention(q.astype(dtype), q, q, implementation="cudnn")
+    with pytest.raises(ValueError, match="implementation='cudnn' has no dropout"):
+        fnn.dot_product_attention(q, q, q, implementation="cudnn", dropout_rate=0.1, key=jax.random.key(0))
+
+
+def test_a_language_model_trains_with_cudnn_attention_as_with_its_own(fake_gpu):
+    """The option reaches every block's attention; under a bfloat16 policy the train step's
+    loss and gradients are those of fnn's attention (to bfloat16 rounding)."""
+    import optax
+
+    from fnn.precision import Policy
+
+    ids = jax.random.randint(jax.random.key(0), (2, 9), 0, 11)
+    models = {impl: lm(attention_implementation=impl) for impl in (None, "cudnn")}
+    results = {}
+    for impl, model in models.items():
+        opt = optax.sgd(0.1)
+        state = fnn.init_train_state(model, opt, jax.random.key(1), ids[:, :-1])
+        step = fnn.make_train_step(model, opt, fnn.losses.softmax_cross_entropy, policy=Policy("bfloat16"))
+        fake_gpu.clear()
+        results[impl] = step(state, (ids[:, :-1], ids[:, 1:]))
+        assert [c["implementation"] for c in fake_gpu] == [impl] * 2  # one call a block
+    (s0, m0), (s1, m1) = results[None], results["cudnn"]
+    assert float(m1["loss"]) == pytest.approx(float(m0["loss"]), rel=1e-2)
+    chex.assert_trees_all_close(s1.params, s0.params, atol=2e-3)
