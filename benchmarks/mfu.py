@@ -17,9 +17,12 @@ are not counted. ``XLA GFLOP`` is XLA's own count of the compiled step's work (i
 analysis, everything included) and ``HFU`` that count's share of the peak.
 
 The default size fills a GPU (d_model 1024, 16 heads, 24 blocks, MLP 4096, vocabulary
-32768, sequences of 1024, batch 32, bfloat16). On a CPU, take a small size:
+32768, sequences of 1024, batch 16, bfloat16; 16,384 tokens a step). ``--attention cudnn``
+runs the attention as cuDNN's fused kernel, which keeps no [seq, seq] scores. On a CPU,
+take a small size:
 
     python -m benchmarks.mfu                                        # the GPU size
+    python -m benchmarks.mfu --attention cudnn                      # with cuDNN's attention
     python -m benchmarks.mfu --d-model 256 --heads 4 --layers 2 --seq 256 --batch 4 \\
         --vocab 4096 --dtype float32                                # a CPU-sized run
 """
@@ -53,7 +56,7 @@ class Size:
     mlp: int = 4096
     vocab: int = 32768
     seq: int = 1024
-    batch: int = 32
+    batch: int = 16
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -67,9 +70,10 @@ class Size:
     def tokens(self) -> int:
         return self.batch * self.seq
 
-    def model(self, remat: bool = False) -> fnn.TransformerLM:
+    def model(self, remat: bool = False, attention: str | None = None) -> fnn.TransformerLM:
         return fnn.TransformerLM(vocab_size=self.vocab, d_model=self.d_model, num_heads=self.heads,
-                                 num_layers=self.layers, mlp_dim=self.mlp, max_len=self.seq, remat=remat)
+                                 num_layers=self.layers, mlp_dim=self.mlp, max_len=self.seq, remat=remat,
+                                 attention_implementation=attention)
 
 
 def model_flops(size: Size) -> float:
@@ -86,6 +90,7 @@ class Result:
     size: Size
     dtype: str
     remat: bool
+    attention: str  # "fnn" or "cudnn"
     device: str
     params: int
     steps_per_s: float
@@ -113,10 +118,11 @@ class Result:
 
     def markdown(self) -> str:
         s = self.size
-        head = ("| device | dtype | d_model | heads | layers | mlp | vocab | seq | batch | remat | params | "
-                "steps/s | tokens/s | model GFLOP | XLA GFLOP | peak GFLOP/s | MFU | HFU | MiB | compile s |")
-        rule = "|" + "---|" * 2 + "---:|" * 18
-        row = (f"| {self.device} | {self.dtype} | {s.d_model} | {s.heads} | {s.layers} | {s.mlp} | {s.vocab} | "
+        head = ("| device | dtype | attention | d_model | heads | layers | mlp | vocab | seq | batch | remat | "
+                "params | steps/s | tokens/s | model GFLOP | XLA GFLOP | peak GFLOP/s | MFU | HFU | MiB | compile s |")
+        rule = "|" + "---|" * 3 + "---:|" * 18
+        row = (f"| {self.device} | {self.dtype} | {self.attention} | {s.d_model} | {s.heads} | {s.layers} | "
+               f"{s.mlp} | {s.vocab} | "
                f"{s.seq} | {s.batch} | {'yes' if self.remat else 'no'} | {self.params:,} | {self.steps_per_s:.2f} | "
                f"{self.steps_per_s * s.tokens:,.0f} | {self.model_gflop:,.0f} | {self.xla_gflop:,.0f} | "
                f"{self.peak_gflops:,.0f} | {self.mfu:.1%} | {self.hfu:.1%} | {self.mib:,.0f} | {self.compile_s:.1f} |")
@@ -124,14 +130,15 @@ class Result:
 
 
 def measure(size: Size, dtype: str = "bfloat16", remat: bool = False, rounds: int = 5, steps: int = 5,
-            peak_tflops: float | None = None, log=print) -> Result:
+            peak_tflops: float | None = None, attention: str | None = None, log=print) -> Result:
     """Train ``size`` for ``rounds`` timed rounds of ``steps`` steps (after one step that
-    compiles) and return what it measured; steps/s is the median over rounds."""
+    compiles) and return what it measured; steps/s is the median over rounds. ``attention``
+    is the model's ``attention_implementation`` (``"cudnn"``: cuDNN's fused attention on a GPU)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if rounds < 1 or steps < 1:
         raise ValueError(f"rounds and steps must be at least 1, got {rounds} and {steps}")
-    model = size.model(remat)
+    model = size.model(remat, attention)
     optimizer = optax.adam(1e-4)
     policy = None if dtype == "float32" else Policy(dtype, loss_scale=2.0**12 if dtype == "float16" else None)
     rng = np.random.default_rng(0)
@@ -168,7 +175,7 @@ def measure(size: Size, dtype: str = "bfloat16", remat: bool = False, rounds: in
         np_dtype = np.float32 if dtype == "float32" else jnp.dtype(dtype).type
         peak, source = peak_gflops(dtype=np_dtype), f"{peak_size()}^2 {dtype} matmul"
     device = jax.devices()[0]
-    return Result(size, dtype, remat, f"{device.platform} ({device.device_kind})", params,
+    return Result(size, dtype, remat, attention or "fnn", f"{device.platform} ({device.device_kind})", params,
                   statistics.median(rates), model_flops(size) / 1e9, xla_gflop, peak, source, mib, compile_s)
 
 
@@ -179,6 +186,8 @@ def main(argv: list[str] | None = None) -> Result:
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=getattr(defaults, field.name))
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="what the model computes in")
     parser.add_argument("--remat", action="store_true", help="recompute each block in the backward pass")
+    parser.add_argument("--attention", choices=["fnn", "cudnn"], default="fnn",
+                        help="fnn's attention (the default) or cuDNN's fused attention (a GPU, 16-bit dtypes)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak, instead of measuring it")
@@ -193,8 +202,12 @@ def main(argv: list[str] | None = None) -> Result:
         parser.error(str(error))
     device = jax.devices()[0]
     print(f"jax {jax.__version__} on {device.platform} ({device.device_kind}); {size}", flush=True)
-    result = measure(size, args.dtype, args.remat, args.rounds, args.steps, args.peak_tflops,
-                     log=lambda line: print(line, flush=True))
+    attention = None if args.attention == "fnn" else args.attention
+    try:
+        result = measure(size, args.dtype, args.remat, args.rounds, args.steps, args.peak_tflops, attention,
+                         log=lambda line: print(line, flush=True))
+    except fnn.LayerError as error:  # e.g. cuDNN's attention on a machine without a GPU
+        parser.error(str(error))
     print(result.markdown())
     print(f"MFU {result.mfu:.1%} ({result.model_gflops:,.0f} of {result.peak_gflops:,.0f} GFLOP/s, "
           f"peak: {result.peak_source}); HFU {result.hfu:.1%}")

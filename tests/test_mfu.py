@@ -60,7 +60,7 @@ def test_main_runs_a_small_bfloat16_size_and_writes_its_table_and_json(tmp_path,
                        "--markdown", str(md), "--json", str(js)])
     out = capsys.readouterr().out
     assert result.dtype == "bfloat16" and "MFU " in out and "peak: given" in out
-    assert md.read_text().count("\n") == 3 and "| bfloat16 | 64 | 2 | 1 | 128 | 128 | 32 | 2 | no |" in md.read_text()
+    assert md.read_text().count("\n") == 3 and "| bfloat16 | fnn | 64 | 2 | 1 | 128 | 128 | 32 | 2 | no |" in md.read_text()
     saved = json.loads(js.read_text())
     assert saved["size"]["d_model"] == 64 and saved["mfu"] == pytest.approx(result.mfu)
     assert saved["peak_gflops"] == 500.0
@@ -70,6 +70,8 @@ def test_main_runs_a_small_bfloat16_size_and_writes_its_table_and_json(tmp_path,
     (["--heads", "3"], "d_model 1024 is not divisible by heads 3"),
     (["--rounds", "0"], "--rounds and --steps must be at least 1"),
     (["--dtype", "int8"], "invalid choice: 'int8'"),
+    (["--d-model", "32", "--heads", "2", "--layers", "1", "--mlp", "32", "--vocab", "32", "--seq", "8", "--batch", "1",
+      "--attention", "cudnn"], "implementation='cudnn' runs on a GPU; the default backend is cpu"),
 ])
 def test_main_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit:
