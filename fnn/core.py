@@ -608,7 +608,9 @@ class Remat(Layer):
 
     In a train step (inside ``fnn.reverse_mode_only``) and without a ``policy``, fnn
     recomputes the body itself in the backward pass (``_recomputed``), where XLA's CPU
-    backend would undo ``jax.checkpoint``; elsewhere it is ``jax.checkpoint``.
+    backend would undo ``jax.checkpoint``; elsewhere it is ``jax.checkpoint`` (so on the
+    CPU a ``policy`` saves nothing in a compiled train step: XLA merges the recomputation
+    with the forward pass).
 
     Example:
         >>> import jax, jax.numpy as jnp, fnn
