@@ -130,12 +130,12 @@ def check_fnn_rules():
     """The layers whose gradients take fnn's own rules in a training step (``fnn.autodiff``:
     a convolution of one input channel and one of several, with and without a stride, a
     strided transposed convolution, an LSTM's weight and input gradients after its loop,
-    causal attention) train on 8 devices as on one, the batch split and, under FSDP, the
-    weights. With SGD, not Adam: the attention's key bias has a
+    causal attention, and ``fnn.remat``'s recomputation) train on 8 devices as on one, the
+    batch split and, under FSDP, the weights. With SGD, not Adam: the attention's key bias has a
     gradient of zero up to rounding (the softmax ignores a constant added to a query's
     scores), which Adam would scale up to a full step in a direction that rounding picks."""
     optimizer = optax.sgd(0.1)
-    model = fnn.serial(fnn.Conv(4, (3,), strides=2), fnn.relu, fnn.Conv(6, (3,), padding="VALID"), fnn.relu,
+    model = fnn.serial(fnn.Conv(4, (3,), strides=2), fnn.relu, fnn.remat(fnn.Conv(6, (3,), padding="VALID"), fnn.relu),
                        fnn.Conv(6, (3,), strides=2, dilation=2), fnn.ConvTranspose(6, (3,), strides=2),
                        fnn.Recurrent(fnn.LSTM(8)), fnn.MultiHeadAttention(2, causal=True),
                        fnn.Flatten(), fnn.Dense(10))
