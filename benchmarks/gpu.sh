@@ -33,14 +33,14 @@ run() {  # run LIMIT NAME COMMAND...: the command's output in $out/NAME.log
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   "$py" -c "import jax; print('jax', jax.__version__, jax.devices())"; } 2>&1 | tee "$out/machine.txt"
 # shellcheck disable=SC2086  # the options are words
-run 90 device_check "$py" -m benchmarks.device_check ${CHECK_ARGS:-}
+run 60 device_check "$py" -m benchmarks.device_check ${CHECK_ARGS:-}
 # shellcheck disable=SC2086
-run 210 suite "$py" -m benchmarks.suite ${SUITE_ARGS:---rounds 5 --first-rounds 1} --markdown "$out/suite.md"
+run 240 suite "$py" -m benchmarks.suite ${SUITE_ARGS:---rounds 5 --first-rounds 1} --markdown "$out/suite.md"
 # shellcheck disable=SC2086
-run 120 mfu "$py" -m benchmarks.mfu ${MFU_ARGS:-} --json "$out/mfu.json"
+run 130 mfu "$py" -m benchmarks.mfu ${MFU_ARGS:-} --json "$out/mfu.json"
 if [ "$("$py" -c 'import jax; print(jax.default_backend())')" = gpu ]; then
     # shellcheck disable=SC2086
-    run 120 mfu_cudnn "$py" -m benchmarks.mfu ${MFU_ARGS:-} --attention cudnn --json "$out/mfu_cudnn.json"
+    run 130 mfu_cudnn "$py" -m benchmarks.mfu ${MFU_ARGS:-} --attention cudnn --json "$out/mfu_cudnn.json"
 else
     echo "== mfu_cudnn: skipped (cuDNN's attention needs a GPU)"
 fi
