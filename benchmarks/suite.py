@@ -341,10 +341,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
                                  analysis=not args.quick, peak=peak, first_rounds=first_rounds, log=say)
         say(text_table(model_rows))
         rows += model_rows
+        if args.markdown:  # after each model, so a run cut short keeps the models it finished
+            with open(args.markdown, "w") as f:
+                f.write(markdown_table(rows) + "\n")
     say(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown_table(rows) + "\n")
     return rows
 
 

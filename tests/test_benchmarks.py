@@ -379,3 +379,20 @@ def test_the_gpu_script_fails_when_a_part_fails_and_still_runs_the_others(tmp_pa
                           ("mfu", "not divisible by heads 3")]:
         assert message in (tmp_path / f"{name}.log").read_text()
         assert f"== {name} exited with 2" in done.stdout
+
+
+def test_the_markdown_table_is_written_after_each_model(monkeypatch, tmp_path):
+    """A run cut short (a time limit, say) keeps the table of the models it finished."""
+    table = tmp_path / "table.md"
+
+    def bench_model(name, frameworks, *args, **kwargs):
+        if name == "lenet":
+            raise KeyboardInterrupt
+        return [suite.Row(name, f, 1, 10.0, 1.0) for f in frameworks]
+
+    monkeypatch.setattr(suite, "bench_model", bench_model)
+    with pytest.raises(KeyboardInterrupt):
+        suite.main(["--models", "mlp-small", "lenet", "--quick", "--no-torch", "--frameworks", "raw jax", "fnn",
+                    "--markdown", str(table)])
+    text = table.read_text()
+    assert "| mlp-small | fnn |" in text and "lenet" not in text
