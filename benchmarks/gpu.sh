@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# fnn's checks and figures on a GPU, in one run of at most 9 minutes: for a machine that has a
+# fnn's checks and figures on a GPU, in one run of at most 9.5 minutes: for a machine that has a
 # GPU and a Python with JAX for it (and Flax, Equinox, optax; PyTorch and Haiku when there),
 # where nothing is installed first. Each part has its own time limit, so a slow part leaves
 # the others' results; everything goes to $OUT (default ./gpu-out): each part's log (the MFU
