@@ -8,9 +8,10 @@ program (no timing, so the figures do not depend on machine load):
   value the backward pass needs (activations, and the parameters themselves);
 - train-step temporaries: the scratch memory of the whole compiled train step
   (forward, backward, adam update), as the backend's buffer assignment plans it. Here
-  ``Remat`` is fnn's own recomputation (inside ``fnn.reverse_mode_only``): with
-  ``jax.checkpoint`` XLA's CPU backend merges the recomputation with the forward pass and
-  plans as much as without it (see ``fnn.core._recomputed``).
+  ``Remat`` starts its backward pass from values tied to the cotangent (inside
+  ``fnn.reverse_mode_only``): with ``jax.checkpoint`` alone XLA's CPU backend merges the
+  recomputation with the forward pass and plans as much as without it (see
+  ``fnn.core._recomputed``).
 
     .venv/bin/python -m benchmarks.memory
     .venv/bin/python -m benchmarks.memory --d-model 512 --layers 8 --seq 512 --batch 8
