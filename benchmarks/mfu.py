@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 import fnn
-from benchmarks.suite import peak_gflops, peak_size
+from benchmarks.suite import peak_gflops, peak_size, plan_and_work
 from fnn.precision import DTYPES, Policy
 
 
@@ -155,12 +155,7 @@ def measure(size: Size, dtype: str = "bfloat16", remat: bool = False, rounds: in
     compile_s = time.perf_counter() - start
     if not np.isfinite(loss):
         raise FloatingPointError(f"the first step's loss is {loss}")
-    m = compiled.memory_analysis()
-    mib = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-           - m.alias_size_in_bytes) / 2**20
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    xla_gflop = float(cost.get("flops", float("nan"))) / 1e9
+    mib, xla_gflop = plan_and_work(compiled)
     log(f"first step {compile_s:.1f} s (loss {loss:.3f}); timing {rounds} rounds of {steps} steps")
     rates = []
     for _ in range(rounds):

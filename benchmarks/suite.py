@@ -122,7 +122,12 @@ def peak_gflops(size: int | None = None, repeats: int = 7, dtype: Any = np.float
 
 def analyse(bench: Bench) -> tuple[float, float]:
     """(MiB, GFLOP per call) of the compiled step, from XLA's memory and cost analyses."""
-    compiled = bench.lower(bench.state, bench.batch).compile()
+    return plan_and_work(bench.lower(bench.state, bench.batch).compile())
+
+
+def plan_and_work(compiled: Any) -> tuple[float, float]:
+    """(MiB, GFLOP) of a compiled program: XLA's memory plan (arguments + outputs +
+    temporaries - the donated buffers the outputs reuse) and its cost analysis's FLOPs."""
     m = compiled.memory_analysis()
     mib = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
            - m.alias_size_in_bytes) / MiB

@@ -21,9 +21,8 @@ _PEERS = {
     "haiku": ("hk", "haiku"),
 }
 _MAKERS = {"flax nnx (nnx.jit)": "make_jit", "flax nnx (split/merge)": "make_split"}
-# the parameter counters: one per package (both NNX rows count the same model)
-_COUNTED = {"flax linen": ("linen", "flax"), "flax nnx": ("nnx", "flax"), "equinox": ("eqx", "equinox"),
-            "haiku": ("hk", "haiku")}
+# the parameter counters: one per peer module, named without the row's variant ("flax nnx")
+_COUNTED = {name.split(" (")[0]: peer for name, peer in _PEERS.items()}
 
 
 def installed(package: str) -> bool:
