@@ -22,12 +22,10 @@ machine's speed hits all alike. Per model and framework the table gives:
 
 ``fnn K=10`` is fnn with ``make_train_step(..., steps_per_call=10)``: ten steps per
 compiled call (a ``lax.scan`` over ten batches already on the device), counted as ten
-steps; for LeNet the scan is unrolled (``unroll=True``), since XLA's CPU backend runs a
-convolution inside a loop about 2x slower. PyTorch runs eagerly with as many threads as
-the process may use cores (as XLA's CPU client does); ``--torch-compile`` adds a
-``torch.compile`` row. ``fnn (jax rules)`` runs only when ``--frameworks`` names
-it: fnn's step with JAX's own gradient rules instead of ``fnn.autodiff``'s, to
-measure what those rules gain in the same run. Run as a program, the suite first
+steps. PyTorch runs eagerly with as many threads as the process may use cores (as XLA's
+CPU client does); ``--torch-compile`` adds a ``torch.compile`` row. ``fnn (jax rules)``
+runs only when ``--frameworks`` names it: fnn's step with JAX's own gradient rules
+instead of ``fnn.autodiff``'s, to measure what those rules gain in the same run. Run as a program, the suite first
 re-executes itself with ``malloc`` backing large blocks with huge pages, as the ``fnn``
 command does before it trains (``fnn.hostmem``; ``FNN_SYSTEM_MALLOC=1`` to keep the
 system settings); every framework shares the process, so every framework runs under the

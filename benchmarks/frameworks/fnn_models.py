@@ -68,16 +68,12 @@ class JaxRules(fnn.Layer):
 
 def make(name: str, batch: tuple, steps_per_call: int = 1, jax_rules: bool = False) -> Bench:
     """fnn's step; with ``steps_per_call`` K > 1, K steps per call (``lax.scan`` over K
-    batches staged on the device), counted as K steps. The convolutional model's K steps are
-    unrolled (``unroll=True``): XLA's CPU backend runs a convolution about 2x slower inside a
-    loop than outside one."""
+    batches staged on the device), counted as K steps."""
     net = JaxRules(model(name)) if jax_rules else model(name)
     optimizer = optax.adam(LEARNING_RATE)
     batch = jax.device_put(batch)
     state = fnn.init_train_state(net, optimizer, jax.random.key(0), batch[0])
-    unroll = SPECS[name].kind == "lenet"
-    step = fnn.make_train_step(net, optimizer, fnn.losses.softmax_cross_entropy, steps_per_call=steps_per_call,
-                               unroll=unroll)
+    step = fnn.make_train_step(net, optimizer, fnn.losses.softmax_cross_entropy, steps_per_call=steps_per_call)
     if steps_per_call > 1:
         batch = jax.device_put(jax.tree.map(lambda a: jnp.stack([a] * steps_per_call), batch))
 
