@@ -156,6 +156,7 @@ BY_HAND = [
     fnn.Recurrent(fnn.SimpleRNN(H), remat=True, unroll=2),
     fnn.Bidirectional(fnn.LSTM(H)),
     fnn.Recurrent(fnn.LSTM(H), remat=True),
+    fnn.Recurrent(fnn.GRU(H), remat=True),
 ]
 
 
@@ -173,7 +174,7 @@ def _by_hand_and_plain_grads(layer, x, loss_of_output):
 
 
 @pytest.mark.parametrize("layer", BY_HAND,
-                         ids=["lstm", "gru-reverse", "rnn-remat-unroll", "bidirectional", "lstm-remat"])
+                         ids=["lstm", "gru-reverse", "rnn-remat-unroll", "bidirectional", "lstm-remat", "gru-remat"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_hand_written_gradients_equal_the_plain_ones(layer, masked):
     x = sequence()
@@ -216,12 +217,13 @@ def test_hand_written_gradients_of_the_input_and_the_initial_carry(cell):
 
 def test_hand_written_gradients_in_bfloat16_and_under_vmap():
     x = sequence()
-    (_, grads), (_, want), _ = _by_hand_and_plain_grads(
-        fnn.Recurrent(fnn.LSTM(H, dtype=jnp.bfloat16)), x, lambda y: jnp.sum(y.astype(jnp.float32) ** 2)
-    )
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
-        assert a.dtype == b.dtype == jnp.float32
-        np.testing.assert_allclose(a, b, rtol=0.1, atol=0.05)
+    for cell in (fnn.LSTM(H, dtype=jnp.bfloat16), fnn.GRU(H, dtype=jnp.bfloat16)):
+        (_, grads), (_, want), _ = _by_hand_and_plain_grads(
+            fnn.Recurrent(cell), x, lambda y: jnp.sum(y.astype(jnp.float32) ** 2)
+        )
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+            assert a.dtype == b.dtype == jnp.float32
+            np.testing.assert_allclose(a, b, rtol=0.1, atol=0.05)
     rnn = fnn.Recurrent(fnn.GRU(H))
     params, _ = rnn.init(KEY, x)
     members = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a]), params)
@@ -268,15 +270,17 @@ def _primitives(jaxpr, into=None):
     return into
 
 
-def test_an_lstm_keeps_its_gates_and_its_backward_loop_computes_no_sigmoid_or_tanh(monkeypatch):
-    """The forward loop keeps an LSTM's gates after their activations and ``tanh(c')``, so
-    that the backward loop's element-wise gradient is products and sums alone; second-order
-    gradients stay right. Without that, the loop would keep the sum of the input projection
-    and the hidden product (one [batch, 4 * hidden] array a step, as a SimpleRNN does; a GRU
-    keeps both parts), which plans less memory than both parts."""
+@pytest.mark.parametrize("cell", [fnn.LSTM(16), fnn.GRU(16)], ids=["lstm", "gru"])
+def test_gated_cells_keep_their_gates_and_the_backward_loop_computes_no_sigmoid_or_tanh(cell, monkeypatch):
+    """The forward loop keeps an LSTM's gates after their activations and ``tanh(c')`` (a
+    GRU's ``r``, ``z``, ``n`` and ``h U_n + b_hn``), so that the backward loop's element-wise
+    gradient is products and sums alone; second-order gradients stay right. Without that,
+    an LSTM would keep the sum of the input projection and the hidden product (one [batch,
+    4 * hidden] array a step, as a SimpleRNN does), which plans less memory than its gates,
+    and a GRU both parts (2 x [batch, 3 * hidden]), which plans more than its gates."""
     from fnn.layers import recurrent
 
-    rnn = fnn.Recurrent(fnn.LSTM(16))
+    rnn = fnn.Recurrent(cell)
     x = sequence(4, 12, 8)
     params, _ = rnn.init(KEY, x)
     with fnn.reverse_mode_only():
@@ -287,12 +291,16 @@ def test_an_lstm_keeps_its_gates_and_its_backward_loop_computes_no_sigmoid_or_ta
     assert {"logistic", "tanh"} <= _primitives(loops[0].params["jaxpr"].jaxpr)
     assert not {"logistic", "tanh"} & _primitives(backward[0].params["jaxpr"].jaxpr)
 
-    monkeypatch.setattr(recurrent, "_GATES_SAVED", ())
-    one = _planned_bytes(rnn, x)
-    monkeypatch.setattr(recurrent, "_SUMMED", ())
-    assert one < _planned_bytes(rnn, x)
+    gates = _planned_bytes(rnn, x)
+    monkeypatch.setattr(recurrent, "_GATE_RULES", {})
+    pre_activation = _planned_bytes(rnn, x)
+    if isinstance(cell, fnn.LSTM):
+        monkeypatch.setattr(recurrent, "_SUMMED", ())
+        assert pre_activation < _planned_bytes(rnn, x)
+    else:
+        assert gates < pre_activation
     monkeypatch.undo()
-    small = fnn.Recurrent(fnn.LSTM(3))
+    small = fnn.Recurrent(type(cell)(3))
     xs = sequence(2, 3, 2)
     p, _ = small.init(KEY, xs)
     second = jax.jacrev(jax.grad(lambda p: jnp.sum(jnp.sin(small(p, xs)))))
