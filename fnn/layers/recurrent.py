@@ -448,7 +448,7 @@ def _residuals(cell, params, carry, projected, hidden):
     sigmoid or tanh; for a SimpleRNN the pre-activation (``_parts``). Against keeping the
     pre-activation, the benchmark LSTM's step ran 1.08x faster for 2 MiB more of its 29
     (paired medians of two one-off A/Bs of 11 and 21 rounds), and a GRU language model's
-    of the same size 1.13-1.17x (two one-off A/Bs of 21 rounds)."""
+    of the same size 1.17-1.21x (two one-off A/Bs of 21 rounds)."""
     rule = _GATE_RULES.get(type(cell))
     if rule is not None:
         return rule.gates(cell, params, carry, projected, hidden)
