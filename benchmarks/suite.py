@@ -25,11 +25,11 @@ compiled call (a ``lax.scan`` over ten batches already on the device), counted a
 steps. PyTorch runs eagerly with as many threads as the process may use cores (as XLA's
 CPU client does); ``--torch-compile`` adds a ``torch.compile`` row. ``fnn (jax rules)``
 runs only when ``--frameworks`` names it: fnn's step with JAX's own gradient rules
-instead of ``fnn.autodiff``'s, to measure what those rules gain in the same run. Run as a program, the suite first
-re-executes itself with ``malloc`` backing large blocks with huge pages, as the ``fnn``
-command does before it trains (``fnn.hostmem``; ``FNN_SYSTEM_MALLOC=1`` to keep the
-system settings); every framework shares the process, so every framework runs under the
-same setting.
+instead of ``fnn.autodiff``'s, to measure what those rules gain in the same run. Run as a
+program, the suite first re-executes itself with ``malloc`` backing large blocks with huge
+pages, as the ``fnn`` command does before it trains (``fnn.hostmem``;
+``FNN_SYSTEM_MALLOC=1`` to keep the system settings); every framework shares the process,
+so every framework runs under the same setting.
 
     .venv/bin/python -m benchmarks.suite                       # everything, 7 rounds
     .venv/bin/python -m benchmarks.suite --models mlp-small lstm --rounds 9
