@@ -1,5 +1,7 @@
 """fnn.autodiff: the layers' weight product and its reverse-mode weight gradient."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -374,6 +376,33 @@ def test_one_channel_conv_rule_does_not_keep_every_unrolled_steps_rows(monkeypat
     monkeypatch.setattr(autodiff, "_after", lambda x, g: x)
     rows = batch * 16 * 5 * 20 * 4  # one step's stacked rows, float32
     assert temporaries() >= waits + (k - 2) * rows
+
+
+def test_one_channel_conv_sum_is_computed_once_in_a_training_step(monkeypatch):
+    """XLA would fuse the shifted sum into each of its consumers (the ReLU, the pooling's
+    choice of maxima, the backward ReLU mask) and compute it in each: it reads one window
+    of the padded input per kernel offset but the one the unpadded input is, each time."""
+    net = fnn.serial(fnn.Conv(4, (3, 3)), fnn.relu, fnn.MaxPool((2, 2)), fnn.Flatten(), fnn.Dense(10))
+    x = jax.random.normal(jax.random.key(1), (8, 12, 12, 1))
+    y = jnp.zeros((8,), jnp.int32)
+    state = fnn.init_train_state(net, optax.sgd(0.1), jax.random.key(0), x)
+
+    def windows_read():
+        step = fnn.make_train_step(net, optax.sgd(0.1), fnn.losses.softmax_cross_entropy, donate=False)
+        hlo = step.lower(state, (x, y)).compile().as_text()
+        return len(re.findall(r"= f32\[8,12,12,1\]\{[0-9,]*\} slice\(", hlo))
+
+    assert windows_read() == 8
+    monkeypatch.setattr(autodiff, "_computed_once", lambda y: y)
+    assert windows_read() == 3 * 8
+
+
+def test_one_channel_conv_keeps_non_finite_outputs():
+    x = jnp.array([1.0, jnp.inf, -jnp.inf, jnp.nan, 0.0]).reshape(1, 5, 1, 1)
+    w = jnp.ones((1, 1, 1, 1))
+    with fnn.reverse_mode_only():
+        y = autodiff.conv(x, w, ((0, 0), (0, 0)))
+    np.testing.assert_array_equal(y.ravel(), x.ravel())
 
 
 @pytest.mark.parametrize("cin", [1, 2])
