@@ -378,23 +378,31 @@ def test_one_channel_conv_rule_does_not_keep_every_unrolled_steps_rows(monkeypat
     assert temporaries() >= waits + (k - 2) * rows
 
 
-def test_one_channel_conv_sum_is_computed_once_in_a_training_step(monkeypatch):
-    """XLA would fuse the shifted sum into each of its consumers (the ReLU, the pooling's
-    choice of maxima, the backward ReLU mask) and compute it in each: it reads one window
-    of the padded input per kernel offset but the one the unpadded input is, each time."""
-    net = fnn.serial(fnn.Conv(4, (3, 3)), fnn.relu, fnn.MaxPool((2, 2)), fnn.Flatten(), fnn.Dense(10))
-    x = jax.random.normal(jax.random.key(1), (8, 12, 12, 1))
+def test_shifted_sums_are_computed_once_in_a_training_step(monkeypatch):
+    """A LeNet-like step. XLA would fuse the one-channel forward's shifted sum into each of
+    its consumers (the ReLU, the pooling's choice of maxima, the backward ReLU mask) and
+    compute it in each: one window of the padded input per kernel offset, but the one the
+    unpadded input is, each time. And it would fuse the second convolution's input
+    gradient (25 shifted adds) into the pooling's gradient, which reads each of its
+    elements four times."""
+    net = fnn.serial(fnn.Conv(6, (5, 5)), fnn.relu, fnn.MaxPool((2, 2)), fnn.Conv(16, (5, 5), padding="VALID"),
+                     fnn.relu, fnn.MaxPool((2, 2)), fnn.Flatten(), fnn.Dense(10))
+    x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
     y = jnp.zeros((8,), jnp.int32)
     state = fnn.init_train_state(net, optax.sgd(0.1), jax.random.key(0), x)
 
-    def windows_read():
+    def reads():
         step = fnn.make_train_step(net, optax.sgd(0.1), fnn.losses.softmax_cross_entropy, donate=False)
         hlo = step.lower(state, (x, y)).compile().as_text()
-        return len(re.findall(r"= f32\[8,12,12,1\]\{[0-9,]*\} slice\(", hlo))
+        windows = len(re.findall(r"= f32\[8,28,28,1\]\{[0-9,]*\} slice\(", hlo))
+        # the input gradient's shifted adds inside a computation whose result is the pooling's gradient
+        in_pooling = sum(len(re.findall(r"= f32\[8,14,14,6\]\{[0-9,]*\} pad\(", c)) for c in hlo.split("\n\n")
+                         if re.search(r"ROOT [^=]*= f32\[8,28,28,6\]", c))
+        return windows, in_pooling
 
-    assert windows_read() == 8
+    assert reads() == (24, 0)
     monkeypatch.setattr(autodiff, "_computed_once", lambda y: y)
-    assert windows_read() == 3 * 8
+    assert reads() == (3 * 24, 25)
 
 
 def test_one_channel_conv_keeps_non_finite_outputs():
