@@ -164,15 +164,14 @@ def conv(
       (and strided) window of the input times that offset's weights. Each term is an
       elementwise product, and XLA fuses the sum into one loop (5x faster than its
       convolution with one input channel at stride 1, 4x at stride 2), computed once for
-      all its consumers (``_computed_once``). The weight
-      gradient is one product of the input's rows with ``g`` and a constant selection of
-      its diagonals (2x faster).
+      all its consumers (``_computed_once``). The weight gradient is one product of the
+      input's rows with ``g`` and a constant selection of its diagonals (2x faster).
     - up to 8 input channels, or any input channels with a stride above 1: the input
       gradient is one product ``g @ w^T`` for every offset at once, each offset's slice
-      then added back at its shift, the sum computed once (3-8x faster than XLA's with
-      one input channel, 2x with LeNet's six; at stride 2, where XLA's input gradient is a convolution of the
-      stride-dilated ``g``, 2.5x with 16 channels; at stride 1 and 16 channels or more
-      XLA's is faster, and is used).
+      then added back at its shift, the sum computed once (3-8x faster than XLA's with one
+      input channel, 2x with LeNet's six; at stride 2, where XLA's input gradient is a
+      convolution of the stride-dilated ``g``, 2.5x with 16 channels; at stride 1 and 16
+      channels or more XLA's is faster, and is used).
     - more than one input channel: the weight gradient is one ``window^T @ g`` product
       per kernel offset, summed over batch and positions, in a loop over the offsets (3x
       faster than XLA's for LeNet's second convolution). The forward pass is XLA's.
