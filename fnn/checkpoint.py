@@ -88,7 +88,10 @@ def to_saved(state: TrainState) -> TrainState:
     """
     rng = state.rng
     if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        rng = jax.random.key_data(rng)
+        if isinstance(rng, jax.ShapeDtypeStruct):  # a template made by jax.eval_shape
+            rng = jax.eval_shape(jax.random.key_data, rng)
+        else:
+            rng = jax.random.key_data(rng)
     return state._replace(rng=rng)
 
 
@@ -108,8 +111,26 @@ def from_saved(saved: TrainState, template: TrainState) -> TrainState:
     """
     rng = saved.rng
     if jax.dtypes.issubdtype(template.rng.dtype, jax.dtypes.prng_key):
-        rng = jax.random.wrap_key_data(rng, impl=jax.random.key_impl(template.rng))
+        rng = jax.random.wrap_key_data(rng, impl=_key_impl(template.rng))
     return saved._replace(rng=rng)
+
+
+def _key_impl(key: Any) -> Any:
+    """The implementation of a key array, or of a ``jax.ShapeDtypeStruct`` of one (its
+    dtype's, which ``jax.random.key_impl`` reads of an array)."""
+    if isinstance(key, jax.ShapeDtypeStruct):
+        return key.dtype._impl
+    return jax.random.key_impl(key)
+
+
+def _restore_target(leaf: Any) -> jax.ShapeDtypeStruct:
+    """What orbax restores a template leaf as: its shape, dtype and placement (by default this
+    process's first device), so that a checkpoint written on other devices, or by several
+    processes, reads into this run's layout."""
+    sharding = getattr(leaf, "sharding", None)
+    if not isinstance(sharding, jax.sharding.Sharding):
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
 def _placed_like(restored: Any, template: Any) -> Any:
@@ -229,8 +250,11 @@ class Checkpoints:
         """The checkpoint at ``step`` (default: the latest) as a state shaped like ``template``.
 
         ``template`` may hold arrays or ``jax.ShapeDtypeStruct``s (``jax.eval_shape`` of the
-        initial state). Raises ``CheckpointError`` when there is no checkpoint, when it cannot
-        be read, or when its arrays do not fit the template, naming the first path that differs.
+        initial state). The arrays are placed as the template's are (where it has no
+        placement: on this process's first device), whichever devices or processes wrote the
+        checkpoint; ``DataParallel.put_state`` lays them out again for a run on several.
+        Raises ``CheckpointError`` when there is no checkpoint, when it cannot be read, or
+        when its arrays do not fit the template, naming the first path that differs.
         """
         ocp = self._ocp
         steps = self.steps()
@@ -249,7 +273,7 @@ class Checkpoints:
         if tree is None:
             raise CheckpointError(f"{where} is unreadable: it holds no state metadata")
         check_fits(_flat(tree), _flat(saved_template), where)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), saved_template)
+        abstract = jax.tree.map(_restore_target, saved_template)
         try:
             restored = self._manager.restore(
                 step,

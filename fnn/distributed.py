@@ -161,15 +161,25 @@ class DataParallel:
         return NamedSharding(self.mesh, P(None, self.axis) if stacked else P(self.axis))
 
     def put_state(self, state: Any) -> Any:
-        """``state`` placed on the mesh (each process passes the same values, e.g. from the same seed)."""
+        """``state`` placed on the mesh (each process passes the same values, e.g. from the same
+        seed). A leaf that is already an array spanning several processes (a state restored
+        from a multi-process checkpoint) is moved on the mesh as it is. Keys stay replicated."""
+
+        def place(value: Any, spec: P) -> jax.Array:
+            sharding = NamedSharding(self.mesh, spec)
+            if isinstance(value, jax.Array) and not value.is_fully_addressable:
+                if value.sharding.is_equivalent_to(sharding, value.ndim):
+                    return value
+                return jax.jit(lambda a: a, out_shardings=sharding)(value)
+            value = np.asarray(value)
+            return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
         def put(leaf: Any) -> jax.Array:
-            sharding = NamedSharding(self.mesh, self.spec(np.shape(leaf)))
             if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
-                data = put(jax.random.key_data(leaf))
+                # a key's raw data has a trailing axis that JAX requires replicated
+                data = place(jax.random.key_data(leaf), P())
                 return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
-            value = np.asarray(leaf)
-            return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+            return place(leaf, self.spec(np.shape(leaf)))
 
         return jax.tree.map(put, state)
 
@@ -211,4 +221,17 @@ class DataParallel:
         return jax.tree.map(constrain, tree)
 
     def constrain_batch(self, batch: Any) -> Any:
-        return jax.tree.map(lambda leaf: jax.lax.with_sharding_constraint(leaf, self.batch_sharding()), batch)
+        """Pin a batch's leaves inside a compiled step to the split along their first axis;
+        a ``ParallelError`` when one does not divide among the devices (as ``put_batch``
+        refuses it)."""
+
+        def constrain(leaf: jax.Array) -> jax.Array:
+            if leaf.ndim == 0 or leaf.shape[0] % self.size:
+                raise ParallelError(
+                    f"train step: a batch of {leaf.shape[0] if leaf.ndim else 'no'} rows (array "
+                    f"{leaf.dtype}{list(leaf.shape)}) does not divide among the layout's {self.size} "
+                    f"devices; make the batch size a multiple of {self.size}"
+                )
+            return jax.lax.with_sharding_constraint(leaf, self.batch_sharding())
+
+        return jax.tree.map(constrain, batch)

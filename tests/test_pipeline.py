@@ -340,6 +340,16 @@ def to_host(state):
     return jax.device_get(checkpoint.to_saved(state))
 
 
+def test_a_checkpoint_restores_into_an_abstract_template(tmp_path):
+    ckpts, state = _saved(tmp_path)
+    _, template, _, _ = _problem()
+    restored, _ = ckpts.restore(jax.eval_shape(lambda: template))
+    assert jax.dtypes.issubdtype(restored.rng.dtype, jax.dtypes.prng_key)
+    assert jax.random.key_impl(restored.rng) == jax.random.key_impl(state.rng)
+    for a, b in zip(jax.tree.leaves(to_host(state)), jax.tree.leaves(to_host(restored))):
+        assert np.array_equal(a, b)
+
+
 def test_a_restored_state_is_placed_like_a_fresh_one_so_nothing_compiles_again(tmp_path):
     ckpts, _ = _saved(tmp_path)
     step, template, data, _ = _problem()

@@ -80,9 +80,56 @@ def main():
         assert "does not divide among this process's 8 devices" in str(error), error
     else:
         raise AssertionError("a batch of 60 rows on 8 devices was accepted")
+    # so is one handed to the step without put_batch, inside the compiled step
+    step = fnn.make_train_step(common.MODEL, common.OPTIMIZER, common.LOSS, parallel=dp)
+    for rows in (60, 63):
+        try:
+            step(dp.put_state(common.initial_state()), (np.zeros((rows, 16), np.float32), np.zeros(rows, np.int32)))
+        except ParallelError as error:
+            assert f"a batch of {rows} rows" in str(error) and "the layout's 8 devices" in str(error), error
+        else:
+            raise AssertionError(f"a batch of {rows} rows on 8 devices was accepted by the step")
+    check_keys_stay_replicated()
+    check_checkpoints_follow_the_template()
     check_pipeline()
     check_fnn_rules()
     print("data parallel and fsdp match single-device training")
+
+
+def check_keys_stay_replicated():
+    """FSDP splitting even the smallest arrays (``min_size=0``) leaves the rng key whole: its
+    raw data's trailing axis must stay replicated."""
+    for devices in (jax.devices()[:2], jax.devices()):
+        parallel = DataParallel.over(devices, fsdp=True, min_size=0)
+        state = parallel.put_state(common.initial_state())
+        assert state.rng.sharding.is_fully_replicated, state.rng.sharding
+        step = fnn.make_train_step(common.MODEL, common.OPTIMIZER, common.LOSS, parallel=parallel)
+        state, _ = step(state, parallel.put_batch(common.batches()[0]))
+        assert state.params["dense_0"]["w"].sharding.spec == P("data")
+
+
+def check_checkpoints_follow_the_template():
+    """A checkpoint of an 8-device FSDP state restores into a fresh state on one device, an
+    abstract one, or one laid out on 2 of the devices: placed as each template is, the same
+    values."""
+    import tempfile
+
+    from fnn.checkpoint import Checkpoints
+
+    fsdp = DataParallel.over(fsdp=True, min_size=512)
+    state, _ = train(fsdp)
+    two = DataParallel.over(jax.devices()[:2], fsdp=True, min_size=512)
+    start = common.initial_state()
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoints = Checkpoints(directory)
+        checkpoints.save(state)
+        for template, devices in ((start, 1), (jax.eval_shape(lambda: start), 1), (two.put_state(start), 2)):
+            restored, _ = checkpoints.restore(template)
+            for got, want in zip(jax.tree.leaves((restored.params, restored.opt_state)),
+                                 jax.tree.leaves((state.params, state.opt_state))):
+                assert len(got.sharding.device_set) == devices, got.sharding
+                np.testing.assert_array_equal(jax.device_get(got), jax.device_get(want))
+        assert restored.params["dense_0"]["w"].sharding.spec == P("data")  # laid out as `two`'s
 
 
 def check_pipeline():
