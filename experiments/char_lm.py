@@ -184,8 +184,8 @@ def train(model, optimizer, loss, metrics, train_ids, valid_ids, config: Config,
     """Adam on random windows of the training text; every ``eval_every`` steps, bits per
     character on the same spread of held-out windows."""
     x_spec = jax.ShapeDtypeStruct((config.batch_size, config.length), jnp.int32)
-    state = fnn.init_train_state(model, optimizer, jax.random.key(config.seed), x_spec)
     policy = fnn.precision.policy(config.precision)
+    state = fnn.init_train_state(model, optimizer, jax.random.key(config.seed), x_spec, policy=policy)
     step = fnn.make_train_step(model, optimizer, loss, metrics=metrics, policy=policy)
     eval_step = fnn.make_eval_step(model, loss, metrics=metrics, policy=policy)
     held_out = eval_windows(valid_ids, config.length, config.eval_windows)

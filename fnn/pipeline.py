@@ -492,7 +492,8 @@ def train(
     x_spec = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((t.batch_size, *a.shape[1:]), a.dtype), batches[0][0]
     )
-    state = init_train_state(model, optimizer, jax.random.key(t.seed), x_spec)
+    policy = precision_lib.policy(getattr(t, "precision", "float32"))
+    state = init_train_state(model, optimizer, jax.random.key(t.seed), x_spec, policy=policy)
     parallel = layout(t)
     if parallel is not None:
         if t.batch_size % parallel.size:

@@ -19,8 +19,13 @@ Per-layer overrides:
 
 float16 has a narrow range: small gradients underflow to zero. A float16 policy needs a
 ``loss_scale``: the loss is multiplied by it before differentiation and the gradients
-divided by it after, which keeps them in float16's range (a non-finite loss then shows a
-scale that is too large; ``fnn.fit`` raises on it, naming the step).
+divided by it after, which keeps them in float16's range. A step whose scaled gradients
+overflow (any of them, or the loss, not finite) is skipped: the parameters, optimizer
+state and model state stay as they were, and the step's ``skipped`` metric is 1. A state
+made by ``init_train_state(..., policy=policy)`` carries the scale as it goes
+(:class:`LossScale`): halved at each skipped step, doubled after ``growth_interval``
+finite steps in a row, as PyTorch's ``GradScaler`` does; without it the scale stays
+``loss_scale``.
 
 Example:
     >>> import jax, jax.numpy as jnp, fnn
@@ -34,18 +39,27 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from fnn.checkpoint import _key_name
-
 DTYPES = ("float32", "bfloat16", "float16")
+MAX_LOSS_SCALE = 2.0**24
+
+
+class LossScale(NamedTuple):
+    """A train state's dynamic loss scale (``TrainState.loss_scale``): the scale, and how
+    many finite steps in a row it has been used for."""
+
+    scale: jax.Array  # float32 scalar
+    good_steps: jax.Array  # int32 scalar
 
 
 def _path(path: tuple) -> str:
     """``"block_0/attention/query/w"``: the path as checkpoints name it."""
+    from fnn.checkpoint import _key_name  # fnn.checkpoint imports fnn.train, which imports this
+
     return "/".join(_key_name(key) for key in path)
 
 
@@ -59,7 +73,11 @@ class Policy:
         output: the dtype the model's outputs are cast to before the loss.
         keep: parameter paths (``fnmatch`` patterns) left in their stored dtype.
         loss_scale: multiply the loss by this before differentiating and divide the
-            gradients by it after; required for ``"float16"``.
+            gradients by it after; required for ``"float16"``. With it, a step whose
+            gradients are not finite is skipped; a state made with this policy adapts
+            the scale (the initial one) as it trains.
+        growth_interval: with a loss scale carried in the state, double it after this many
+            finite steps in a row (it is halved at every skipped step).
 
     Example: a train step that computes in bfloat16 except for the last layer.
 
@@ -86,6 +104,7 @@ class Policy:
     output: str = "float32"
     keep: tuple[str, ...] = ()
     loss_scale: float | None = None
+    growth_interval: int = 2000
 
     def __post_init__(self):
         for field in ("compute", "output"):
@@ -95,13 +114,52 @@ class Policy:
                 )
         if isinstance(self.keep, str):
             raise ValueError(f"Policy: keep must be a tuple of path patterns, got the string {self.keep!r}")
-        if self.loss_scale is not None and not self.loss_scale > 0:
-            raise ValueError(f"Policy: loss_scale must be positive, got {self.loss_scale!r}")
+        if self.loss_scale is not None and not (
+            isinstance(self.loss_scale, (int, float)) and not isinstance(self.loss_scale, bool)
+            and 0 < self.loss_scale <= MAX_LOSS_SCALE
+        ):
+            raise ValueError(
+                f"Policy: loss_scale must be a positive number of at most 2**24, got {self.loss_scale!r}"
+            )
+        if (not isinstance(self.growth_interval, int) or isinstance(self.growth_interval, bool)
+                or self.growth_interval < 1):
+            raise ValueError(f"Policy: growth_interval must be a positive int, got {self.growth_interval!r}")
         if self.compute == "float16" and self.loss_scale is None:
             raise ValueError(
                 "Policy: float16 computation needs a loss_scale (e.g. 2.0**12): without one, small "
                 "gradients underflow to zero; or compute in bfloat16, which has float32's range"
             )
+
+    def initial_loss_scale(self) -> LossScale | None:
+        """What ``init_train_state(..., policy=self)`` puts in the state: the loss scale to
+        adapt, or ``None`` without one."""
+        if self.loss_scale is None:
+            return None
+        return LossScale(jnp.asarray(self.loss_scale, jnp.float32), jnp.zeros((), jnp.int32))
+
+    def next_loss_scale(self, current: LossScale, finite: jax.Array) -> LossScale:
+        """The scale after a step: halved (down to 1) if its gradients were not ``finite``,
+        doubled (up to 2**24) after ``growth_interval`` finite steps in a row.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> policy = Policy("float16", loss_scale=8.0, growth_interval=2)
+            >>> s = policy.initial_loss_scale()
+            >>> for finite in (True, True, False):
+            ...     s = policy.next_loss_scale(s, jnp.asarray(finite))
+            ...     print(float(s.scale), int(s.good_steps))
+            8.0 1
+            16.0 0
+            8.0 0
+        """
+        good = current.good_steps + 1
+        grow = good >= self.growth_interval
+        scale = jnp.where(
+            finite,
+            jnp.where(grow, jnp.minimum(current.scale * 2, MAX_LOSS_SCALE), current.scale),
+            jnp.maximum(current.scale / 2, 1.0),
+        )
+        return LossScale(scale.astype(jnp.float32), jnp.where(finite & ~grow, good, 0).astype(jnp.int32))
 
     @property
     def compute_dtype(self) -> Any:
@@ -113,7 +171,17 @@ class Policy:
         )
 
     def cast_params(self, params: Any) -> Any:
-        """Floating parameters in the computation dtype, except those under ``keep``."""
+        """Floating parameters in the computation dtype, except those under ``keep``; a
+        ``ValueError`` for a ``keep`` pattern that matches no parameter (a typo, or a layer's
+        name without ``/*``), listing the parameters' paths."""
+        paths = [_path(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+        unmatched = [p for p in self.keep if not any(fnmatch.fnmatchcase(path, p) for path in paths)]
+        if unmatched:
+            shown = ", ".join(paths[:12]) + (f", ... ({len(paths)} in all)" if len(paths) > 12 else "")
+            raise ValueError(
+                f"Policy: keep pattern(s) {unmatched} match no parameter; patterns match whole paths "
+                f"(a layer's parameters: 'dense_1/*'), and the parameters are: {shown}"
+            )
 
         def cast(path, x):
             if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
@@ -131,6 +199,24 @@ class Policy:
     def cast_outputs(self, y: Any) -> Any:
         """Floating outputs in the output dtype."""
         return self._cast(y, jnp.dtype(self.output))
+
+
+def as_policy(value: Any, where: str) -> Policy | None:
+    """A ``policy=`` argument as a :class:`Policy`: a policy or ``None`` as is, a dtype's name
+    (``"bfloat16"``) as :func:`policy` makes it; a ``TypeError`` for anything else.
+
+    Example:
+        >>> as_policy("bfloat16", "make_train_step").compute, as_policy(None, "make_train_step")
+        ('bfloat16', None)
+    """
+    if value is None or isinstance(value, Policy):
+        return value
+    if isinstance(value, str):
+        return policy(value)
+    raise TypeError(
+        f"{where}: policy must be a fnn.precision.Policy, a dtype's name ({', '.join(DTYPES)}) or None, "
+        f"got {value!r}"
+    )
 
 
 def policy(name: str) -> Policy | None:

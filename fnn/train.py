@@ -24,10 +24,10 @@ import optax
 
 from fnn.autodiff import reverse_mode_only
 from fnn.core import Layer, Params, State
+from fnn.precision import Policy, as_policy
 
 if TYPE_CHECKING:
     from fnn.distributed import DataParallel
-    from fnn.precision import Policy
 
 Batch = tuple[Any, Any]
 LossFn = Callable[[Any, Any], jax.Array]
@@ -38,15 +38,16 @@ class TrainState(NamedTuple):
     """Everything a training run carries from step to step; a pytree.
 
     ``params`` and ``model_state`` are the model's nested dicts, ``opt_state`` the
-    optimizer's, ``step`` an int32 scalar (a ``[members]`` vector in a population), and
-    ``rng`` a typed key from which each step's dropout key is folded.
+    optimizer's, ``step`` an int32 scalar (a ``[members]`` vector in a population),
+    ``rng`` a typed key from which each step's dropout key is folded, and ``loss_scale``
+    a float16 run's dynamic loss scale (``fnn.precision.LossScale``; ``None`` otherwise).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, fnn
         >>> state = fnn.init_train_state(fnn.Dense(1), optax.sgd(0.1), jax.random.key(0),
         ...                              jnp.zeros((4, 2)))
         >>> state._fields, int(state.step), state.params["w"].shape
-        (('params', 'model_state', 'opt_state', 'step', 'rng'), 0, (2, 1))
+        (('params', 'model_state', 'opt_state', 'step', 'rng', 'loss_scale'), 0, (2, 1))
     """
 
     params: Params
@@ -54,6 +55,7 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
     step: jax.Array
     rng: jax.Array
+    loss_scale: Any = None
 
 
 def step_of(state: TrainState) -> int:
@@ -69,9 +71,12 @@ def step_of(state: TrainState) -> int:
 
 
 def init_train_state(
-    model: Layer, optimizer: optax.GradientTransformation, key: jax.Array, x: Any
+    model: Layer, optimizer: optax.GradientTransformation, key: jax.Array, x: Any, *,
+    policy: Policy | str | None = None,
 ) -> TrainState:
-    """A fresh train state for ``model`` on inputs like ``x`` (an array or a spec).
+    """A fresh train state for ``model`` on inputs like ``x`` (an array or a spec). With a
+    ``policy`` that has a loss scale (float16), the state carries it, and the train step
+    adapts it (``fnn.precision``).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, fnn
@@ -82,9 +87,11 @@ def init_train_state(
     """
     # Eagerly, not under one jit: each initializer op compiles once per shape and is then
     # cached for every later model, where a jitted init would compile anew for each model.
+    policy = as_policy(policy, "init_train_state")
     init_key, rng = jax.random.split(key)
     params, model_state = model.init(init_key, x)
-    return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
+    loss_scale = policy.initial_loss_scale() if policy is not None else None
+    return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), rng, loss_scale)
 
 
 def _objective(model: Layer, loss: LossFn, policy: Policy | None = None) -> Callable:
@@ -104,6 +111,18 @@ def _objective(model: Layer, loss: LossFn, policy: Policy | None = None) -> Call
         return loss(outputs, y), (new_state, outputs)
 
     return objective
+
+
+def _scaled(objective: Callable, scale: Any) -> Callable:
+    """``objective`` with its loss multiplied by ``scale`` (as it is, for ``None``)."""
+    if scale is None:
+        return objective
+
+    def scaled(*args):
+        value, aux = objective(*args)
+        return value * scale, aux
+
+    return scaled
 
 
 def make_train_step(
@@ -146,9 +165,11 @@ def make_train_step(
             or sharded with ``fsdp``); place them with ``parallel.put_state`` and
             ``parallel.put_batch``. The result equals the single-device step's up to
             floating-point summation order.
-        policy: a ``fnn.precision.Policy``: compute in bfloat16 (or float16 with a loss
-            scale) while parameters, gradients and optimizer state stay float32, and the
-            outputs and loss are float32.
+        policy: a ``fnn.precision.Policy`` (or a dtype's name): compute in bfloat16 (or
+            float16 with a loss scale) while parameters, gradients and optimizer state stay
+            float32, and the outputs and loss are float32. With a loss scale, a step whose
+            gradients are not finite is skipped (its metric ``skipped`` is 1), and a state
+            made by ``init_train_state(..., policy=policy)`` adapts the scale.
 
     Each step draws its dropout key as ``fold_in(state.rng, state.step)``, so a run is
     reproducible from its seed whatever the batch order of other runs.
@@ -175,33 +196,39 @@ def make_train_step(
         raise ValueError(f"make_train_step: unroll must be a positive int or a bool, got {unroll!r}")
     if parallel is not None and population:
         raise ValueError("make_train_step: population=True and parallel= cannot be combined yet")
+    policy = as_policy(policy, "make_train_step")
     objective = _objective(model, loss, policy)
-    scale = policy.loss_scale if policy is not None else None
-    if scale is not None:
-        unscaled = objective
-
-        def objective(*args):
-            value, aux = unscaled(*args)
-            return value * scale, aux
-
+    scaled = policy is not None and policy.loss_scale is not None
     metric_fns = dict(metrics or {})
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         if parallel is not None:
             batch = parallel.constrain_batch(batch)
         key = jax.random.fold_in(state.rng, state.step)
+        scale = None
+        if scaled:
+            scale = policy.loss_scale if state.loss_scale is None else state.loss_scale.scale
+        gradient = jax.value_and_grad(_scaled(objective, scale), has_aux=True)
         with reverse_mode_only():
-            (value, (model_state, outputs)), grads = jax.value_and_grad(objective, has_aux=True)(
-                state.params, state.model_state, batch, key
-            )
+            (value, (model_state, outputs)), grads = gradient(state.params, state.model_state, batch, key)
         if scale is not None:
             value, grads = value / scale, jax.tree.map(lambda g: g / scale, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        logged = {"loss": value, **{name: f(outputs, batch[1]) for name, f in metric_fns.items()}}
+        loss_scale = state.loss_scale
+        if scaled:  # a step whose scaled gradients overflowed changes nothing but the scale
+            finite = jnp.all(jnp.stack([jnp.isfinite(a).all() for a in jax.tree.leaves((value, grads))]))
+            params, opt_state, model_state = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old),
+                (params, opt_state, model_state), (state.params, state.opt_state, state.model_state),
+            )
+            if loss_scale is not None:
+                loss_scale = policy.next_loss_scale(loss_scale, finite)
+            logged["skipped"] = 1.0 - finite.astype(jnp.float32)
         if parallel is not None:
             params, opt_state = parallel.constrain_state((params, opt_state))
-        logged = {"loss": value, **{name: f(outputs, batch[1]) for name, f in metric_fns.items()}}
-        return TrainState(params, model_state, opt_state, state.step + 1, state.rng), logged
+        return TrainState(params, model_state, opt_state, state.step + 1, state.rng, loss_scale), logged
 
     def steps(state: TrainState, stacked: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         leading = {a.shape[0] for a in jax.tree.leaves(stacked)}
@@ -239,6 +266,7 @@ def make_eval_step(
         >>> sorted(eval_step(state, (x, y)))
         ['loss', 'mae']
     """
+    policy = as_policy(policy, "make_eval_step")
     metric_fns = dict(metrics or {})
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:

@@ -90,7 +90,106 @@ def test_bad_policies_are_refused():
         Policy("int8")
     with pytest.raises(ValueError, match="keep must be a tuple of path patterns"):
         Policy("bfloat16", keep="head/*")
-    with pytest.raises(ValueError, match="loss_scale must be positive"):
-        Policy("bfloat16", loss_scale=0.0)
+    for scale in (0.0, float("inf"), float("nan"), 2.0**25, True):
+        with pytest.raises(ValueError, match="loss_scale must be a positive number of at most 2\\*\\*24"):
+            Policy("float16", loss_scale=scale)
+    for interval in (0, 1.5, True):
+        with pytest.raises(ValueError, match="growth_interval must be a positive int"):
+            Policy("float16", loss_scale=8.0, growth_interval=interval)
+    model = fnn.Dense(1)
+    with pytest.raises(TypeError, match="make_train_step: policy must be a fnn.precision.Policy, a dtype's name"):
+        fnn.make_train_step(model, optax.sgd(0.1), fnn.losses.mean_squared_error, policy=jnp.bfloat16)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fnn.make_eval_step(model, fnn.losses.mean_squared_error, policy="half")
     with pytest.raises(fnn.config.ConfigError, match="precision: 'half' is not one of"):
         fnn.config.override(fnn.pipeline.TrainConfig(), ["precision=half"])
+
+
+def test_a_policy_may_be_named_and_a_keep_pattern_must_match_a_parameter():
+    x, y = data()
+    model = fnn.serial(fnn.Dense(4), jax.nn.relu, fnn.Dense(2))
+    state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), x)
+    named = fnn.make_train_step(model, optax.sgd(0.1), fnn.losses.softmax_cross_entropy, policy="bfloat16",
+                                donate=False)
+    explicit = fnn.make_train_step(model, optax.sgd(0.1), fnn.losses.softmax_cross_entropy,
+                                   policy=Policy("bfloat16"), donate=False)
+    (a_state, a_metrics), (b_state, b_metrics) = named(state, (x, y)), explicit(state, (x, y))
+    for a, b in zip(jax.tree.leaves((saved(a_state), a_metrics)), jax.tree.leaves((saved(b_state), b_metrics))):
+        np.testing.assert_array_equal(a, b)
+    for keep in (("dense_1",), ("head/*",), ("dense_1/*", "dense_9/*")):
+        with pytest.raises(ValueError, match=r"keep pattern\(s\) .* match no parameter; .* are: dense_0/b, dense_0/w"):
+            Policy("bfloat16", keep=keep).cast_params(state.params)
+
+
+def saved(state):
+    """The state with its key as raw data, to compare leaf by leaf."""
+    return fnn.checkpoint.to_saved(state)
+
+
+def overflowing():
+    """A model, optimizer, state and batch whose float16 gradients overflow at a loss scale of
+    2**12 (the true ones are finite: about 2300) and fit below 2**5."""
+    model = fnn.serial(fnn.Dense(4), fnn.Dense(1))
+    optimizer = optax.adam(1e-3)
+    x, y = jnp.full((2, 3), 30.0), jnp.zeros((2, 1))
+    return model, optimizer, (x, y)
+
+
+def test_a_float16_step_whose_gradients_overflow_is_skipped():
+    model, optimizer, batch = overflowing()
+    policy = Policy("float16", loss_scale=2.0**12)
+    state = fnn.init_train_state(model, optimizer, jax.random.key(0), batch[0])
+    assert state.loss_scale is None
+    step = fnn.make_train_step(model, optimizer, fnn.losses.mean_squared_error, policy=policy, donate=False)
+    new, metrics = step(state, batch)
+    assert float(metrics["skipped"]) == 1.0 and np.isfinite(float(metrics["loss"]))
+    assert int(new.step) == 1 and new.loss_scale is None  # the scale lives in the policy only
+    for got, was in zip(jax.tree.leaves((new.params, new.opt_state)), jax.tree.leaves((state.params, state.opt_state))):
+        np.testing.assert_array_equal(got, was)
+    # a batch whose gradients fit trains as usual
+    fine, metrics = step(state, (batch[0] / 30, batch[1]))
+    assert float(metrics["skipped"]) == 0.0
+    assert not np.array_equal(fine.params["dense_1"]["w"], state.params["dense_1"]["w"])
+
+
+def test_a_float16_state_adapts_its_loss_scale():
+    model, optimizer, batch = overflowing()
+    policy = Policy("float16", loss_scale=2.0**12, growth_interval=3)
+    state = fnn.init_train_state(model, optimizer, jax.random.key(0), batch[0], policy=policy)
+    assert float(state.loss_scale.scale) == 2.0**12 and int(state.loss_scale.good_steps) == 0
+    step = fnn.make_train_step(model, optimizer, fnn.losses.mean_squared_error, policy=policy, donate=False)
+    skipped, scales = [], []
+    s = state
+    for _ in range(12):
+        s, metrics = step(s, batch)
+        skipped.append(float(metrics["skipped"]))
+        scales.append(float(s.loss_scale.scale))
+    first = skipped.index(0.0)  # halved at each skipped step until the gradients fit
+    assert first > 0 and skipped[:first] == [1.0] * first
+    assert scales[:first] == [2.0**12 / 2**k for k in range(1, first + 1)]
+    assert scales[first + 2] == 2 * scales[first]  # doubled after 3 finite steps in a row
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(s.params))
+    # several steps per call carry the scale through the loop as single calls do
+    four = fnn.make_train_step(model, optimizer, fnn.losses.mean_squared_error, policy=policy, donate=False,
+                               steps_per_call=4)
+    stacked, metrics = four(state, jax.tree.map(lambda a: jnp.stack([a] * 4), batch))
+    single = state
+    for _ in range(4):
+        single, _ = step(single, batch)
+    np.testing.assert_array_equal(metrics["skipped"], skipped[:4])
+    for a, b in zip(jax.tree.leaves(saved(stacked)), jax.tree.leaves(saved(single))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_float16_run_resumes_with_its_loss_scale(tmp_path):
+    model, optimizer, batch = overflowing()
+    policy = Policy("float16", loss_scale=2.0**12)
+    state = fnn.init_train_state(model, optimizer, jax.random.key(0), batch[0], policy=policy)
+    step = fnn.make_train_step(model, optimizer, fnn.losses.mean_squared_error, policy=policy, donate=False)
+    for _ in range(3):
+        state, _ = step(state, batch)
+    checkpoints = fnn.checkpoint.Checkpoints(tmp_path)
+    checkpoints.save(state)
+    template = fnn.init_train_state(model, optimizer, jax.random.key(0), batch[0], policy=policy)
+    restored, _ = checkpoints.restore(template)
+    assert float(restored.loss_scale.scale) == float(state.loss_scale.scale) == 2.0**9
