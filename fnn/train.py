@@ -240,7 +240,9 @@ def make_train_step(
         return jax.lax.scan(step, state, stacked, unroll=unroll)
 
     fn = step if steps_per_call == 1 else steps
-    return jax.jit(jax.vmap(fn) if population else fn, donate_argnums=(0,) if donate else ())
+    compiled = jax.jit(jax.vmap(fn) if population else fn, donate_argnums=(0,) if donate else ())
+    compiled.steps_per_call = steps_per_call  # for fit's records: K steps a call
+    return compiled
 
 
 def make_eval_step(
@@ -318,8 +320,10 @@ def _number(value: np.ndarray) -> float | list[float]:
 class MetricsWindow:
     """Training metrics of the steps since the last record, kept on the device until logged.
 
-    Each step's metrics stay device arrays until a record is due, so logging does not make
-    the host wait for every step; ``flush`` averages them into one record.
+    Each call's metrics stay device arrays until a record is due, so logging does not make
+    the host wait for every step; ``flush`` averages them into one record. With
+    ``steps_per_call`` K each call's metrics hold K steps on their last axis (after a
+    population's member axis): they count as K steps and are averaged over them too.
 
     Example:
         >>> import jax.numpy as jnp
@@ -329,33 +333,47 @@ class MetricsWindow:
         (False, True)
         >>> window.flush(step=2)
         {'step': 2, 'split': 'train', 'loss': 2.0}
-        >>> window.add({"loss": jnp.array(jnp.nan)}) or window.flush(step=3)
+        >>> window.add({"loss": jnp.array(2.0)}), window.add({"loss": jnp.array(jnp.nan)})
+        (False, True)
+        >>> window.flush(step=4)
         Traceback (most recent call last):
         ...
-        FloatingPointError: training loss became nan in the 1 steps up to step 3; ...
+        FloatingPointError: training loss became nan at step 4 (the first non-finite one of the 2 ...
     """
 
-    def __init__(self, log_every: int):
+    def __init__(self, log_every: int, steps_per_call: int = 1):
         self.log_every = log_every
+        self.steps_per_call = steps_per_call
         self.pending: list[dict[str, jax.Array]] = []
 
     def add(self, metrics: dict[str, jax.Array]) -> bool:
-        """Add one step's metrics; true when a record is due."""
+        """Add one call's metrics; true when a record is due (``log_every`` steps or more)."""
         self.pending.append(metrics)
-        return len(self.pending) >= self.log_every
+        return len(self.pending) * self.steps_per_call >= self.log_every
 
     def flush(self, step: int) -> dict[str, Any]:
         """The mean of the pending metrics as ``{"step", "split": "train", ...}``; raises
-        ``FloatingPointError`` on a non-finite loss."""
-        means = jax.device_get(jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), axis=0), *self.pending))
+        ``FloatingPointError`` on a non-finite loss, naming the first step that had one."""
+        k = self.steps_per_call
+
+        def mean(*values):
+            calls = jnp.mean(jnp.stack(values), axis=0)
+            return calls if k == 1 else jnp.mean(calls, axis=-1)
+
+        means = jax.device_get(jax.tree.map(mean, *self.pending))
         record = {"step": step, "split": "train", **{k: _number(v) for k, v in means.items()}}
-        count = len(self.pending)
+        count = len(self.pending) * k
+        losses = [np.asarray(m["loss"]) for m in jax.device_get(self.pending)] if "loss" in record else []
         self.pending.clear()
-        if "loss" in record and not np.all(np.isfinite(record["loss"])):
+        if losses and not np.all(np.isfinite(record["loss"])):
+            # each step's loss finite for every member, in step order
+            finite = np.concatenate([np.isfinite(v).reshape(-1, k).all(0) if k > 1 else [np.isfinite(v).all()]
+                                     for v in losses])
+            first = step - count + 1 + int(np.argmin(finite))
             raise FloatingPointError(
-                f"training loss became {record['loss']} in the {count} steps up to step {step}; "
-                "lower the learning rate, check the data for NaNs, or check that token ids are "
-                "within the embedding's range"
+                f"training loss became {record['loss']} at step {first} (the first non-finite one of the "
+                f"{count} steps up to step {step}); lower the learning rate, check the data for NaNs, check "
+                "that token ids are within the embedding's range, or (float16) lower the loss scale"
             )
         return record
 
@@ -378,7 +396,10 @@ def fit(
     """Run ``step`` over ``batches``; every ``log_every`` steps, record the mean metrics.
 
     The host reads metrics only at those points, so the device runs ahead in between. A
-    non-finite loss stops training with an error naming the step. (``fnn.loop.train_loop``
+    non-finite loss stops training with an error naming the step. A step made with
+    ``steps_per_call`` K takes K stacked batches per call; its records average over all the
+    steps since the last one, and ``log_every`` counts steps (a record at the first call
+    that reaches it). (``fnn.loop.train_loop``
     is the same loop for a run with a directory: checkpoints, resumption, evaluation.)
 
     Returns the final state and the list of logged records ``{"step": ..., "loss": ...}``.
@@ -394,7 +415,7 @@ def fit(
         ([2, 4, 5], True)
     """
     history: list[dict[str, float]] = []
-    window = MetricsWindow(log_every)
+    window = MetricsWindow(log_every, getattr(step, "steps_per_call", 1))
 
     def flush() -> None:
         record = window.flush(int(state.step))

@@ -119,8 +119,30 @@ def test_fit_logs_means_and_stops_on_a_non_finite_loss():
     bad_y = y.copy()
     bad_y[3] = np.nan
     state = fnn.init_train_state(MLP, optimizer, KEY, x)
-    with pytest.raises(FloatingPointError, match="loss became nan .* up to step 5"):
+    with pytest.raises(FloatingPointError, match="loss became nan at step 1 .* up to step 5"):
         fnn.fit(step, state, [(x, bad_y)] * 5, log_every=5)
+    state = fnn.init_train_state(MLP, optimizer, KEY, x)  # the step donated the last one
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 4 \(the first non-finite one of the 5 "):
+        fnn.fit(step, state, [(x, y)] * 3 + [(x, bad_y)] * 2, log_every=5)
+
+
+def test_fit_counts_the_steps_of_a_several_step_call():
+    x, y = regression_data()
+    optimizer = optax.sgd(0.01)
+    state = fnn.init_train_state(MLP, optimizer, KEY, x)
+    one = fnn.make_train_step(MLP, optimizer, fnn.losses.mean_squared_error, donate=False)
+    four = fnn.make_train_step(MLP, optimizer, fnn.losses.mean_squared_error, donate=False, steps_per_call=4)
+    _, single = fnn.fit(one, state, [(x, y)] * 12, log_every=8)
+    stacked = (np.stack([x] * 4), np.stack([y] * 4))
+    _, several = fnn.fit(four, state, [stacked] * 3, log_every=8)
+    assert [r["step"] for r in several] == [r["step"] for r in single] == [8, 12]
+    for a, b in zip(several, single):
+        assert isinstance(a["loss"], float)
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+    bad_y = y.copy()
+    bad_y[0] = np.nan
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 7 \(the first non-finite one of the 8 "):
+        fnn.fit(four, state, [stacked, (stacked[0], np.stack([y, y, bad_y, y]))], log_every=8)
 
 
 PER_EXAMPLE_MODELS = {  # name: (model, input shape, input kind, labels per example)
