@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import initializers
-from fnn.core import Layer, ShapeError, shape_str
+from fnn.core import Layer, LayerError, ShapeError, shape_str
 
 
 def require_float(layer: Layer, x: Any) -> None:
@@ -64,10 +64,25 @@ def freeze(layer: Any, field: str, value: Any) -> None:
     object.__setattr__(layer, field, value)
 
 
+def float_dtype(layer: Any, field: str, value: Any) -> Any:
+    """``value`` as a floating-point dtype; a ``LayerError`` naming ``layer`` and ``field`` for
+    anything else (an integer dtype, a name numpy does not know)."""
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise LayerError(
+            f"{type(layer).__name__}: {field} must be a floating-point dtype (float32, bfloat16, float16, "
+            f"float64), got {value!r}"
+        )
+    return dtype
+
+
 def compute_dtype(layer: Any, x: Any, *params: Any) -> Any:
     """The dtype a layer computes in: its ``dtype`` field, else the inputs' promoted type."""
     if getattr(layer, "dtype", None) is not None:
-        return layer.dtype
+        return float_dtype(layer, "dtype", layer.dtype)
     return jnp.result_type(x, *params)
 
 
@@ -92,7 +107,8 @@ class WeightOptions:
 def weight_and_bias(layer: Any, key: jax.Array, w_shape: tuple[int, ...]) -> dict[str, jax.Array]:
     """``{"w": w_init(w_shape)}`` plus ``"b": b_init([features])`` when the layer uses a bias."""
     w_key, b_key = jax.random.split(key)
-    params = {"w": initializers.get(layer.w_init)(w_key, w_shape, layer.param_dtype)}
+    dtype = float_dtype(layer, "param_dtype", layer.param_dtype)
+    params = {"w": initializers.get(layer.w_init)(w_key, w_shape, dtype)}
     if layer.use_bias:
-        params["b"] = initializers.get(layer.b_init)(b_key, (layer.features,), layer.param_dtype)
+        params["b"] = initializers.get(layer.b_init)(b_key, (layer.features,), dtype)
     return params

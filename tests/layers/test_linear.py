@@ -104,6 +104,18 @@ def test_dense_init_under_eval_shape_allocates_nothing_and_matches_real_init():
     chex.assert_trees_all_equal(from_spec, real_params)
 
 
+@pytest.mark.parametrize("make", [lambda **kw: fnn.Dense(2, **kw), lambda **kw: fnn.Conv(2, (3,), **kw)])
+def test_a_dtype_that_is_not_floating_is_refused_naming_the_layer(make):
+    model = fnn.serial(fnn.Dense(3), make(dtype="int8"))
+    x = jnp.ones((2, 5, 4))
+    with pytest.raises(fnn.LayerError, match=r"(dense_1: Dense|conv_0: Conv): dtype must be a floating-point dtype .* got 'int8'"):
+        model.apply(model.init(KEY, x)[0], {}, x)
+    for field, value in (("dtype", "bfloat17"), ("param_dtype", jnp.int32)):
+        with pytest.raises(fnn.LayerError, match=f"{field} must be a floating-point dtype"):
+            model = fnn.serial(fnn.Dense(3), make(**{field: value}))
+            model.apply(model.init(KEY, x)[0], {}, x)
+
+
 def test_dense_dtypes_follow_promotion_or_the_dtype_field():
     x32 = rand((4, 6))
     x16 = x32.astype(jnp.bfloat16)
