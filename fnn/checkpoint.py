@@ -89,7 +89,8 @@ def to_saved(state: TrainState) -> TrainState:
     rng = state.rng
     if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
         if isinstance(rng, jax.ShapeDtypeStruct):  # a template made by jax.eval_shape
-            rng = jax.eval_shape(jax.random.key_data, rng)
+            data = jax.eval_shape(jax.random.key_data, rng)
+            rng = jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=rng.sharding)
         else:
             rng = jax.random.key_data(rng)
     return state._replace(rng=rng)

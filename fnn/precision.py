@@ -114,13 +114,16 @@ class Policy:
                 )
         if isinstance(self.keep, str):
             raise ValueError(f"Policy: keep must be a tuple of path patterns, got the string {self.keep!r}")
-        if self.loss_scale is not None and not (
-            isinstance(self.loss_scale, (int, float)) and not isinstance(self.loss_scale, bool)
-            and 0 < self.loss_scale <= MAX_LOSS_SCALE
-        ):
-            raise ValueError(
-                f"Policy: loss_scale must be a positive number of at most 2**24, got {self.loss_scale!r}"
-            )
+        if self.loss_scale is not None:
+            try:
+                scale = None if isinstance(self.loss_scale, bool) else float(self.loss_scale)
+            except (TypeError, ValueError):
+                scale = None
+            if scale is None or not 0 < scale <= MAX_LOSS_SCALE:
+                raise ValueError(
+                    f"Policy: loss_scale must be a positive number of at most 2**24, got {self.loss_scale!r}"
+                )
+            object.__setattr__(self, "loss_scale", scale)  # a plain float: the policy stays hashable
         if (not isinstance(self.growth_interval, int) or isinstance(self.growth_interval, bool)
                 or self.growth_interval < 1):
             raise ValueError(f"Policy: growth_interval must be a positive int, got {self.growth_interval!r}")

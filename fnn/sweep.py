@@ -34,6 +34,7 @@ from fnn import config as config_lib
 from fnn import plots
 from fnn.data import loader
 from fnn.pipeline import run_in, train_from
+from fnn.precision import policy as precision_policy
 from fnn.runs import Run
 from fnn.train import TrainState, init_train_state
 
@@ -42,10 +43,12 @@ SWEEPABLE = ("train.learning_rate", "train.momentum")
 
 
 def init_population(
-    model, optimizer, seeds: Sequence[int], x: Any, hyperparams: Mapping[str, Sequence[float]] | None = None
+    model, optimizer, seeds: Sequence[int], x: Any, hyperparams: Mapping[str, Sequence[float]] | None = None,
+    *, policy: Any = None,
 ) -> TrainState:
     """The stacked train states of ``len(seeds)`` members (member ``i`` from ``jax.random.key(seeds[i])``),
-    with each named hyperparameter of the ``inject_hyperparams`` optimizer set per member.
+    with each named hyperparameter of the ``inject_hyperparams`` optimizer set per member, and
+    with a loss-scaled ``policy`` (float16) each member's own loss scale (``init_train_state``).
 
     Every leaf gains a leading member axis of length ``len(seeds)``.
 
@@ -57,7 +60,7 @@ def init_population(
         >>> state.params["w"].shape, state.opt_state.hyperparams["learning_rate"]
         ((3, 3, 2), Array([0.1, 0.1, 0.3], dtype=float32))
     """
-    states = [init_train_state(model, optimizer, jax.random.key(int(s)), x) for s in seeds]
+    states = [init_train_state(model, optimizer, jax.random.key(int(s)), x, policy=policy) for s in seeds]
     state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
     for name, values in (hyperparams or {}).items():
         if len(values) != len(seeds):
@@ -247,7 +250,8 @@ def population_train(
     first = batches[0][0]
     x_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), first)
     hyper = {key.removeprefix("train."): [m[key] for m in members] for key in members[0] if key != "seed"}
-    state = init_population(model, optimizer, [m["seed"] for m in members], x_spec, hyper)
+    policy = precision_policy(getattr(t, "precision", "float32"))
+    state = init_population(model, optimizer, [m["seed"] for m in members], x_spec, hyper, policy=policy)
     return train_from(
         state,
         model,

@@ -241,7 +241,7 @@ def make_train_step(
 
     fn = step if steps_per_call == 1 else steps
     compiled = jax.jit(jax.vmap(fn) if population else fn, donate_argnums=(0,) if donate else ())
-    compiled.steps_per_call = steps_per_call  # for fit's records: K steps a call
+    compiled.steps_per_call, compiled.population = steps_per_call, population  # for fit's records
     return compiled
 
 
@@ -322,8 +322,9 @@ class MetricsWindow:
 
     Each call's metrics stay device arrays until a record is due, so logging does not make
     the host wait for every step; ``flush`` averages them into one record. With
-    ``steps_per_call`` K each call's metrics hold K steps on their last axis (after a
-    population's member axis): they count as K steps and are averaged over them too.
+    ``steps_per_call`` K each call's metrics hold K steps on their first axis (their second,
+    after a ``population``'s member axis): they count as K steps and are averaged over them
+    too, each metric keeping its own shape.
 
     Example:
         >>> import jax.numpy as jnp
@@ -341,9 +342,10 @@ class MetricsWindow:
         FloatingPointError: training loss became nan at step 4 (the first non-finite one of the 2 ...
     """
 
-    def __init__(self, log_every: int, steps_per_call: int = 1):
+    def __init__(self, log_every: int, steps_per_call: int = 1, population: bool = False):
         self.log_every = log_every
         self.steps_per_call = steps_per_call
+        self.population = population
         self.pending: list[dict[str, jax.Array]] = []
 
     def add(self, metrics: dict[str, jax.Array]) -> bool:
@@ -354,21 +356,23 @@ class MetricsWindow:
     def flush(self, step: int) -> dict[str, Any]:
         """The mean of the pending metrics as ``{"step", "split": "train", ...}``; raises
         ``FloatingPointError`` on a non-finite loss, naming the first step that had one."""
-        k = self.steps_per_call
+        per_call, axis = self.steps_per_call, int(self.population)
 
         def mean(*values):
             calls = jnp.mean(jnp.stack(values), axis=0)
-            return calls if k == 1 else jnp.mean(calls, axis=-1)
+            return calls if per_call == 1 else jnp.mean(calls, axis=axis)
 
-        means = jax.device_get(jax.tree.map(mean, *self.pending))
+        def finite_steps(loss):  # a call's steps in order: the loss finite for every member
+            if per_call == 1:
+                return [np.isfinite(loss).all()]
+            return np.isfinite(np.moveaxis(loss, axis, 0)).reshape(per_call, -1).all(1)
+
+        pending, count = self.pending, len(self.pending) * per_call
+        self.pending = []
+        means = jax.device_get(jax.tree.map(mean, *pending))
         record = {"step": step, "split": "train", **{k: _number(v) for k, v in means.items()}}
-        count = len(self.pending) * k
-        losses = [np.asarray(m["loss"]) for m in jax.device_get(self.pending)] if "loss" in record else []
-        self.pending.clear()
-        if losses and not np.all(np.isfinite(record["loss"])):
-            # each step's loss finite for every member, in step order
-            finite = np.concatenate([np.isfinite(v).reshape(-1, k).all(0) if k > 1 else [np.isfinite(v).all()]
-                                     for v in losses])
+        if "loss" in record and not np.all(np.isfinite(record["loss"])):
+            finite = np.concatenate([finite_steps(np.asarray(m["loss"])) for m in jax.device_get(pending)])
             first = step - count + 1 + int(np.argmin(finite))
             raise FloatingPointError(
                 f"training loss became {record['loss']} at step {first} (the first non-finite one of the "
@@ -415,10 +419,10 @@ def fit(
         ([2, 4, 5], True)
     """
     history: list[dict[str, float]] = []
-    window = MetricsWindow(log_every, getattr(step, "steps_per_call", 1))
+    window = MetricsWindow(log_every, getattr(step, "steps_per_call", 1), getattr(step, "population", False))
 
     def flush() -> None:
-        record = window.flush(int(state.step))
+        record = window.flush(step_of(state))
         del record["split"]
         history.append(record)
         if log is not None:

@@ -93,6 +93,8 @@ def test_bad_policies_are_refused():
     for scale in (0.0, float("inf"), float("nan"), 2.0**25, True):
         with pytest.raises(ValueError, match="loss_scale must be a positive number of at most 2\\*\\*24"):
             Policy("float16", loss_scale=scale)
+    for scale in (np.float32(1024), np.int64(1024), jnp.float32(1024), 1024):
+        assert Policy("float16", loss_scale=scale).loss_scale == 1024.0  # kept as a float: hashable
     for interval in (0, 1.5, True):
         with pytest.raises(ValueError, match="growth_interval must be a positive int"):
             Policy("float16", loss_scale=8.0, growth_interval=interval)

@@ -95,3 +95,21 @@ def test_comparisons_experiment_writes_its_table_and_plot(tmp_path):
     # resuming the finished comparison restores each variant's last checkpoint: same figures
     _, again = fnn.pipeline.resume(str(tmp_path / "cmp"), progress=False)
     assert again["final"] == values["final"]
+
+
+def test_a_float16_population_carries_a_loss_scale_per_member():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        train: TrainConfig = TrainConfig(optimizer="sgd", batch_size=4, epochs=4, precision="float16", log_every=1)
+
+    config, population = Config(), sweep.members(2, {})
+    x, y = np.ones((8, 3), np.float32), np.full((8, 1), 1000.0, np.float32)  # overflows at the first scale
+    made = sweep.population_train(fnn.Dense(1), fnn.pipeline.make_optimizer(config.train),
+                                  sweep.population_batches((x, y), config, population)["batches"],
+                                  fnn.losses.mean_squared_error, config, population)
+    scale = made["state"].loss_scale.scale
+    assert scale.shape == (2,) and np.all(scale < 2.0**12)  # halved until the gradients fit
+    skipped = [r["skipped"] for r in made["history"] if r["split"] == "train"]
+    assert skipped[0] == [1.0, 1.0] and skipped[-1] == [0.0, 0.0]

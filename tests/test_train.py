@@ -139,6 +139,22 @@ def test_fit_counts_the_steps_of_a_several_step_call():
     for a, b in zip(several, single):
         assert isinstance(a["loss"], float)
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+    # a metric with a shape of its own keeps it; a population's records hold one value per member
+    columns = {"columns": lambda out, y: out.mean(0)}
+    one = fnn.make_train_step(MLP, optimizer, fnn.losses.mean_squared_error, donate=False, metrics=columns)
+    four = fnn.make_train_step(MLP, optimizer, fnn.losses.mean_squared_error, donate=False, metrics=columns,
+                               steps_per_call=4)
+    _, single = fnn.fit(one, state, [(x, y)] * 8, log_every=8)
+    _, several = fnn.fit(four, state, [stacked] * 2, log_every=8)
+    np.testing.assert_allclose(several[0]["columns"], single[0]["columns"], rtol=1e-5)
+    assert len(single[0]["columns"]) == y.shape[1]
+    members = jax.tree.map(lambda a: np.stack([a, a]), fnn.checkpoint.to_saved(state))
+    members = fnn.checkpoint.from_saved(members, state)._replace(rng=jax.random.split(KEY, 2))
+    population = fnn.make_train_step(MLP, optimizer, fnn.losses.mean_squared_error, donate=False,
+                                     steps_per_call=4, population=True)
+    _, records = fnn.fit(population, members, [jax.tree.map(lambda a: np.stack([a, a]), stacked)] * 2, log_every=8)
+    assert records[0]["step"] == 8
+    np.testing.assert_allclose(records[0]["loss"], [single[0]["loss"]] * 2, rtol=1e-5)
     bad_y = y.copy()
     bad_y[0] = np.nan
     with pytest.raises(FloatingPointError, match=r"loss became nan at step 7 \(the first non-finite one of the 8 "):

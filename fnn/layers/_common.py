@@ -65,13 +65,13 @@ def freeze(layer: Any, field: str, value: Any) -> None:
 
 
 def float_dtype(layer: Any, field: str, value: Any) -> Any:
-    """``value`` as a floating-point dtype; a ``LayerError`` naming ``layer`` and ``field`` for
-    anything else (an integer dtype, a name numpy does not know)."""
+    """``value`` as a floating-point (or complex) dtype; a ``LayerError`` naming ``layer`` and
+    ``field`` for anything else (an integer dtype, a name numpy does not know)."""
     try:
         dtype = jnp.dtype(value)
     except TypeError:
         dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
         raise LayerError(
             f"{type(layer).__name__}: {field} must be a floating-point dtype (float32, bfloat16, float16, "
             f"float64), got {value!r}"

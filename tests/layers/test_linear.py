@@ -110,6 +110,8 @@ def test_a_dtype_that_is_not_floating_is_refused_naming_the_layer(make):
     x = jnp.ones((2, 5, 4))
     with pytest.raises(fnn.LayerError, match=r"(dense_1: Dense|conv_0: Conv): dtype must be a floating-point dtype .* got 'int8'"):
         model.apply(model.init(KEY, x)[0], {}, x)
+    complex_params, _ = make(param_dtype=jnp.complex64).init(KEY, x)
+    assert complex_params["w"].dtype == jnp.complex64  # complex layers stay possible
     for field, value in (("dtype", "bfloat17"), ("param_dtype", jnp.int32)):
         with pytest.raises(fnn.LayerError, match=f"{field} must be a floating-point dtype"):
             model = fnn.serial(fnn.Dense(3), make(**{field: value}))

@@ -123,12 +123,15 @@ def check_checkpoints_follow_the_template():
     with tempfile.TemporaryDirectory() as directory:
         checkpoints = Checkpoints(directory)
         checkpoints.save(state)
-        for template, devices in ((start, 1), (jax.eval_shape(lambda: start), 1), (two.put_state(start), 2)):
+        on_two = two.put_state(start)
+        abstract_on_two = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), on_two)
+        for template, devices in ((start, 1), (jax.eval_shape(lambda: start), 1), (on_two, 2), (abstract_on_two, 2)):
             restored, _ = checkpoints.restore(template)
             for got, want in zip(jax.tree.leaves((restored.params, restored.opt_state)),
                                  jax.tree.leaves((state.params, state.opt_state))):
                 assert len(got.sharding.device_set) == devices, got.sharding
                 np.testing.assert_array_equal(jax.device_get(got), jax.device_get(want))
+            assert len(restored.rng.sharding.device_set) == devices, restored.rng.sharding
         assert restored.params["dense_0"]["w"].sharding.spec == P("data")  # laid out as `two`'s
 
 
