@@ -273,7 +273,18 @@ class Checkpoints:
             raise CheckpointError(f"{where} is unreadable: {type(error).__name__}: {error}") from error
         if tree is None:
             raise CheckpointError(f"{where} is unreadable: it holds no state metadata")
-        check_fits(_flat(tree), _flat(saved_template), where)
+        saved_paths = _flat(tree)
+        scale = template.loss_scale if isinstance(template, TrainState) else None
+        if scale is not None and not any(path.startswith("loss_scale/") for path in saved_paths):
+            # written before train states carried a float16 run's loss scale: start from the
+            # template's, as a fresh run does
+            saved_template = saved_template._replace(loss_scale=None)
+        elif scale is None and any(path.startswith("loss_scale/") for path in saved_paths):
+            raise CheckpointError(
+                f"{where} holds a float16 run's loss scale and the template has none; make the "
+                "template with fnn.init_train_state(..., policy=...) for that run's policy"
+            )
+        check_fits(saved_paths, _flat(saved_template), where)
         abstract = jax.tree.map(_restore_target, saved_template)
         try:
             restored = self._manager.restore(
@@ -287,6 +298,8 @@ class Checkpoints:
             raise CheckpointError(f"{where} is unreadable: {type(error).__name__}: {error}") from error
         state = jax.tree.unflatten(jax.tree.structure(saved_template), jax.tree.leaves(restored["state"]))
         state = jax.tree.map(_placed_like, state, saved_template)
+        if scale is not None and state.loss_scale is None:
+            state = state._replace(loss_scale=scale)
         return from_saved(state, template), dict(restored["extra"] or {})
 
     def close(self) -> None:

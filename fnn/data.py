@@ -36,7 +36,8 @@ def cache_dir(name: str, environ: Mapping[str, str] = os.environ) -> Path:
 
 
 def check_finite(name: str, array: np.ndarray) -> None:
-    """Raise if a float array holds NaN or infinity, naming the array and the first bad index.
+    """Raise if a floating-point (bfloat16 included) or complex array holds NaN or infinity,
+    naming the array and the first bad index.
 
     Example:
         >>> import numpy as np
@@ -45,7 +46,7 @@ def check_finite(name: str, array: np.ndarray) -> None:
         ...
         ValueError: images holds 1 NaN or infinite values (first at (1,))
     """
-    if np.issubdtype(array.dtype, np.floating):
+    if jax.numpy.issubdtype(array.dtype, jax.numpy.inexact):  # numpy's own test misses bfloat16
         bad = ~np.isfinite(array)
         if bad.any():
             first = tuple(int(i) for i in np.argwhere(bad)[0])

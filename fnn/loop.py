@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn.data import Prefetch
 from fnn.train import Batch, MetricsWindow, TrainState, step_of
@@ -185,8 +186,15 @@ def train_loop(
             raise ValueError(
                 f"train_loop: {name} must be an int >= {1 if name == 'log_every' else 0}, got {value!r}"
             )
+    per_call = getattr(step, "steps_per_call", 1)
+    if per_call != 1:
+        raise ValueError(
+            f"train_loop: the step takes {per_call} steps a call (steps_per_call={per_call}); train_loop "
+            "counts, logs, checkpoints and resumes one step a call: make the step with steps_per_call=1, "
+            "or run the several-step one with fnn.fit"
+        )
     total = len(data)
-    window = MetricsWindow(log_every)
+    window = MetricsWindow(log_every, population=bool(getattr(step, "population", False)))
     data_state = None
     if run is not None and run.checkpoints.latest() is not None:
         state, extra = run.checkpoints.restore(state)
@@ -195,6 +203,8 @@ def train_loop(
         data_state = extra.get("data")
         window.load(extra.get("pending", []))
         run.rewind(step_of(state))
+    elif run is not None and run.records():
+        run.rewind(step_of(state))  # stopped before its first checkpoint: it starts again from here
     start = step_of(state)
     if start > total:
         raise ValueError(f"train_loop: the state is at step {start} but the data hold only {total} batches")
@@ -246,9 +256,9 @@ def train_loop(
                     now = time.perf_counter()
                     speed = examples * (at - clock_step) / max(now - clock, 1e-9)
                     clock, clock_step = now, at
-                    bar.update(
-                        task, completed=at, loss=f"{r.get('loss', float('nan')):.4f}", speed=f"{speed:,.0f}"
-                    )
+                    # a population's record holds one loss per member: the bar shows their mean
+                    loss = "-" if "loss" not in r else f"{float(np.mean(r['loss'])):.4f}"
+                    bar.update(task, completed=at, loss=loss, speed=f"{speed:,.0f}")
             aside = time.perf_counter()
             if evaluate is not None and ((eval_every and at % eval_every == 0) or at == total):
                 record({"step": at, "split": "eval", **evaluate(state)})

@@ -45,6 +45,8 @@ def test_batches_cover_each_epoch_once_and_shuffle_by_seed():
         ((np.zeros(4), np.zeros(5)), 2, "differ in length"),
         ((np.zeros(0),), 2, "empty"),
         ((np.array([0.0, np.nan, 1.0]),), 1, r"batches\[0\] holds 1 NaN or infinite values \(first at \(1,\)\)"),
+        ((np.array([0.0, 1.0, np.inf], jax.numpy.bfloat16),), 1, r"holds 1 NaN or infinite values \(first at \(2,\)\)"),
+        ((np.array([0.0, np.nan * 1j]),), 1, r"holds 1 NaN or infinite values \(first at \(1,\)\)"),
         ((np.zeros(4),), 0, "batch_size must be a positive int"),
         ((np.zeros(4),), 8, "larger than the data set"),
     ],

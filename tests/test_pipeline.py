@@ -296,6 +296,40 @@ def test_resume_forgets_records_logged_after_the_checkpoint(tmp_path):
     assert [r["step"] for r in run.records()] == [4, 8, 12, 16, 20, 24]
 
 
+def test_a_run_stopped_before_its_first_checkpoint_logs_each_record_once(tmp_path):
+    step, state, data, _ = _problem()
+    run = _new_run(tmp_path / "run")
+
+    def crashing(s, batch):
+        if fnn.train.step_of(s) == 5:
+            raise RuntimeError("the machine went away")
+        return step(s, batch)
+
+    with pytest.raises(RuntimeError):
+        loop.train_loop(crashing, state, data, run=run, log_every=2, checkpoint_every=8, progress=False)
+    assert [r["step"] for r in run.records()] == [2, 4]
+    _, template, _, _ = _problem()
+    _, history = loop.train_loop(step, template, data, run=runs.Run(tmp_path / "run"), log_every=2,
+                                 checkpoint_every=8, progress=False)
+    assert [r["step"] for r in history] == list(range(2, 25, 2))
+    assert [r["step"] for r in runs.Run(tmp_path / "run").records()] == list(range(2, 25, 2))
+
+
+def test_the_loop_refuses_a_several_step_call_and_shows_a_populations_loss(capsys):
+    _, state, data, _ = _problem()
+    model = fnn.Dense(3)
+    four = fnn.make_train_step(model, optax.sgd(0.1), fnn.losses.softmax_cross_entropy, steps_per_call=4)
+    with pytest.raises(ValueError, match="train_loop: the step takes 4 steps a call .* fnn.fit"):
+        loop.train_loop(four, state, data, progress=False)
+    from fnn.sweep import init_population
+
+    members = init_population(model, optax.sgd(0.1), [0, 1], jax.ShapeDtypeStruct((8, 5), jnp.float32))
+    population = fnn.make_train_step(model, optax.sgd(0.1), fnn.losses.softmax_cross_entropy, population=True)
+    both = data.map(lambda batch: jax.tree.map(lambda a: np.stack([a, a]), batch))  # the same batch each
+    _, history = loop.train_loop(population, members, both, log_every=2, progress=True)
+    assert len(history[-1]["loss"]) == 2 and history[-1]["step"] == len(data)
+
+
 def test_nan_loss_stops_with_the_step(tmp_path):
     step, state, data, _ = _problem()
     x = np.full((64, 5), np.nan, np.float32)

@@ -195,3 +195,23 @@ def test_a_float16_run_resumes_with_its_loss_scale(tmp_path):
     template = fnn.init_train_state(model, optimizer, jax.random.key(0), batch[0], policy=policy)
     restored, _ = checkpoints.restore(template)
     assert float(restored.loss_scale.scale) == float(state.loss_scale.scale) == 2.0**9
+
+
+def test_a_float16_checkpoint_without_a_loss_scale_restores_with_the_templates(tmp_path):
+    model, optimizer, batch = overflowing()
+    policy = Policy("float16", loss_scale=2.0**12)
+    state = fnn.init_train_state(model, optimizer, jax.random.key(0), batch[0], policy=policy)
+    state, _ = fnn.make_train_step(model, optimizer, fnn.losses.mean_squared_error, policy=policy,
+                                   donate=False)(state, (batch[0] / 30, batch[1]))
+    old = fnn.checkpoint.Checkpoints(tmp_path / "old")  # as written before states carried the scale
+    old.save(state._replace(loss_scale=None))
+    template = fnn.init_train_state(model, optimizer, jax.random.key(0), batch[0], policy=policy)
+    restored, _ = old.restore(template)
+    assert float(restored.loss_scale.scale) == 2.0**12 and int(restored.step) == 1
+    for a, b in zip(jax.tree.leaves(saved(restored._replace(loss_scale=None))),
+                    jax.tree.leaves(saved(state._replace(loss_scale=None)))):
+        np.testing.assert_array_equal(a, b)
+    new = fnn.checkpoint.Checkpoints(tmp_path / "new")
+    new.save(state)
+    with pytest.raises(fnn.checkpoint.CheckpointError, match=r"holds a float16 run's loss scale .* policy=\.\.\."):
+        new.restore(template._replace(loss_scale=None))
