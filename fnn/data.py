@@ -63,6 +63,14 @@ def check_dataset(name: str, arrays: Sequence[np.ndarray]) -> None:
         ...
         ValueError: train: arrays differ in length: [3, 2]
     """
+    for i, array in enumerate(arrays):
+        if np.ndim(array) == 0:
+            raise ValueError(
+                f"{name}[{i}] is {type(array).__name__} {array!r}, not an array with a leading example axis "
+                "(a Python list is a pytree of its items: pass np.asarray(the_list))"
+            )
+    if not arrays:
+        raise ValueError(f"{name}: no arrays given")
     lengths = {len(a) for a in arrays}
     if len(lengths) != 1:
         raise ValueError(f"{name}: arrays differ in length: {[len(a) for a in arrays]}")
@@ -139,6 +147,8 @@ def batches(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batches: batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ValueError(f"batches: epochs must be a positive int, got {epochs!r}")
     check_dataset("batches", arrays)
     n = len(arrays[0])
     if drop_remainder and batch_size > n:
@@ -213,6 +223,8 @@ def loader(
         raise ValueError(f"loader: batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"loader: epochs must be a positive int, got {epochs!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"loader: seed must be an int, got {seed!r}")
     leaves = jax.tree.leaves(arrays)
     check_dataset("loader", leaves)
     n = len(leaves[0])

@@ -99,3 +99,14 @@ def test_prefetch_leaves_batches_on_the_host_for_a_cpu_device_and_puts_them_othe
     assert all(isinstance(a, jax.Array) for a in jax.tree.leaves(batch))
     with jax.default_device(cpu):  # an explicit default device is honoured
         assert isinstance(next(fnn.data.Prefetch(data))[0], np.ndarray)
+
+
+def test_loader_and_batches_refuse_a_missing_seed_and_no_epochs():
+    x = np.zeros((8, 2), np.float32)
+    with pytest.raises(ValueError, match="loader: seed must be an int, got None"):
+        fnn.data.loader((x,), 2, seed=None)
+    with pytest.raises(ValueError, match=r"loader\[0\] is float 1.0, not an array with a leading example axis .* np.asarray"):
+        fnn.data.loader(([1.0, 2.0, 3.0], [0, 1, 0]), 2, seed=0)  # a list is a pytree of its items
+    for epochs in (0, -1):
+        with pytest.raises(ValueError, match=f"batches: epochs must be a positive int, got {epochs}"):
+            list(fnn.data.batches((x,), 2, epochs=epochs))
