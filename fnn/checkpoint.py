@@ -278,6 +278,11 @@ class Checkpoints:
         if scale is not None and not any(path.startswith("loss_scale/") for path in saved_paths):
             # written before train states carried a float16 run's loss scale: start from the
             # template's, as a fresh run does
+            if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(scale)):
+                raise CheckpointError(
+                    f"{where} holds no loss scale (written before train states carried one), and an "
+                    "abstract template has none to start from; restore it into fnn.init_train_state(...)'s"
+                )
             saved_template = saved_template._replace(loss_scale=None)
         elif scale is None and any(path.startswith("loss_scale/") for path in saved_paths):
             raise CheckpointError(

@@ -211,6 +211,8 @@ def test_a_float16_checkpoint_without_a_loss_scale_restores_with_the_templates(t
     for a, b in zip(jax.tree.leaves(saved(restored._replace(loss_scale=None))),
                     jax.tree.leaves(saved(state._replace(loss_scale=None)))):
         np.testing.assert_array_equal(a, b)
+    with pytest.raises(fnn.checkpoint.CheckpointError, match="holds no loss scale .* an abstract template"):
+        old.restore(jax.eval_shape(lambda: template))
     new = fnn.checkpoint.Checkpoints(tmp_path / "new")
     new.save(state)
     with pytest.raises(fnn.checkpoint.CheckpointError, match=r"holds a float16 run's loss scale .* policy=\.\.\."):
