@@ -275,16 +275,16 @@ class Checkpoints:
             raise CheckpointError(f"{where} is unreadable: it holds no state metadata")
         saved_paths = _flat(tree)
         scale = template.loss_scale if isinstance(template, TrainState) else None
-        if scale is not None and not any(path.startswith("loss_scale/") for path in saved_paths):
-            # written before train states carried a float16 run's loss scale: start from the
-            # template's, as a fresh run does
+        saved_scale = any(path.startswith("loss_scale/") for path in saved_paths)
+        fill = None  # the template's scale, for a checkpoint written before states carried one
+        if scale is not None and not saved_scale:
             if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(scale)):
                 raise CheckpointError(
                     f"{where} holds no loss scale (written before train states carried one), and an "
                     "abstract template has none to start from; restore it into fnn.init_train_state(...)'s"
                 )
-            saved_template = saved_template._replace(loss_scale=None)
-        elif scale is None and any(path.startswith("loss_scale/") for path in saved_paths):
+            saved_template, fill = saved_template._replace(loss_scale=None), scale  # as a fresh run starts
+        elif scale is None and saved_scale:
             raise CheckpointError(
                 f"{where} holds a float16 run's loss scale and the template has none; make the "
                 "template with fnn.init_train_state(..., policy=...) for that run's policy"
@@ -303,8 +303,8 @@ class Checkpoints:
             raise CheckpointError(f"{where} is unreadable: {type(error).__name__}: {error}") from error
         state = jax.tree.unflatten(jax.tree.structure(saved_template), jax.tree.leaves(restored["state"]))
         state = jax.tree.map(_placed_like, state, saved_template)
-        if scale is not None and state.loss_scale is None:
-            state = state._replace(loss_scale=scale)
+        if fill is not None:
+            state = state._replace(loss_scale=fill)
         return from_saved(state, template), dict(restored["extra"] or {})
 
     def close(self) -> None:

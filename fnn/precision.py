@@ -44,6 +44,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fnn.layers._common import positive_int
+
 DTYPES = ("float32", "bfloat16", "float16")
 MAX_LOSS_SCALE = 2.0**24
 
@@ -124,9 +126,7 @@ class Policy:
                     f"Policy: loss_scale must be a positive number of at most 2**24, got {self.loss_scale!r}"
                 )
             object.__setattr__(self, "loss_scale", scale)  # a plain float: the policy stays hashable
-        if (not isinstance(self.growth_interval, int) or isinstance(self.growth_interval, bool)
-                or self.growth_interval < 1):
-            raise ValueError(f"Policy: growth_interval must be a positive int, got {self.growth_interval!r}")
+        positive_int(self, "growth_interval", self.growth_interval)
         if self.compute == "float16" and self.loss_scale is None:
             raise ValueError(
                 "Policy: float16 computation needs a loss_scale (e.g. 2.0**12): without one, small "

@@ -217,7 +217,7 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         logged = {"loss": value, **{name: f(outputs, batch[1]) for name, f in metric_fns.items()}}
         loss_scale = state.loss_scale
-        if scaled:  # a step whose scaled gradients overflowed changes nothing but the scale
+        if scale is not None:  # a step whose scaled gradients overflowed changes nothing but the scale
             finite = jnp.all(jnp.stack([jnp.isfinite(a).all() for a in jax.tree.leaves((value, grads))]))
             params, opt_state, model_state = jax.tree.map(
                 lambda new, old: jnp.where(finite, new, old),
