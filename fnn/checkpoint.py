@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from fnn.core import path_str
 from fnn.train import TrainState, step_of
 
 _log_filter_installed = False
@@ -60,17 +61,10 @@ def _quiet_orbax() -> None:
         _log_filter_installed = True
 
 
-def _key_name(key: Any) -> str:
-    for attribute in ("key", "name", "idx"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
-
-
 def _flat(tree: Any) -> dict[str, Any]:
     """``{"params/dense_0/w": leaf, ...}``; NamedTuples and dicts name their fields alike."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
-    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+    return {path_str(path): leaf for path, leaf in leaves}
 
 
 def to_saved(state: TrainState) -> TrainState:

@@ -106,6 +106,27 @@ def snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
+def path_str(path: Sequence[Any]) -> str:
+    """A pytree path as fnn names it: ``"params/block_0/attention/query/w"``.
+
+    Dict keys, NamedTuple fields and sequence indices alike become ``/``-separated parts;
+    checkpoints and the precision policy's ``keep`` patterns both use this name.
+
+    Example:
+        >>> import jax
+        >>> [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path({"dense_0": {"w": 1}, "seq": [2]})]
+        ['dense_0/w', 'seq/0']
+    """
+    return "/".join(_key_part(key) for key in path)
+
+
+def _key_part(key: Any) -> str:
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
 @dataclasses.dataclass(frozen=True)
 class Layer:
     """Base class of every layer. Subclasses are frozen dataclasses of hyperparameters.

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fnn.core import path_str
 from fnn.layers._common import positive_int
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -56,13 +57,6 @@ class LossScale(NamedTuple):
 
     scale: jax.Array  # float32 scalar
     good_steps: jax.Array  # int32 scalar
-
-
-def _path(path: tuple) -> str:
-    """``"block_0/attention/query/w"``: the path as checkpoints name it."""
-    from fnn.checkpoint import _key_name  # fnn.checkpoint imports fnn.train, which imports this
-
-    return "/".join(_key_name(key) for key in path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +171,7 @@ class Policy:
         """Floating parameters in the computation dtype, except those under ``keep``; a
         ``ValueError`` for a ``keep`` pattern that matches no parameter (a typo, or a layer's
         name without ``/*``), listing the parameters' paths."""
-        paths = [_path(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+        paths = [path_str(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
         unmatched = [p for p in self.keep if not any(fnmatch.fnmatchcase(path, p) for path in paths)]
         if unmatched:
             shown = ", ".join(paths[:12]) + (f", ... ({len(paths)} in all)" if len(paths) > 12 else "")
@@ -189,7 +183,7 @@ class Policy:
         def cast(path, x):
             if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
                 return x
-            if any(fnmatch.fnmatchcase(_path(path), pattern) for pattern in self.keep):
+            if any(fnmatch.fnmatchcase(path_str(path), pattern) for pattern in self.keep):
                 return x
             return x.astype(self.compute_dtype)
 
