@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from fnn.autodiff import reverse_mode_only
-from fnn.core import Layer, Params, State
+from fnn.core import Layer, Params, State, path_str
 from fnn.precision import Policy, as_policy
 
 if TYPE_CHECKING:
@@ -445,12 +445,21 @@ def per_example_grads(
     batch: Batch,
     *,
     key: jax.Array | None = None,
+    train: bool = True,
 ) -> Params:
     """Gradients of the loss of each example separately, stacked on a leading batch axis.
 
     Uses ``jax.vmap`` over the examples; each example is seen by the model as a batch of
-    one, so layers that reshape per batch (``Flatten``) behave as in training. The
-    gradient is taken inside ``fnn.reverse_mode_only()``, as ``make_train_step`` takes
+    one, so layers that reshape per batch (``Flatten``) behave as in training. The inputs
+    and targets may be pytrees (a padded sequence's ``(ids, mask)``) whose leaves share
+    the batch axis. Example ``i`` draws its randomness from ``jax.random.split(key, n)[i]``,
+    so a ``Dropout`` drops differently in each example, as in a train step; a model with
+    ``Dropout`` needs ``key`` when ``train`` is true. A model that keeps state
+    (``BatchNorm``'s statistics) cannot be run in training mode on one example, whose batch
+    statistics are the example itself: that is a ``ValueError`` unless ``train=False``,
+    which normalises with the running statistics (and turns dropout off).
+
+    The gradient is taken inside ``fnn.reverse_mode_only()``, as ``make_train_step`` takes
     its own: fnn's gradient rules apply (in one-off timings on a 2-core CPU, 128 examples
     of a 64-256-256-10 MLP took 8.8 ms against 25.4 ms with JAX's rules, 32 sequences of
     a small LSTM 5.7 against 12.1 ms), and the result cannot be differentiated again in
@@ -465,8 +474,28 @@ def per_example_grads(
         >>> g["w"].shape
         (5, 3, 1)
     """
-    objective = _objective(model, loss)
-    grad = jax.grad(lambda p, x, y: objective(p, model_state, (x[None], y[None]), key)[0])
+    if train and jax.tree.leaves(model_state):
+        paths = sorted({path_str(path[:-1]) for path, _ in jax.tree_util.tree_leaves_with_path(model_state)})
+        raise ValueError(
+            f"per_example_grads: the model keeps state ({', '.join(paths)}: batch statistics), "
+            "which one example cannot give in training mode; pass train=False to use the "
+            "running statistics"
+        )
     x, y = batch
+    leaves = jax.tree_util.tree_leaves_with_path({"x": x, "y": y})
+    sizes = {path_str(path): (np.shape(leaf) or ("none (a scalar)",))[0] for path, leaf in leaves}
+    if len(set(sizes.values())) != 1 or not isinstance(next(iter(sizes.values())), int):
+        raise ValueError(
+            "per_example_grads: the inputs and targets need one leading batch axis, got "
+            + ", ".join(f"{name}: {size}" for name, size in sizes.items())
+        )
+    keys = None if key is None else jax.random.split(key, next(iter(sizes.values())))
+
+    def example_loss(p, x, y, k):
+        x, y = jax.tree.map(lambda a: a[None], (x, y))
+        outputs, _ = model.apply(p, model_state, x, key=k, train=train)
+        return loss(outputs, y)
+
     with reverse_mode_only():
-        return jax.vmap(grad, in_axes=(None, 0, 0))(params, x, y)
+        per_example = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0, None if key is None else 0))
+        return per_example(params, x, y, keys)

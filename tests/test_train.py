@@ -204,6 +204,40 @@ def test_per_example_grads_equal_a_loop_over_single_examples(name):
     jax.tree.map(lambda g, m: np.testing.assert_allclose(g.mean(0), m, rtol=1e-4, atol=1e-6), grads, mean)
 
 
+def test_per_example_grads_take_pytree_batches_a_key_per_example_and_refuse_batch_statistics():
+    loss = fnn.losses.softmax_cross_entropy
+    masked = fnn.serial(fnn.KeepMask(fnn.Embedding(7, 4)), fnn.SequencePool("mean"), fnn.Dense(2))
+    ids = jnp.arange(15).reshape(3, 5) % 7
+    mask = fnn.lengths_to_mask(jnp.array([1, 3, 5]), 5)
+    y = jnp.array([0, 1, 0])
+    params, state = masked.init(KEY, (ids, mask))
+    grads = fnn.per_example_grads(masked, loss, params, state, ((ids, mask), y))
+    for i in range(3):  # each example's gradient is that of its own (ids, mask) pair
+        single = jax.grad(lambda p, i=i: loss(masked(p, (ids[i : i + 1], mask[i : i + 1])), y[i : i + 1]))(params)
+        jax.tree.map(lambda g, s, i=i: np.testing.assert_allclose(g[i], s, rtol=1e-5, atol=1e-7), grads, single)
+    with pytest.raises(ValueError, match=r"one leading batch axis, got x/0: 3, x/1: 3, y: 2"):
+        fnn.per_example_grads(masked, loss, params, state, ((ids, mask), y[:2]))
+
+    dropout = fnn.serial(fnn.Dense(8), fnn.Dropout(0.5), fnn.Dense(2))
+    x, labels = jnp.ones((16, 3)), jnp.zeros(16, jnp.int32)
+    params, state = dropout.init(KEY, x)
+    grads = fnn.per_example_grads(dropout, loss, params, state, (x, labels), key=KEY)
+    dropped = {tuple(np.asarray(g).ravel() != 0) for g in grads["dense_1"]["w"]}
+    assert len(dropped) > 8  # the same input, but each example drops its own units
+    keys = jax.random.split(KEY, 16)
+    first = jax.grad(lambda p: loss(dropout.apply(p, {}, x[:1], key=keys[0], train=True)[0], labels[:1]))(params)
+    jax.tree.map(lambda g, s: np.testing.assert_allclose(g[0], s, rtol=1e-5), grads, first)
+
+    normed = fnn.serial(fnn.Dense(8), fnn.BatchNorm(), fnn.Dense(2))
+    params, state = normed.init(KEY, x)
+    with pytest.raises(ValueError, match=r"keeps state \(batch_norm_0: batch statistics\).*train=False"):
+        fnn.per_example_grads(normed, loss, params, state, (x, labels))
+    grads = fnn.per_example_grads(normed, loss, params, state, (x, labels), train=False)
+    running = jax.grad(lambda p: loss(normed.apply(p, state, x[:1])[0], labels[:1]))(params)
+    jax.tree.map(lambda g, s: np.testing.assert_allclose(g[0], s, rtol=1e-5), grads, running)
+    assert float(jnp.abs(grads["dense_0"]["w"]).max()) > 0
+
+
 def test_evaluate_weights_batches_whose_inputs_are_masked_pairs():
     model = fnn.serial(fnn.KeepMask(fnn.Embedding(7, 4)), fnn.SequencePool("mean"), fnn.Dense(2))
     ids = jax.random.randint(jax.random.key(1), (10, 5), 0, 7)
