@@ -581,9 +581,11 @@ class Residual(Layer):
     body: Layer
 
     def init(self, key, x):
+        if not hasattr(_values(x), "shape"):
+            raise ShapeError(f"residual takes an array or a masked sequence (x, mask), got {shape_str(x)}")
         params, state = self.body.init(key, x)
         y = self.body.output_spec(params, state, x)
-        if (tuple(y.shape), y.dtype) != (tuple(x.shape), x.dtype):
+        if not _same_spec(_values(x), _values(y)) or _is_masked(x) != _is_masked(y):
             raise ShapeError(
                 f"residual body must keep its input's shape and dtype: "
                 f"expected {shape_str(x)}, got {shape_str(y)}"
@@ -592,12 +594,28 @@ class Residual(Layer):
 
     def apply(self, params, state, x, *, key=None, train=False):
         y, state = self.body.apply(params, state, x, key=key, train=train)
+        if _is_masked(x):  # a masked sequence: add the values, keep the input's mask
+            return (x[0] + y[0], x[1]), state
         return x + y, state
 
     def trace(self, params, state, x, path=()):
         # The body shares this layer's path; list its inner layers, not the body itself.
         inner = self.body.trace(params, state, x, path)[1:]
         return [Node(path, self, self.output_spec(params, state, x), params), *inner]
+
+
+def _is_masked(x: Any) -> bool:
+    """Whether ``x`` is a masked sequence ``(values, mask)`` (``mask`` boolean)."""
+    return isinstance(x, tuple | list) and len(x) == 2 and getattr(x[1], "dtype", None) == jnp.bool_
+
+
+def _values(x: Any) -> Any:
+    """The values of a masked sequence ``(values, mask)``; ``x`` itself otherwise."""
+    return x[0] if _is_masked(x) else x
+
+
+def _same_spec(x: Any, y: Any) -> bool:
+    return hasattr(y, "shape") and (tuple(y.shape), y.dtype) == (tuple(x.shape), x.dtype)
 
 
 def residual(*layers: Layer | Callable) -> Residual:

@@ -115,6 +115,20 @@ def test_residual_adds_the_input_and_keeps_the_body_params():
         fnn.residual(fnn.Dense(5)).init(KEY, x)
 
 
+def test_residual_of_a_masked_sequence_adds_the_values_and_keeps_the_mask():
+    x = jax.random.normal(KEY, (2, 4, 8))
+    mask = fnn.lengths_to_mask(jnp.array([2, 4]), 4)
+    block = fnn.residual(fnn.KeepMask(fnn.Dense(8)))
+    params, _ = block.init(KEY, (x, mask))
+    y, y_mask = block(params, (x, mask))
+    np.testing.assert_allclose(y, x + fnn.Dense(8)(params, x), rtol=1e-6)
+    assert y_mask is mask
+    with pytest.raises(fnn.ShapeError, match=r"expected \(float32\[2,4,8\], bool\[2,4\]\), got float32\[2,4,8\]"):
+        fnn.residual(lambda pair: pair[0]).init(KEY, (x, mask))  # the body dropped the mask
+    with pytest.raises(fnn.ShapeError, match=r"residual takes an array or a masked sequence \(x, mask\), got dict"):
+        fnn.residual(fnn.Dense(8)).init(KEY, {"x": x})
+
+
 def test_identity():
     x = jnp.arange(3.0)
     assert fnn.identity({}, x) is x
