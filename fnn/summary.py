@@ -70,7 +70,8 @@ def _one_example(x: Any) -> Any:
 def summary(model: Layer, x: Any, *, key: jax.Array | None = None) -> Summary:
     """Every layer's path, output shape and parameters, the total parameter count, and the
     forward-pass FLOPs per example from XLA's cost analysis. Nothing is computed: it
-    works on specs.
+    works on specs. The FLOPs are ``None`` ("unknown") for a model whose program runs a
+    loop (a ``Recurrent`` layer's scan over time), whose body XLA counts only once.
 
     Args:
         model: any layer.
@@ -92,4 +93,12 @@ def summary(model: Layer, x: Any, *, key: jax.Array | None = None) -> Summary:
     costs = compiled.cost_analysis()
     costs = costs[0] if isinstance(costs, list) else costs
     flops = costs.get("flops") if costs else None
+    if _has_loop(compiled.as_text()):
+        flops = None  # XLA counts a loop's body once, not once per step
     return Summary(nodes, _count(params), flops)
+
+
+def _has_loop(hlo: str) -> bool:
+    """Whether a compiled program runs a loop (a ``Recurrent``'s scan), whose body XLA's
+    cost analysis counts once."""
+    return " while(" in hlo

@@ -33,6 +33,14 @@ def test_summary_flops_are_per_example_whatever_the_batch():
     assert small.flops_per_example == large.flops_per_example
 
 
+def test_summary_flops_of_a_model_with_a_loop_are_unknown():
+    """XLA counts a scan's body once: 7 LSTM steps gave the FLOPs of one."""
+    report = fnn.summary(fnn.Recurrent(fnn.LSTM(16)), jax.ShapeDtypeStruct((1, 7, 4), jnp.float32))
+    assert report.total_params == 4 * 16 * (4 + 16 + 1)
+    assert report.flops_per_example is None
+    assert str(report).endswith("FLOPs per example: unknown")
+
+
 def test_summary_of_residual_and_parallel_models():
     model = fnn.serial(
         fnn.Dense(4),
