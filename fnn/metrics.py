@@ -46,6 +46,9 @@ def top_k_accuracy(logits: jax.Array, labels: jax.Array, k: int = 5) -> jax.Arra
 def confusion_matrix(predictions: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
     """``m[i, j]`` = number of examples of true class ``i`` predicted as class ``j``.
 
+    An example whose label or prediction lies outside ``[0, num_classes)`` (a padding
+    label of -1, say) is not counted.
+
     Example:
         >>> import jax.numpy as jnp, fnn
         >>> fnn.metrics.confusion_matrix(jnp.array([0, 1, 1]), jnp.array([0, 0, 1]), 2)
@@ -57,6 +60,10 @@ def confusion_matrix(predictions: jax.Array, labels: jax.Array, num_classes: int
             f"confusion_matrix: predictions {shape_str(predictions)} and labels "
             f"{shape_str(labels)} must have one shape"
         )
-    index = labels.reshape(-1) * num_classes + predictions.reshape(-1)
-    counts = jnp.bincount(index, length=num_classes * num_classes)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"confusion_matrix: num_classes must be a positive int, got {num_classes!r}")
+    labels, predictions = labels.reshape(-1), predictions.reshape(-1)
+    valid = (labels >= 0) & (labels < num_classes) & (predictions >= 0) & (predictions < num_classes)
+    index = jnp.where(valid, labels * num_classes + predictions, 0)
+    counts = jnp.bincount(index, weights=valid.astype(jnp.int32), length=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).astype(jnp.int32)

@@ -63,3 +63,9 @@ def test_accuracy_top_k_and_confusion_matrix():
     np.testing.assert_array_equal(fnn.metrics.confusion_matrix(jnp.asarray(predictions), LABELS, 4), matrix)
     jitted = jax.jit(fnn.metrics.confusion_matrix, static_argnums=2)
     np.testing.assert_array_equal(jitted(predictions, LABELS, 4), matrix)
+    # Pairs outside [0, 4) are not counted (they used to wrap into a neighbouring cell).
+    padded = jnp.concatenate([jnp.asarray(predictions), jnp.array([1, 4, 0, -1])])
+    padded_labels = jnp.concatenate([jnp.asarray(LABELS), jnp.array([-1, 0, 4, 2])])
+    np.testing.assert_array_equal(jitted(padded, padded_labels, 4), matrix)
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
+        fnn.metrics.confusion_matrix(predictions, LABELS, 0)
