@@ -330,6 +330,12 @@ def apply_child(
         return layer.apply(params.get(name, {}), state.get(name, {}), x, key=key, train=train)
     except LayerError as error:
         raise error.within(name) from None
+    except KeyError as error:  # a leaf's parameters lack an entry: another model's parameters?
+        held = sorted(params.get(name, {}))
+        raise LayerError(
+            f"{type(layer).__name__} found no parameter {error} among its parameters "
+            f"{{{', '.join(held)}}}; were the parameters made by this model's init?", (name,)
+        ) from error
 
 
 def _keep(tree: dict[str, Any]) -> dict[str, Any]:

@@ -129,6 +129,14 @@ def test_residual_of_a_masked_sequence_adds_the_values_and_keeps_the_mask():
         fnn.residual(fnn.Dense(8)).init(KEY, {"x": x})
 
 
+def test_parameters_missing_a_layer_name_the_layer():
+    model = fnn.serial(enc=fnn.serial(fnn.Dense(4), fnn.relu, fnn.Dense(3)))
+    params, _ = model.init(KEY, jnp.ones((2, 3)))
+    del params["enc"]["dense_1"]
+    with pytest.raises(fnn.LayerError, match=r"^enc/dense_1: Dense found no parameter 'w' among its parameters \{\}"):
+        model(params, jnp.ones((2, 3)))
+
+
 def test_identity():
     x = jnp.arange(3.0)
     assert fnn.identity({}, x) is x
