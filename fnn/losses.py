@@ -23,20 +23,27 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean cross-entropy of ``softmax(logits)`` against integer or one-hot labels.
 
     Shapes: ``logits: [..., classes]``; ``labels: int[...]`` (class ids) or
-    ``[..., classes]`` (one-hot or any distribution).
+    ``[..., classes]`` (one-hot, of any dtype, or any distribution). A class id outside
+    ``[0, classes)`` (a padding id of -1, say) makes the loss NaN, which a train loop
+    reports as a non-finite loss at that step. A logit of ``-inf`` (a class ruled out)
+    is allowed where its label is 0, in either form.
 
     Example:
         >>> import jax.numpy as jnp, fnn
         >>> fnn.losses.softmax_cross_entropy(jnp.array([[0.0, 0.0]]), jnp.array([1]))
         Array(0.6931472, dtype=float32)
     """
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        if labels.shape != logits.shape[:-1]:
-            raise _mismatch("softmax_cross_entropy", "labels of shape logits.shape[:-1]", logits, labels)
-        return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    if labels.shape != logits.shape:
+    if labels.shape == logits.shape:  # one-hot or a distribution, whatever its dtype
+        log_p = jax.nn.log_softmax(logits)
+        terms = jnp.where(labels != 0, labels.astype(log_p.dtype) * log_p, 0)
+        return -terms.sum(-1).mean()
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise _mismatch("softmax_cross_entropy", "one-hot labels of the logits' shape", logits, labels)
-    return optax.losses.softmax_cross_entropy(logits, labels).mean()
+    if labels.shape != logits.shape[:-1]:
+        raise _mismatch("softmax_cross_entropy", "labels of shape logits.shape[:-1]", logits, labels)
+    losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+    in_range = (labels >= 0) & (labels < logits.shape[-1])
+    return jnp.where(in_range, losses, jnp.nan).mean()
 
 
 def sigmoid_binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

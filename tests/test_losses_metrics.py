@@ -22,6 +22,27 @@ def test_softmax_cross_entropy_integer_and_one_hot_labels():
     np.testing.assert_allclose(fnn.losses.softmax_cross_entropy(LOGITS, LABELS), expected, rtol=1e-6)
     one_hot = np.eye(4, dtype=np.float32)[LABELS]
     np.testing.assert_allclose(fnn.losses.softmax_cross_entropy(LOGITS, one_hot), expected, rtol=1e-6)
+    np.testing.assert_allclose(fnn.losses.softmax_cross_entropy(LOGITS, one_hot.astype(np.int32)), expected, rtol=1e-6)
+    soft = np.full((6, 4), 0.25, np.float32)
+    np.testing.assert_allclose(fnn.losses.softmax_cross_entropy(LOGITS, soft),
+                               -(np_log_softmax(LOGITS) / 4).sum(-1).mean(), rtol=1e-6)
+
+
+def test_softmax_cross_entropy_of_ruled_out_classes_and_labels_out_of_range():
+    logits = LOGITS.copy()
+    logits[LABELS != 3, 3] = -np.inf  # class 3 ruled out where it is not the label
+    one_hot = np.eye(4, dtype=np.float32)[LABELS]
+    by_ids = fnn.losses.softmax_cross_entropy(logits, LABELS)
+    assert np.isfinite(by_ids)
+    np.testing.assert_allclose(fnn.losses.softmax_cross_entropy(logits, one_hot), by_ids, rtol=1e-6)
+    grads = jax.grad(fnn.losses.softmax_cross_entropy)(jnp.asarray(logits), one_hot)
+    assert np.all(np.isfinite(grads))
+    np.testing.assert_allclose(grads, jax.grad(fnn.losses.softmax_cross_entropy)(jnp.asarray(logits), LABELS))
+    for label in (-1, 4):  # -1 used to train class 3 silently
+        labels = LABELS.copy()
+        labels[2] = label
+        assert np.isnan(fnn.losses.softmax_cross_entropy(LOGITS, labels))
+        assert np.isnan(jax.jit(fnn.losses.softmax_cross_entropy)(LOGITS, labels))
 
 
 def test_sigmoid_binary_cross_entropy_and_mse():
