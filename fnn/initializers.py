@@ -12,9 +12,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 from jax.nn import initializers as jinit
+
+from fnn.core import LayerError, shape_str
 
 Initializer = Callable  # (key, shape, dtype) -> array
 
@@ -47,11 +53,31 @@ def get(init: str | Initializer) -> Initializer:
         >>> import jax, fnn
         >>> fnn.initializers.get("zeros")(jax.random.key(0), (2,))
         Array([0., 0.], dtype=float32)
-        >>> fnn.initializers.get(jax.nn.initializers.ones) is jax.nn.initializers.ones
-        True
+        >>> fnn.initializers.get(jax.nn.initializers.ones)(jax.random.key(0), (2,))
+        Array([1., 1.], dtype=float32)
     """
-    if callable(init):
-        return init
     if isinstance(init, str) and init in _NAMED:
-        return _NAMED[init]()
+        return functools.partial(_checked, _NAMED[init](), init)
+    if callable(init):
+        return functools.partial(_checked, init, getattr(init, "__name__", repr(init)))
     raise ValueError(f"unknown initializer {init!r}; choose a function or one of {', '.join(NAMES)}")
+
+
+def _checked(
+    init: Initializer, name: str, key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32
+) -> jax.Array:
+    """``init(key, shape, dtype)``, made in float32 and cast where ``init`` has no kernel for
+    ``dtype`` (``orthogonal``'s QR in bfloat16), and checked to be an array of ``shape``."""
+    try:
+        value = init(key, shape, dtype)
+    except NotImplementedError:
+        if jnp.dtype(dtype) == jnp.float32:
+            raise
+        value = init(key, shape, jnp.float32).astype(dtype)
+    if not hasattr(value, "shape") or tuple(value.shape) != tuple(shape):
+        raise LayerError(
+            f"initializer {name} returned {shape_str(value)} for a parameter of shape {tuple(shape)}; "
+            "an initializer is a function (key, shape, dtype) -> array, e.g. "
+            "jax.nn.initializers.he_normal() (the factory called)"
+        )
+    return value

@@ -206,6 +206,17 @@ def test_every_named_initializer_is_the_same_as_passing_its_function(name):
     assert shapes_and_dtypes(by_name) == shapes_and_dtypes(fnn.Dense(5).init(KEY, x)[0])
 
 
+def test_orthogonal_in_half_precision_and_an_uncalled_initializer_factory():
+    x = spec(2, 6)
+    params, _ = fnn.Dense(5, w_init="orthogonal", param_dtype=jnp.bfloat16).init(KEY, x)  # QR has no bf16 kernel
+    assert params["w"].dtype == jnp.bfloat16
+    w = np.asarray(params["w"], np.float32)
+    np.testing.assert_allclose(w.T @ w, np.eye(5), atol=0.02)
+    with pytest.raises(fnn.LayerError, match=r"^head: initializer he_normal returned function for a parameter of "
+                                             r"shape \(6, 5\).*he_normal\(\) \(the factory called\)"):
+        fnn.serial(head=fnn.Dense(5, w_init=jax.nn.initializers.he_normal)).init(KEY, x)
+
+
 def test_zero_initializers_give_zero_output_and_constants_take_effect():
     x = rand((3, 4))
     zero = fnn.Dense(5, w_init="zeros")
