@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,13 +39,13 @@ def curves(
         True
     """
     plt = _pyplot()
-    names = [name for name, lines in panels.items() if any(lines.values())]
+    names = [name for name, lines in panels.items() if any(len(points) for points in lines.values())]
     if not names:
         raise ValueError(f"curves: nothing to plot for {path}")
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
     for ax, name in zip(axes[0], names):
         for label, points in panels[name].items():
-            if points:
+            if len(points):
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=label)
         ax.set_xlabel(xlabel)
@@ -53,12 +54,7 @@ def curves(
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def confusion_matrix(
@@ -82,6 +78,8 @@ def confusion_matrix(
         raise ValueError(f"confusion_matrix: expected a square matrix, got shape {matrix.shape}")
     n = matrix.shape[0]
     labels = [str(i) for i in range(n)] if labels is None else list(labels)
+    if len(labels) != n:
+        raise ValueError(f"confusion_matrix: {len(labels)} labels for {n} classes")
     fig, ax = plt.subplots(figsize=(1 + 0.45 * n, 1 + 0.45 * n))
     ax.imshow(matrix, cmap="Blues")
     for i in range(n):
@@ -95,8 +93,14 @@ def confusion_matrix(
     ax.set_ylabel("true")
     if title:
         ax.set_title(title)
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` (making its folder) and close it."""
     fig.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
