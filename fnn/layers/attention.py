@@ -69,6 +69,7 @@ def dot_product_attention(
         (1, 3, 2, 4)
     """
     _check_attention_inputs(q, k, v, mask)
+    check_rate("dot_product_attention", dropout_rate, "dropout_rate")
     check_implementation("dot_product_attention", implementation, dropout_rate)
     dtype = jnp.result_type(q, k, v)
     q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
@@ -83,12 +84,12 @@ def dot_product_attention(
         if key is None:
             raise LayerError("attention dropout needs an rng key when train=True: pass key=...")
         keep = keep_mask(key, dropout_rate, (q.shape[0], q.shape[2], tq, tk))
-    if implementation == "cudnn" and jax.default_backend() != "gpu":
-        raise LayerError(
-            f"dot_product_attention: implementation='cudnn' runs on a GPU; the default backend is "
-            f"{jax.default_backend()}"
-        )
     if implementation == "cudnn" and dtype in (jnp.float16, jnp.bfloat16):
+        if jax.default_backend() != "gpu":
+            raise LayerError(
+                f"dot_product_attention: implementation='cudnn' runs on a GPU; the default backend is "
+                f"{jax.default_backend()}"
+            )
         own_causal = causal and tq == tk  # cuDNN's causal mask is jax.nn's is_causal
         out = _cudnn(q, k, v, given if own_causal else visible, own_causal)
     elif causal and jax.default_backend() == "cpu":
@@ -177,6 +178,14 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Arr
         >>> [round(v, 3) for v in fnn.rotary(x, jnp.array([2]))[0, 0, 0].tolist()]  # by 2 radians
         [-0.416, 0.909]
     """
+    if len(x.shape) != 4 or x.shape[-1] % 2:
+        raise ShapeError(
+            f"rotary expects x [batch, time, heads, head_dim] with an even head_dim, got {shape_str(x)}"
+        )
+    if tuple(positions.shape) != (x.shape[1],):
+        raise ShapeError(
+            f"rotary expects one position per step, int[{x.shape[1]}], got {shape_str(positions)}"
+        )
     half = x.shape[-1] // 2
     frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions[:, None].astype(jnp.float32) * frequencies  # [time, half]
@@ -185,10 +194,12 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Arr
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
-def check_rate(layer: Any, rate: Any) -> None:
-    """A ``ValueError`` naming ``layer`` unless the dropout ``rate`` is in [0, 1)."""
+def check_rate(layer: Any, rate: Any, name: str = "dropout") -> None:
+    """A ``ValueError`` naming ``layer`` (or the function named ``layer``) unless the dropout
+    ``rate`` is in [0, 1)."""
     if not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"{type(layer).__name__}: dropout must be in [0, 1), got {rate!r}")
+        where = layer if isinstance(layer, str) else type(layer).__name__
+        raise ValueError(f"{where}: {name} must be in [0, 1), got {rate!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,11 +336,24 @@ class MultiHeadAttention(WeightOptions, Layer):
         return {"key": zeros, "value": zeros, "index": jnp.zeros((), jnp.int32)}
 
     def decode(self, params, cache, x_t: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-        """One new step ``x_t: [batch, 1, d_model]`` attending to the cached steps and itself."""
+        """One new step ``x_t: [batch, 1, d_model]`` attending to the cached steps and itself.
+
+        A full cache is a ``ShapeError``; under ``jit``, where the position cannot be read,
+        the output past the cache's ``max_len`` steps is NaN."""
+        batch, max_len = cache["key"].shape[:2]
+        if len(x_t.shape) != 3 or tuple(x_t.shape[:2]) != (batch, 1):
+            raise ShapeError(
+                f"MultiHeadAttention.decode expects one step per sequence of the cache, "
+                f"[{batch}, 1, d_model], got {shape_str(x_t)}"
+            )
         self._check_features(params, x_t)
+        index = cache["index"]
+        if not isinstance(index, jax.core.Tracer) and int(index) >= max_len:
+            raise ShapeError(
+                f"MultiHeadAttention.decode: the cache holds max_len {max_len} steps and is full"
+            )
         dtype = compute_dtype(self, x_t, params["query"]["w"])
         q, k, v = self._project(params, x_t, dtype)
-        index = cache["index"]
         if self.rotary:
             q, k = rotary(q, index[None], self.rotary_base), rotary(k, index[None], self.rotary_base)
         keys = lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), index, axis=1)
@@ -338,7 +362,8 @@ class MultiHeadAttention(WeightOptions, Layer):
         )
         seen = (jnp.arange(keys.shape[1]) <= index)[None, None, None, :]  # causal: the past and now
         heads = dot_product_attention(q, keys.astype(dtype), values.astype(dtype), mask=seen)
-        return self._output(params, heads, dtype), {"key": keys, "value": values, "index": index + 1}
+        out = jnp.where(index < max_len, self._output(params, heads, dtype), jnp.nan)
+        return out, {"key": keys, "value": values, "index": index + 1}
 
 
 def check_length(layer: Any, time: int, max_len: int) -> None:

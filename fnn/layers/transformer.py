@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
 from typing import Any
 
 import jax
@@ -196,6 +198,8 @@ class TransformerLM(Layer):
     def __post_init__(self):
         for field in ("vocab_size", "d_model", "num_heads", "num_layers", "max_len"):
             positive_int(self, field, getattr(self, field))
+        if self.mlp_dim is not None:
+            positive_int(self, "mlp_dim", self.mlp_dim)
         check_rate(self, self.dropout)
         _check_choice(self, "positions", self.positions, _POSITIONS)
         _check_choice(self, "norm", self.norm, _NORMS)
@@ -221,7 +225,7 @@ class TransformerLM(Layer):
     def block(self) -> TransformerBlock:
         return TransformerBlock(
             self.num_heads,
-            self.mlp_dim or 4 * self.d_model,
+            4 * self.d_model if self.mlp_dim is None else self.mlp_dim,
             dropout=self.dropout,
             causal=True,
             norm=self.norm,
@@ -349,8 +353,21 @@ def sample(
     prompt = jnp.asarray(prompt)
     if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
         raise ValueError(f"sample: prompt must be integer ids [batch, length >= 1], got {shape_str(prompt)}")
-    if temperature < 0:
-        raise ValueError(f"sample: temperature must be >= 0, got {temperature}")
+    if not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
+        raise ValueError(f"sample: temperature must be a finite number >= 0, got {temperature!r}")
+    if not isinstance(num_steps, numbers.Integral) or isinstance(num_steps, bool) or num_steps < 0:
+        raise ValueError(f"sample: num_steps must be an int >= 0, got {num_steps!r}")
+    num_steps = int(num_steps)
+    if not (isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                            or key.dtype == jnp.uint32)):
+        raise ValueError(f"sample: key must be a jax.random key, got {shape_str(key)}")
+    vocab_size = getattr(model, "vocab_size", None)
+    if vocab_size is not None and not isinstance(prompt, jax.core.Tracer):
+        if int(prompt.min()) < 0 or int(prompt.max()) >= vocab_size:
+            raise ValueError(
+                f"sample: prompt ids must be in [0, {vocab_size}) (the model's vocab_size), "
+                f"got ids from {int(prompt.min())} to {int(prompt.max())}"
+            )
     batch, p = prompt.shape
     total = p + num_steps
     max_len = getattr(model, "max_len", None)

@@ -126,6 +126,17 @@ def test_dot_product_attention_input_errors(shapes, mask, message):
 # ---- MultiHeadAttention with its own head sizes, gradients and abstract init ---------------------
 
 
+def test_dropout_rate_and_rotary_arguments_are_checked():
+    q = rand((1, 3, 2, 4))
+    for rate in (1.0, 1.5, -0.5):  # zeros, zeros, and every weight scaled by 1/1.5
+        with pytest.raises(ValueError, match=rf"dot_product_attention: dropout_rate must be in \[0, 1\), got {rate}"):
+            fnn.dot_product_attention(q, q, q, dropout_rate=rate, key=KEY)
+    with pytest.raises(fnn.ShapeError, match=r"rotary expects .* an even head_dim, got float32\[1,3,1,3\]"):
+        fnn.rotary(rand((1, 3, 1, 3)), jnp.arange(3))  # returned a head of 4
+    with pytest.raises(fnn.ShapeError, match=r"rotary expects one position per step, int\[3\], got int32\[2\]"):
+        fnn.rotary(q, jnp.arange(2))
+
+
 def test_attention_with_explicit_head_dim_and_out_features_against_a_reference():
     mha = fnn.MultiHeadAttention(3, head_dim=4, out_features=5, causal=True, use_bias=False)
     x, mask = rand((2, 6, 7)), fnn.lengths_to_mask(jnp.array([6, 4]), 6)
@@ -245,6 +256,7 @@ def test_sampling_depends_on_the_key_only(lm_params):
         (lambda: lm(norm="batch"), "TransformerLM: norm must be one of layer, rms, got 'batch'"),
         (lambda: fnn.TransformerBlock(2, 8, dropout=-0.1), r"TransformerBlock: dropout must be in \[0, 1\)"),
         (lambda: fnn.TransformerBlock(2, 0), "TransformerBlock: mlp_dim must be a positive int, got 0"),
+        (lambda: lm(mlp_dim=0), "TransformerLM: mlp_dim must be a positive int, got 0"),  # was 4 * d_model
         (lambda: fnn.TransformerBlock(2, 8, activation="foo"), "activation must name a jax.nn function, got 'foo'"),
         (lambda: fnn.TransformerBlock(0, 8), "MultiHeadAttention: num_heads must be a positive int, got 0"),
         (lambda: fnn.MultiHeadAttention(2, head_dim=0), "MultiHeadAttention: head_dim must be a positive int"),
@@ -286,6 +298,18 @@ def test_input_errors_name_the_layer_path():
 
 def test_decode_errors(lm_params):
     model, params = lm_params
+    mha = fnn.MultiHeadAttention(2, causal=True)
+    x = rand((1, 3, 8))
+    mha_params, _ = mha.init(KEY, x)
+    mha_cache = mha.init_cache(mha_params, 1, 2)
+    for steps in (x[:, :2], x[0]):  # two steps at once moved the index by one and hid the second key
+        with pytest.raises(fnn.ShapeError, match=r"decode expects one step per sequence of the cache, \[1, 1, d_model\]"):
+            mha.decode(mha_params, mha_cache, steps)
+    for t in range(2):
+        _, mha_cache = mha.decode(mha_params, mha_cache, x[:, t : t + 1])
+    with pytest.raises(fnn.ShapeError, match="the cache holds max_len 2 steps and is full"):  # it overwrote the last
+        mha.decode(mha_params, mha_cache, x[:, 2:])
+    assert np.isnan(jax.jit(mha.decode)(mha_params, mha_cache, x[:, 2:])[0]).all()
     cache = model.init_cache(params, 2)
     with pytest.raises(fnn.ShapeError, match=r"decode expects one id per sequence of the cache, int\[2\], got int32\[2,1\]"):
         model.decode(params, cache, jnp.ones((2, 1), jnp.int32))
@@ -336,9 +360,15 @@ def test_cudnn_attention_needs_a_gpu_and_keeps_fnns_for_float32(fake_gpu, monkey
     assert [c["implementation"] for c in fake_gpu] == [None]
     chex.assert_trees_all_close(same, fnn.dot_product_attention(q, q, q, causal=True))
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    for dtype in (jnp.float32, jnp.bfloat16):
-        with pytest.raises(fnn.LayerError, match="implementation='cudnn' runs on a GPU; the default backend is cpu"):
-            fnn.dot_product_attention(q.astype(dtype), q, q, implementation="cudnn")
+    half = q.astype(jnp.bfloat16)
+    with pytest.raises(fnn.LayerError, match="implementation='cudnn' runs on a GPU; the default backend is cpu"):
+        fnn.dot_product_attention(half, half, half, implementation="cudnn")
+    # float32 keeps fnn's attention on any backend: a cuDNN model initialises on the CPU
+    chex.assert_trees_all_close(fnn.dot_product_attention(q, q, q, implementation="cudnn"),
+                                fnn.dot_product_attention(q, q, q))
+    model = lm(attention_implementation="cudnn")
+    params, _ = model.init(KEY, jnp.zeros((1, 4), jnp.int32))
+    assert model(params, jnp.zeros((1, 4), jnp.int32)).shape == (1, 4, 13)
     with pytest.raises(ValueError, match="implementation='cudnn' has no dropout"):
         fnn.dot_product_attention(q, q, q, implementation="cudnn", dropout_rate=0.1, key=jax.random.key(0))
 

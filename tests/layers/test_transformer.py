@@ -285,8 +285,18 @@ def test_sampling_errors():
         fnn.sample(model, params, jnp.ones((1, 10), jnp.int32), 7, key=KEY)
     with pytest.raises(ValueError, match=r"prompt must be integer ids \[batch, length >= 1\]"):
         fnn.sample(model, params, jnp.ones((1, 0), jnp.int32), 3, key=KEY)
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
-        fnn.sample(model, params, jnp.ones((1, 2), jnp.int32), 3, key=KEY, temperature=-1.0)
+    prompt = jnp.ones((1, 2), jnp.int32)
+    for temperature in (-1.0, float("nan"), float("inf")):  # nan drew token 0 every time
+        with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+            fnn.sample(model, params, prompt, 3, key=KEY, temperature=temperature)
+    for steps in (-1, 1.5):
+        with pytest.raises(ValueError, match=f"num_steps must be an int >= 0, got {steps}"):
+            fnn.sample(model, params, prompt, steps, key=KEY)
+    with pytest.raises(ValueError, match="key must be a jax.random key, got NoneType"):
+        fnn.sample(model, params, prompt, 3, key=None)
+    with pytest.raises(ValueError, match=r"prompt ids must be in \[0, 13\) \(the model's vocab_size\), got ids from 1 to 99"):
+        fnn.sample(model, params, jnp.array([[1, 99]]), 3, key=KEY)
+    assert fnn.sample(model, params, prompt, np.int64(0), key=KEY).shape == (1, 2)
     cache = model.init_cache(params, 1) | {"index": jnp.array(16)}
     with pytest.raises(fnn.ShapeError, match="the cache holds max_len 16 tokens and is full"):
         model.decode(params, cache, jnp.ones((1,), jnp.int32))
