@@ -286,6 +286,9 @@ def _named(layers: Sequence[Any], named: dict[str, Any]) -> tuple[tuple[Layer, .
     return children, tuple(names)
 
 
+_MASKS_HINT = "a layer that knows nothing of masks takes a masked sequence inside fnn.KeepMask"
+
+
 def init_child(name: str, layer: Layer, key: jax.Array, x: Any) -> tuple[Params, State, Any]:
     """Initialise one child and compute its output spec, naming it in any error; for
     writing a combinator.
@@ -306,8 +309,10 @@ def init_child(name: str, layer: Layer, key: jax.Array, x: Any) -> tuple[Params,
         return params, state, layer.output_spec(params, state, x)
     except LayerError as error:
         raise error.within(name) from None
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, AttributeError) as error:
         message = f"{type(layer).__name__} cannot take input {shape_str(x)}: {error}"
+        if _is_masked(x):
+            message += f"; {_MASKS_HINT}"
         raise ShapeError(message, (name,)) from error
 
 
@@ -330,6 +335,12 @@ def apply_child(
         return layer.apply(params.get(name, {}), state.get(name, {}), x, key=key, train=train)
     except LayerError as error:
         raise error.within(name) from None
+    except AttributeError as error:
+        if not _is_masked(x):
+            raise
+        raise ShapeError(
+            f"{type(layer).__name__} cannot take input {shape_str(x)}: {error}; {_MASKS_HINT}", (name,)
+        ) from error
     except KeyError as error:  # a leaf's parameters lack an entry: another model's parameters?
         held = sorted(params.get(name, {}))
         raise LayerError(

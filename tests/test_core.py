@@ -137,6 +137,17 @@ def test_parameters_missing_a_layer_name_the_layer():
         model(params, jnp.ones((2, 3)))
 
 
+def test_a_masked_sequence_given_to_a_layer_without_masks_names_the_layer_and_keep_mask():
+    pair = (jnp.ones((2, 4, 8)), jnp.ones((2, 4), bool))
+    hint = r"\(float32\[2,4,8\], bool\[2,4\]\).*inside fnn.KeepMask"
+    with pytest.raises(fnn.ShapeError, match=r"^enc/layer_norm_0: LayerNorm cannot take input " + hint):
+        fnn.serial(enc=fnn.serial(fnn.MultiHeadAttention(2), fnn.LayerNorm())).init(KEY, pair)
+    dropout = fnn.serial(fnn.Dropout(0.1))  # nothing to initialise: found at apply
+    params, state = dropout.init(KEY, pair)
+    with pytest.raises(fnn.ShapeError, match=r"^dropout_0: Dropout cannot take input " + hint):
+        dropout.apply(params, state, pair, key=KEY, train=True)
+
+
 def test_identity():
     x = jnp.arange(3.0)
     assert fnn.identity({}, x) is x
