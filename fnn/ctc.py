@@ -60,14 +60,20 @@ def required_frames(labels: Sequence[int]) -> int:
     return len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))
 
 
-def check_targets(frames: Any, labels: Any, label_lengths: Any, *, where: str = "ctc") -> None:
-    """Raise ``ValueError`` naming the first utterance whose transcript is empty or does not
-    fit in its ``frames`` output frames.
+def check_targets(
+    frames: Any, labels: Any, label_lengths: Any, *, where: str = "ctc",
+    num_classes: int | None = None, blank: int = 0,
+) -> None:
+    """Raise ``ValueError`` naming the first utterance whose transcript is empty, does not
+    fit in its ``frames`` output frames, or (given ``num_classes``) holds a label outside
+    ``[0, num_classes)`` or the ``blank``.
 
     Args:
         frames: ``int[n]``, the real output frames of each utterance.
         labels: ``int[n, max_labels]``, padded transcripts.
         label_lengths: ``int[n]``, each transcript's length.
+        num_classes: the model's outputs per frame, blank included.
+        blank: the blank's id.
 
     Example:
         >>> check_targets([3, 4], [[1, 2], [1, 1]], [2, 2])
@@ -81,6 +87,13 @@ def check_targets(frames: Any, labels: Any, label_lengths: Any, *, where: str = 
         n = int(label_lengths[i])
         if n == 0:
             raise ValueError(f"{where}: utterance {i} has an empty transcript; CTC needs at least one label")
+        if num_classes is not None:
+            bad = [int(k) for k in labels[i, :n] if not 0 <= k < num_classes or k == blank]
+            if bad:
+                raise ValueError(
+                    f"{where}: utterance {i}'s transcript holds label {bad[0]}; labels must be in "
+                    f"[0, {num_classes}) (the outputs per frame) and not the blank {blank}"
+                )
         need = required_frames(labels[i, :n])
         if need > frames[i]:
             raise ValueError(
@@ -95,7 +108,8 @@ def ctc_loss(outputs: Any, targets: Any, *, blank: int = 0) -> jax.Array:
     Shapes: ``outputs``: ``logits [batch, frames, labels]`` or ``(logits, mask bool[batch,
     frames])``; ``targets``: ``labels int[batch, max_labels]`` or ``(labels, label_mask
     bool[batch, max_labels])``. Masks are True at real entries. Called outside ``jit``
-    (on concrete arrays), it also runs :func:`check_targets`.
+    (on concrete arrays), it also runs :func:`check_targets`; under ``jit`` an utterance
+    whose real labels include one outside ``[0, labels)`` or the blank has a NaN loss.
 
     Example:
         >>> import jax.numpy as jnp
@@ -113,14 +127,26 @@ def ctc_loss(outputs: Any, targets: Any, *, blank: int = 0) -> jax.Array:
         )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"ctc_loss: labels must be integer ids, got {shape_str(labels)}")
+    num_classes = logits.shape[-1]
+    if not 0 <= blank < num_classes:
+        raise ValueError(f"ctc_loss: blank must be in [0, {num_classes}), got {blank!r}")
     mask = jnp.ones(logits.shape[:2], bool) if mask is None else mask
     label_mask = jnp.ones(labels.shape, bool) if label_mask is None else label_mask
+    for name, m, like in (("outputs", mask, logits.shape[:2]), ("targets", label_mask, labels.shape)):
+        if tuple(m.shape) != tuple(like):
+            raise ValueError(
+                f"ctc_loss: the {name}' mask must be bool[{','.join(map(str, like))}], got {shape_str(m)}"
+            )
     if not any(isinstance(a, jax.core.Tracer) for a in (mask, labels, label_mask)):
-        check_targets(np.asarray(mask).sum(1), labels, np.asarray(label_mask).sum(1), where="ctc_loss")
+        check_targets(np.asarray(mask).sum(1), labels, np.asarray(label_mask).sum(1), where="ctc_loss",
+                      num_classes=num_classes, blank=blank)
     per_utterance = optax.ctc_loss(
         logits.astype(jnp.float32), 1.0 - mask.astype(jnp.float32), labels,
         1.0 - label_mask.astype(jnp.float32), blank_id=blank,
     )
+    # Under jit a label out of range (or the blank) cannot raise: its utterance's loss is NaN.
+    bad = label_mask & ((labels < 0) | (labels >= num_classes) | (labels == blank))
+    per_utterance = jnp.where(bad.any(1), jnp.nan, per_utterance)
     return jnp.mean(per_utterance / jnp.maximum(label_mask.sum(1), 1))
 
 

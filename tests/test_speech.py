@@ -282,6 +282,22 @@ def test_ctc_refuses_empty_transcripts_and_transcripts_that_do_not_fit():
     assert ctc.required_frames([3, 3, 1, 1, 1]) == 8
 
 
+@pytest.mark.parametrize("label", [5, -1, 0])  # 5 and -1 gave a negative loss, the blank 0.84
+def test_ctc_refuses_labels_outside_the_outputs_and_the_blank(label):
+    logits, labels = jnp.zeros((2, 4, 3)), jnp.array([[1, 2], [2, label]])
+    with pytest.raises(ValueError, match=rf"utterance 1's transcript holds label {label}; labels must be in "
+                                         r"\[0, 3\) \(the outputs per frame\) and not the blank 0"):
+        ctc.ctc_loss(logits, labels)
+    per_utterance = jax.jit(ctc.ctc_loss)(logits, labels)  # traced: NaN instead
+    assert np.isnan(per_utterance)
+    padded = (labels, jnp.array([[True, True], [True, False]]))  # a padding label is not read
+    assert np.isfinite(jax.jit(ctc.ctc_loss)(logits, padded))
+    with pytest.raises(ValueError, match=r"the outputs' mask must be bool\[2,4\], got bool\[2,5\]"):
+        ctc.ctc_loss((logits, jnp.ones((2, 5), bool)), labels)
+    with pytest.raises(ValueError, match=r"blank must be in \[0, 3\), got 3"):
+        ctc.ctc_loss(logits, labels, blank=3)
+
+
 def test_ctc_is_checked_at_data_time_inside_jit():
     # under jit the lengths are traced: check_targets is what refuses them, before training
     loss = jax.jit(ctc.ctc_loss)(jnp.zeros((1, 2, 3)), jnp.array([[1, 1]]))
