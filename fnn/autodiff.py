@@ -190,8 +190,8 @@ def conv(
     strides = tuple(strides or (1,) * n)
     dilation = tuple(dilation or (1,) * n)
     shape = _Shape(padding, strides, dilation)
-    # no output positions: XLA's convolution gives the empty shape the layer raises on
-    if reverse_only() and jax.default_backend() == "cpu" and min(shape.out(x, w)) > 0:
+    # no examples or no output positions: XLA's convolution gives the empty shape
+    if reverse_only() and jax.default_backend() == "cpu" and min(x.shape[0], *shape.out(x, w)) > 0:
         return _conv_reverse(shape, x, w)
     return _xla_conv(shape, x, w)
 
@@ -407,7 +407,8 @@ def conv_transpose(
     shape = _Shape(_mirror(padding, w, dilation), tuple(strides), tuple(dilation))
     size = _transposed_size(shape, x, w)
     # at stride 1 (a plain convolution) XLA's was as fast in a one-off microbenchmark
-    ok = set(shape.strides) != {1} and min(size) > 0 and min(min(pair) for pair in shape.padding) >= 0
+    ok = (set(shape.strides) != {1} and min(x.shape[0], *size) > 0
+          and min(min(pair) for pair in shape.padding) >= 0)
     if reverse_only() and jax.default_backend() == "cpu" and ok:
         return _conv_transpose_reverse(shape, x, w)
     return _xla_conv_transpose(shape, x, w)

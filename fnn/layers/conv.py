@@ -98,14 +98,25 @@ class _ConvBase(WeightOptions, Layer):
         freeze(self, "dilation", int_tuple(self, "dilation", self.dilation, n))
         freeze(self, "padding", padding_spec(self, self.padding, n))
 
-    def _check(self, x: Any, in_channels: int | None = None) -> None:
-        """Float input of the right rank; with ``in_channels``, that many channels."""
+    def _check(self, x: Any, params: dict | None = None, groups: int = 1) -> None:
+        """Float input of the right rank with at least one channel; with ``params``, the
+        channels and the kernel they were made for."""
         n = len(self.kernel_size)
         require_float(self, x)
         require_rank(self, x, n + 2, layout(n))
-        if in_channels is not None and x.shape[-1] != in_channels:
+        if x.shape[-1] < 1:
+            raise ShapeError(f"{type(self).__name__} needs at least one input channel, got {shape_str(x)}")
+        if params is None:
+            return
+        w = params["w"].shape
+        if tuple(w[:-2]) != self.kernel_size or w[-1] != self.features:
             raise ShapeError(
-                f"{type(self).__name__} expected {in_channels} input channels, got {shape_str(x)}"
+                f"{type(self).__name__} with kernel {self.kernel_size} and {self.features} features got "
+                f"parameters w{list(w)}: were they made by this layer's init?"
+            )
+        if x.shape[-1] != w[-2] * groups:
+            raise ShapeError(
+                f"{type(self).__name__} expected {w[-2] * groups} input channels, got {shape_str(x)}"
             )
 
     def _init_weights(self, key: jax.Array, x: Any, in_per_group: int) -> dict[str, jax.Array]:
@@ -169,7 +180,7 @@ class Conv(_ConvBase):
         return self._init_weights(key, x, x.shape[-1] // self.groups)
 
     def forward(self, params, x, *, key=None, train=False):
-        self._check(x, params["w"].shape[-2] * self.groups)
+        self._check(x, params, self.groups)
         if self.groups == 1:
             # fnn.autodiff.conv: the same convolution, with fnn's gradient rule in a training step
             return self._convolve(params, x, _fnn_conv, window_strides=self.strides)
@@ -217,7 +228,7 @@ class ConvTranspose(_ConvBase):
         return self._init_weights(key, x, x.shape[-1])
 
     def forward(self, params, x, *, key=None, train=False):
-        self._check(x, params["w"].shape[-2])
+        self._check(x, params)
         # fnn.autodiff.conv_transpose: the same, with fnn's gradient rule in a training step
         return self._convolve(params, x, _fnn_conv_transpose, strides=self.strides)
 

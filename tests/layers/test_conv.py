@@ -444,6 +444,22 @@ class JitTest(chex.TestCase):
 # ---- initializers -----------------------------------------------------------------------------
 
 
+def test_empty_batches_zero_channels_and_other_layers_parameters():
+    for layer, shape in [(fnn.Conv(2, (3, 3)), (6, 6, 1)), (fnn.ConvTranspose(1, (3, 3), strides=2), (4, 4, 2))]:
+        params, _ = layer.init(KEY, spec(1, *shape))
+        with fnn.reverse_mode_only():  # fnn's rules indexed the cotangent of an empty batch
+            grads = jax.grad(lambda p, layer=layer, shape=shape: layer(p, jnp.ones((0, *shape))).sum())(params)
+        chex.assert_trees_all_equal(grads, jax.tree.map(jnp.zeros_like, params))
+    with pytest.raises(fnn.ShapeError, match=r"^conv_0: Conv needs at least one input channel, got float32\[2,8,8,0\]"):
+        fnn.serial(fnn.Conv(4, (3, 3))).init(KEY, spec(2, 8, 8, 0))
+    params, _ = fnn.Conv(4, (3, 3)).init(KEY, spec(2, 8, 8, 2))
+    with pytest.raises(fnn.ShapeError, match=r"Conv with kernel \(9, 9\) and 4 features got parameters w\[3, 3, 2, 4\]"):
+        fnn.Conv(4, (9, 9), padding="VALID")(params, rand((2, 8, 8, 2)))  # gave a [2,6,6,4] output
+    params, _ = fnn.ConvTranspose(4, (3, 3)).init(KEY, spec(2, 8, 8, 2))
+    with pytest.raises(fnn.ShapeError, match=r"ConvTranspose with kernel \(3, 3\) and 5 features got parameters"):
+        fnn.ConvTranspose(5, (3, 3))(params, rand((2, 8, 8, 2)))
+
+
 def test_every_named_initializer_is_the_same_as_passing_its_function():
     x = spec(1, 5, 5, 4)
     for name in initializers.NAMES:

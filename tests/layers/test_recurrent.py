@@ -215,6 +215,16 @@ def test_hand_written_gradients_of_the_input_and_the_initial_carry(cell):
         np.testing.assert_allclose(d_c[2], 2 * c[2], rtol=1e-6)
 
 
+@pytest.mark.parametrize("cell", [fnn.LSTM(3, param_dtype=jnp.bfloat16), fnn.GRU(3, param_dtype=jnp.float16)])
+def test_half_precision_parameters_initialise(cell):
+    """The default orthogonal hidden weights (a QR, which has no half-precision kernel) are
+    made in float32 and cast."""
+    params, _ = fnn.Recurrent(cell).init(jax.random.key(0), jnp.ones((2, 4, 5)))
+    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(cell.param_dtype)}
+    w = np.asarray(params["hidden"]["w"], np.float32)[:, :3]
+    np.testing.assert_allclose(w.T @ w, np.eye(3), atol=0.02)
+
+
 def test_hand_written_gradients_in_bfloat16_and_under_vmap():
     x = sequence()
     for cell in (fnn.LSTM(H, dtype=jnp.bfloat16), fnn.GRU(H, dtype=jnp.bfloat16)):
