@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import signal
 import sys
@@ -30,8 +31,18 @@ from fnn.loop import Interrupted
 
 
 def _default_dir(name: str) -> str:
+    """``runs/NAME-YYYYmmdd-HHMMSS``, made here; ``-2``, ``-3``, ... when runs started in the
+    same second have taken it (``mkdir`` claims a name atomically)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{name}-{stamp}")
+    os.makedirs("runs", exist_ok=True)
+    for n in itertools.count(1):
+        directory = os.path.join("runs", f"{name}-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            os.mkdir(directory)
+            return directory
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def _keys_help(experiment: pipeline.Experiment) -> str:
@@ -230,8 +241,8 @@ def _dispatch(args) -> int:
         from fnn import sweep
 
         experiment, config = _resolve(args)
-        directory = args.dir or _default_dir(f"{experiment.name}-sweep")
         grid = dict(sweep.parse_grid(config, args.grid))
+        directory = args.dir or _default_dir(f"{experiment.name}-sweep")
         table = sweep.run_sweep(
             experiment, config, directory, seeds=args.seeds, grid=grid, progress=not args.quiet
         )

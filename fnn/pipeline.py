@@ -551,12 +551,9 @@ def train_from(
         (4, [(1, 'eval'), (2, 'train'), (2, 'eval'), (3, 'eval'), (4, 'train'), (4, 'eval')])
     """
     t = config.train
+    if population:
+        check_population_devices(t)
     parallel = layout(t)
-    if population and parallel is not None:
-        raise config_lib.ConfigError(
-            f"train.devices={t.devices!r} cannot be combined with a population (fnn sweep) yet; "
-            "use train.devices=one"
-        )
     policy = precision_lib.policy(getattr(t, "precision", "float32"))
     step = make_train_step(model, optimizer, loss, metrics=metrics, population=population, parallel=parallel,
                            policy=policy)
@@ -582,6 +579,17 @@ def train_from(
         stats=(stats := {}),
     )
     return {"state": state, "history": history, "loop_stats": stats}
+
+
+def check_population_devices(train: TrainConfig) -> None:
+    """A ``ConfigError`` unless ``train.devices`` is ``"one"``: a population (``fnn sweep``)
+    trains on one device."""
+    devices = getattr(train, "devices", "one")
+    if devices != "one":
+        raise config_lib.ConfigError(
+            f"train.devices={devices!r} cannot be combined with a population (fnn sweep) yet; "
+            "use train.devices=one"
+        )
 
 
 def layout(train: TrainConfig):

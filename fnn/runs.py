@@ -29,6 +29,9 @@ from typing import Any
 from fnn import plots
 from fnn.checkpoint import Checkpoints
 
+# What a run writes besides config.json: a directory holding any of them holds a run's work.
+_RUN_FILES = ("checkpoints", "metrics.jsonl", "final.json", "sweep.json")
+
 
 class RunError(ValueError):
     """A run directory that is missing or unreadable; the message names the file.
@@ -50,7 +53,7 @@ another directory
     """
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -90,7 +93,7 @@ class Run:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise RunError(f"{self.directory} is not a run directory (it does not exist)")
-        meta = _read_json(self.directory / "config.json")
+        meta = read_json(self.directory / "config.json")
         if not isinstance(meta, dict) or "experiment" not in meta or "config" not in meta:
             raise RunError(f"{self.directory / 'config.json'} lacks the keys 'experiment' and 'config'")
         self.experiment: str = meta["experiment"]
@@ -101,20 +104,37 @@ class Run:
 
     @classmethod
     def create(cls, directory: str | os.PathLike, experiment: str, config: Mapping[str, Any]) -> Run:
-        """A new run directory holding ``config.json``; refuses one that already holds a run."""
+        """A new run directory holding ``config.json``. Refuses one that already holds a run,
+        or what is left of one (checkpoints, metrics), which the new run would otherwise
+        continue; ``config.json`` is created exclusively, so two processes given one
+        directory cannot both start in it."""
         directory = Path(directory)
         if (directory / "config.json").exists():
             raise RunError(
                 f"{directory} already holds a run; continue it with `fnn resume {directory}` "
                 "or choose another directory"
             )
-        directory.mkdir(parents=True, exist_ok=True)
+        left = [name for name in _RUN_FILES if (directory / name).exists()]
+        if left:
+            raise RunError(
+                f"{directory} holds {', '.join(left)} of an earlier run but no config.json; "
+                "choose another directory (nothing there was changed)"
+            )
         meta = {
             "experiment": experiment,
             "config": dict(config),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
-        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with open(directory / "config.json", "x") as f:
+                f.write(json.dumps(meta, indent=2) + "\n")
+        except FileExistsError:
+            if not directory.is_dir():
+                raise RunError(f"{directory}: cannot make the run directory, a file has that name") from None
+            raise RunError(f"{directory} already holds a run: another process has just started one") from None
+        except OSError as error:
+            raise RunError(f"{directory}: cannot create the run directory ({error})") from None
         return cls(directory)
 
     # -- metrics ------------------------------------------------------------------------
@@ -151,16 +171,22 @@ class Run:
         return self._writer
 
     def records(self, split: str | None = None) -> list[dict]:
-        """The records of metrics.jsonl, optionally only those of one ``split``."""
+        """The records of metrics.jsonl, optionally only those of one ``split``. A last line
+        cut short (no newline: the process stopped while writing it) is left out; a resumed
+        run writes it again."""
         if not self.metrics_path.exists():
             return []
         out = []
-        for number, line in enumerate(self.metrics_path.read_text().splitlines(), 1):
+        text = self.metrics_path.read_text()
+        lines = text.splitlines()
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
+                if number == len(lines) and not text.endswith("\n"):
+                    break
                 raise RunError(f"{self.metrics_path}:{number} is not valid JSON: {line[:80]!r}") from None
             if split is None or record.get("split") == split:
                 out.append(record)
@@ -206,7 +232,7 @@ class Run:
 
     def final(self) -> dict:
         path = self.directory / "final.json"
-        return _read_json(path) if path.exists() else {}
+        return read_json(path) if path.exists() else {}
 
     def plot(self) -> list[str]:
         """Learning curves (one panel per metric, train and eval) as ``curves.png``."""

@@ -33,9 +33,9 @@ import numpy as np
 from fnn import config as config_lib
 from fnn import plots
 from fnn.data import loader
-from fnn.pipeline import run_in, train_from
+from fnn.pipeline import PipelineError, check_population_devices, run_in, train_from
 from fnn.precision import policy as precision_policy
-from fnn.runs import Run
+from fnn.runs import Run, RunError, read_json
 from fnn.train import TrainState, init_train_state
 
 # what a population can vary inside one program: hyperparameters held in the optimizer state
@@ -124,7 +124,13 @@ def parse_grid(config: Any, specs: Sequence[str]) -> list[tuple[str, list]]:
                 f"--grid {key}: a population varies only what lives in the optimizer state "
                 f"({', '.join(SWEEPABLE)}) and the seed (--seeds); run separate sweeps for {key}"
             )
+        if key in (k for k, _ in grid):
+            raise config_lib.ConfigError(
+                f"--grid {key} is given twice; give all its values at once: {key}=V1,V2,..."
+            )
         values = [getattr_path(config_lib.override(config, [f"{key}={v}"]), key) for v in text.split(",")]
+        if any(value is None for value in values):
+            raise config_lib.ConfigError(f"--grid {key}: each value must be a number, got {text!r}")
         name = key.split(".")[-1]
         train = getattr(config, "train", None)
         if train is not None:  # checked here, before a sweep directory is made
@@ -354,6 +360,12 @@ def population_pipeline(experiment):
     """
     if experiment.sweep is not None:
         return experiment.sweep
+    missing = [name for name in ("batches", "train", "report") if name not in experiment.pipeline.names]
+    if missing:
+        raise PipelineError(
+            f"{experiment.name} cannot be swept: fnn sweep trains a population through the stages "
+            f"batches, train and report, and it has no {', '.join(missing)}; run it with fnn run"
+        )
     return experiment.pipeline.replace(
         batches=population_batches, train=population_train, report=population_report
     )
@@ -402,15 +414,23 @@ def run_sweep(
 'summary.md', 'sweep.json', 'sweep.png', 'tensorboard']
     """
     population = members(seeds, grid)
+    stages = population_pipeline(experiment)  # refused before the run directory is made
+    check_population_devices(getattr(config, "train", None))
     run = Run.create(directory, experiment.name, config_lib.to_dict(config))
     (Path(directory) / "sweep.json").write_text(json.dumps({"members": population}, indent=2) + "\n")
-    values = run_in(experiment, config, run, progress, population_pipeline(experiment), members=population)
+    values = run_in(experiment, config, run, progress, stages, members=population)
     return values["report"][0] + f"\n\nrun directory: {directory} (sweep.png, members.md)"
 
 
 def resume_members(directory: str) -> list[dict]:
+    """The members ``sweep.json`` lists, ``[]`` for a run that is not a sweep."""
     path = Path(directory) / "sweep.json"
-    return json.loads(path.read_text())["members"] if path.exists() else []
+    if not path.exists():
+        return []
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("members"), list) or not saved["members"]:
+        raise RunError(f"{path} does not list the sweep's members (a key 'members' holding a list)")
+    return saved["members"]
 
 
 __all__ = [

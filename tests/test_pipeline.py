@@ -457,6 +457,38 @@ def test_run_directory_errors(tmp_path):
     _new_run(tmp_path / "taken")
     with pytest.raises(runs.RunError, match="already holds a run; continue it with `fnn resume"):
         _new_run(tmp_path / "taken")
+    # what is left of a run without its config.json: a new run there would have continued it
+    (tmp_path / "left" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "left" / "metrics.jsonl").write_text("")
+    with pytest.raises(runs.RunError, match="holds checkpoints, metrics.jsonl of an earlier run but no config.json"):
+        _new_run(tmp_path / "left")
+    assert sorted(os.listdir(tmp_path / "left")) == ["checkpoints", "metrics.jsonl"]
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(runs.RunError, match="afile: cannot make the run directory, a file has that name"):
+        _new_run(tmp_path / "afile")
+    with pytest.raises(runs.RunError, match=r"afile/sub: cannot create the run directory \(.*Not a directory"):
+        _new_run(tmp_path / "afile" / "sub")
+
+
+def test_a_last_metrics_line_cut_short_is_left_out_and_logged_again(tmp_path):
+    run = _new_run(tmp_path / "run")
+    run.log({"step": 1, "split": "train", "loss": 1.0})
+    run.log({"step": 2, "split": "train", "loss": 0.5})
+    text = run.metrics_path.read_text()
+    run.metrics_path.write_text(text[:-12])  # the process stopped while writing step 2
+    assert [r["step"] for r in run.records()] == [1]
+    run.rewind(1)
+    run.log({"step": 2, "split": "train", "loss": 0.5})
+    assert run.metrics_path.read_text() == text
+    run.metrics_path.write_text(text[:-12] + "\n" + text)  # a bad line inside the file is still an error
+    with pytest.raises(runs.RunError, match=r"metrics.jsonl:2 is not valid JSON"):
+        run.records()
+
+
+def test_default_run_directories_started_in_one_second_get_their_own(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = fnn.cli._default_dir("xor"), fnn.cli._default_dir("xor")
+    assert second == first + "-2" and os.path.isdir(first) and os.path.isdir(second)
 
 
 # -- the fnn command ---------------------------------------------------------------------------

@@ -41,6 +41,26 @@ def test_grid_accepts_only_what_a_population_can_vary():
         sweep.parse_grid(TINY, ["train.learning_rate=fast"])
     with pytest.raises(ConfigError, match="--seeds must be a positive int"):
         sweep.members(0, {})
+    with pytest.raises(ConfigError, match="--grid train.learning_rate is given twice"):  # the first was dropped
+        sweep.parse_grid(TINY, ["train.learning_rate=1e-3", "train.learning_rate=2e-3,3e-3"])
+    with pytest.raises(ConfigError, match="--grid train.learning_rate: each value must be a number"):
+        sweep.parse_grid(TINY, ["train.learning_rate=none,1e-3"])
+
+
+def test_a_sweep_that_cannot_run_is_refused_before_its_directory_is_made(tmp_path, capsys):
+    directory = tmp_path / "sweep"
+    assert fnn.cli.main(["sweep", "xor", "--seeds", "2", "--dir", str(directory), "-q"]) == 2
+    assert "xor cannot be swept: fnn sweep trains a population through the stages" in capsys.readouterr().err
+    assert fnn.cli.main(["sweep", "digits", "train.devices=data", "--dir", str(directory), "-q"]) == 2
+    assert "cannot be combined with a population" in capsys.readouterr().err
+    assert not directory.exists()
+    directory.mkdir()
+    (directory / "sweep.json").write_text("{bad")
+    with pytest.raises(fnn.runs.RunError, match="sweep.json is not valid JSON"):
+        sweep.resume_members(str(directory))
+    (directory / "sweep.json").write_text("{}")
+    with pytest.raises(fnn.runs.RunError, match="sweep.json does not list the sweep's members"):
+        sweep.resume_members(str(directory))
 
 
 def test_a_grid_over_a_hyperparameter_the_optimizer_lacks_is_refused_before_anything_is_written(
