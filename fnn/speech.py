@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from fnn import data
-from fnn.config import check_at_least
+from fnn.config import ConfigError, check_at_least
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -293,6 +293,16 @@ class SpeechSpec:
             raise SpeechError(f"need 1 <= min_digits <= max_digits, got {self.min_digits}, {self.max_digits}")
         if self.task == "commands" and not self.words:
             raise SpeechError("the commands task needs at least one word")
+        for name, low_bound, high_bound in (("rate", 1, None), ("pitch", 0, 100), ("gain", 1e-6, None)):
+            pair = getattr(self, name)
+            if (len(pair) != 2 or not low_bound <= pair[0] <= pair[1]
+                    or (high_bound is not None and pair[1] > high_bound)):
+                where = f"[{low_bound}, {high_bound}]" if high_bound is not None else f">= {low_bound}"
+                raise SpeechError(f"{name} must be a range (low, high) with low <= high, {where}, got {pair}")
+        if not self.max_shift >= 0:
+            raise SpeechError(f"max_shift must be >= 0 seconds, got {self.max_shift}")
+        if not self.snr_db:
+            raise SpeechError("snr_db needs at least one noise level (None is clean)")
 
     def key(self) -> str:
         """A short hash of the spec and the synthesiser's version: the cache file's name."""
@@ -536,7 +546,7 @@ class VoiceSplit:
         >>> VoiceSplit(train_variants=("m1", "m3"), test_variants=("m3",))
         Traceback (most recent call last):
             ...
-        fnn.speech.SpeechError: data: the variants ['m3'] are both training and test voices
+        fnn.config.ConfigError: data: the variants ['m3'] are both training and test voices
     """
 
     accents: tuple[str, ...] = ACCENTS
@@ -550,9 +560,12 @@ class VoiceSplit:
 
     def __post_init__(self):
         check_at_least(self, (("copies", 1), ("test_copies", 1), ("seed", 0)), prefix="data.")
+        for name in ("accents", "train_variants", "test_variants", "snr_db"):
+            if not getattr(self, name):
+                raise ConfigError(f"data.{name} must list at least one, got none")
         shared = sorted(set(self.train_variants) & set(self.test_variants))
         if shared:
-            raise SpeechError(f"data: the variants {shared} are both training and test voices")
+            raise ConfigError(f"data: the variants {shared} are both training and test voices")
 
     def datasets(self, task: str, **spec: Any) -> tuple[Utterances, Utterances]:
         """``(train, test)`` utterances of ``task``; ``spec`` sets other :class:`SpeechSpec` fields."""

@@ -11,6 +11,7 @@ import pytest
 
 import fnn
 from fnn import audio, ctc, speech
+from fnn.config import ConfigError
 
 # -- synthesis and the cache ---------------------------------------------------------------
 
@@ -110,6 +111,11 @@ def test_another_spec_gets_another_cache_file():
         (dict(voices=()), "at least one voice"),
         (dict(voices=(("en", "m1"),), copies=0), "copies must be at least 1"),
         (dict(task="digits", voices=(("en", "m1"),), min_digits=3, max_digits=2), "min_digits <= max_digits"),
+        (dict(voices=(("en", "m1"),), pitch=(80, 20)), r"pitch must be a range \(low, high\) with low <= high, \[0, 100\]"),
+        (dict(voices=(("en", "m1"),), rate=(0, 100)), r"rate must be a range .*>= 1, got \(0, 100\)"),
+        (dict(voices=(("en", "m1"),), gain=(1, -1)), "gain must be a range"),
+        (dict(voices=(("en", "m1"),), max_shift=-1), "max_shift must be >= 0 seconds, got -1"),
+        (dict(voices=(("en", "m1"),), snr_db=()), "snr_db needs at least one noise level"),
     ],
 )
 def test_bad_specs_are_refused(kwargs, message):
@@ -134,8 +140,11 @@ def test_every_voice_of_the_split_exists_and_no_test_variant_is_trained_on():
     with speech.Synthesizer() as synth:
         for accent, variant in speech.voices(split.accents, split.train_variants + split.test_variants):
             assert len(synth.say("one", f"{accent}+{variant}")) > 1000
-    with pytest.raises(speech.SpeechError, match=r"\['m1'\] are both training and test voices"):
+    with pytest.raises(ConfigError, match=r"\['m1'\] are both training and test voices"):
         speech.VoiceSplit(train_variants=("m1", "m2"), test_variants=("m1",))
+    for name in ("accents", "train_variants", "test_variants", "snr_db"):  # failed at synthesis, after the run began
+        with pytest.raises(ConfigError, match=f"data.{name} must list at least one"):
+            speech.VoiceSplit(**{name: ()})
 
 
 # -- the log-mel front end -----------------------------------------------------------------
