@@ -76,9 +76,16 @@ class Config:
             ("steps", 1), ("batch_size", 1), ("length", 1), ("width", 1), ("layers", 1), ("heads", 1),
             ("held_out_every", 2), ("eval_every", 1), ("eval_windows", 1), ("sample_length", 0), ("seed", 0),
         ))
-        fnn.config.check_that(self, (("learning_rate", self.learning_rate > 0, "positive"),
-                                     ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
-                                     ("temperature", self.temperature > 0, "positive")))
+        fnn.config.check_that(self, (
+            ("learning_rate", self.learning_rate > 0, "positive"),
+            ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+            ("temperature", self.temperature > 0, "positive"),
+            # the sample continues the prompt in windows of length // 2 characters of context
+            ("prompt", 1 <= len(self.prompt) <= self.length // 2,
+             f"1 to length // 2 = {self.length // 2} characters"),
+            ("heads", self.model != "transformer" or self.width % self.heads == 0,
+             f"a divisor of width {self.width} (the transformer's d_model)"),
+        ))
 
 
 def make_model(config: Config, vocab_size: int) -> fnn.Layer:
@@ -146,6 +153,9 @@ def data(config: Config) -> dict:
     train_text = "\n\n".join(s.text for s in kept)
     valid_text = "\n\n".join(s.text for s in held_out)
     vocab = fnn.text.CharVocab.from_text(train_text + valid_text)
+    unknown = sorted(set(config.prompt) - set(vocab.chars))
+    if unknown:  # found here, not after training, when the sample stage encodes the prompt
+        raise fnn.config.ConfigError(f"prompt has characters the addresses never use: {unknown}")
     train, valid = vocab.encode(train_text), vocab.encode(valid_text)
     baseline = unigram_bits(train, valid, vocab.size)
     intro = [

@@ -126,6 +126,8 @@ def parse_value(text: str, hint: Any, key: str, choices: Iterable | None = None)
             value: Any = low in _TRUE
         elif kind is int:
             value = int(text)
+            if not -(2**63) <= value < 2**63:
+                raise ConfigError(f"{key}: {text.strip()} does not fit in 64 bits")
         elif kind is float:
             value = float(text)
             if not math.isfinite(value):

@@ -8,7 +8,16 @@ import re
 import pytest
 
 import fnn
-from experiments import comparisons, digits, perceptron, spoken_commands, spoken_digits, text_classify, xor
+from experiments import (
+    char_lm,
+    comparisons,
+    digits,
+    perceptron,
+    spoken_commands,
+    spoken_digits,
+    text_classify,
+    xor,
+)
 
 
 @pytest.mark.parametrize("config, assignment, says", [
@@ -44,6 +53,11 @@ from experiments import comparisons, digits, perceptron, spoken_commands, spoken
     (spoken_digits.Config(), "stack=0", "stack must be at least 1, got 0"),
     (spoken_digits.Config(), "data.test_copies=0", "data.test_copies must be at least 1, got 0"),
     (spoken_digits.Config(), "data.seed=-1", "data.seed must be at least 0, got -1"),
+    (spoken_digits.Config(), "data.accents=", "data.accents must list at least one"),
+    (char_lm.Config(), "length=6", "prompt must be 1 to length // 2 = 3 characters, got The"),
+    (char_lm.Config(), "prompt=", "prompt must be 1 to length // 2 = 32 characters, got"),
+    (char_lm.Config(), "heads=3", "heads must be a divisor of width 128 (the transformer's d_model), got 3"),
+    (xor.Config(), "seed=99999999999999999999", "seed: 99999999999999999999 does not fit in 64 bits"),
 ])
 def test_bad_values_are_config_errors_naming_the_key(config, assignment, says):
     with pytest.raises(fnn.config.ConfigError, match=re.escape(says)):

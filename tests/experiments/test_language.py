@@ -65,6 +65,13 @@ def test_eval_windows_are_spread_and_shifted():
     assert x[0, 0] == 0 and x[-1, -1] == 998  # the last window ends where the last target is the last id
 
 
+def test_char_lm_refuses_a_prompt_the_vocabulary_lacks_before_training():
+    import fnn
+
+    with pytest.raises(fnn.config.ConfigError, match=re.escape("prompt has characters the addresses never use: ['~']")):
+        char_lm.data(char_lm.Config(prompt="Th~"))
+
+
 def test_generate_rejects_a_prompt_longer_than_half_a_window():
     with pytest.raises(ValueError, match="the prompt must have 1 to 32 characters, got 40"):
         char_lm.generate(None, None, np.zeros(40, np.int32), char_lm.Config(length=64), None)
