@@ -19,6 +19,7 @@ data (``jax.random.key_data``), which checkpoints can hold.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -93,9 +94,9 @@ def iteration_batches(n: int):
     """
     import grain
 
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
         raise ValueError(f"iteration_batches: n must be a positive int, got {n!r}")
-    return grain.MapDataset.range(n).map(lambda k: np.full((1,), k, np.int32))
+    return grain.MapDataset.range(int(n)).map(lambda k: np.full((1,), k, np.int32))
 
 
 def train(
@@ -202,6 +203,8 @@ def gae(
         )
     if last_value.shape != rewards.shape[1:]:
         raise ValueError(f"gae: last_value must have shape {rewards.shape[1:]}, got {last_value.shape}")
+    dtype = jnp.result_type(float, rewards, values, last_value)  # integer rewards: a float carry
+    rewards, values, last_value = (jnp.asarray(a, dtype) for a in (rewards, values, last_value))
     next_values = jnp.concatenate([values[1:], last_value[None]])
     live = 1.0 - dones.astype(values.dtype)
     deltas = rewards + gamma * next_values * live - values

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import numbers
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -25,6 +26,8 @@ import numpy as np
 def _check_ids(ids: Iterable[int], size: int, what: str) -> np.ndarray:
     """``ids`` as a flat integer array, each in ``[0, size)``."""
     ids = np.asarray(ids if hasattr(ids, "__len__") else list(ids)).reshape(-1)
+    if ids.size == 0:  # nothing to decode (a CTC decode that emitted nothing): no dtype to check
+        return ids.astype(np.int64)
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"{what}: ids must be integers, got {ids.dtype}")
     bad = (ids < 0) | (ids >= size)
@@ -54,12 +57,14 @@ class CharVocab:
     def __post_init__(self):
         if len(set(self.chars)) != len(self.chars):
             raise ValueError("CharVocab: chars must not repeat")
-        if self.unknown is not None and self.unknown not in self.chars:
-            raise ValueError(f"CharVocab: the unknown character {self.unknown!r} must be one of chars")
+        if self.unknown is not None and (len(self.unknown) != 1 or self.unknown not in self.chars):
+            raise ValueError(f"CharVocab: the unknown character must be one of chars, got {self.unknown!r}")
 
     @classmethod
     def from_text(cls, text: str, unknown: str | None = None) -> CharVocab:
-        chars = set(text) | ({unknown} if unknown else set())
+        if unknown is not None and len(unknown) != 1:
+            raise ValueError(f"CharVocab: the unknown character must be one character, got {unknown!r}")
+        chars = set(text) | ({unknown} if unknown is not None else set())
         if not chars:
             raise ValueError("CharVocab.from_text: the text is empty")
         return cls("".join(sorted(chars)), unknown)
@@ -112,7 +117,9 @@ class ByteVocab:
         return bytes(_check_ids(ids, 256, "ByteVocab").astype(np.uint8)).decode("utf-8", errors="replace")
 
 
-WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+# Words: runs of letters and digits in any script (an inner apostrophe kept); every other
+# character but white space is a mark of its own.
+WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[^\s]", re.UNICODE)
 
 
 def words(text: str) -> list[str]:
@@ -121,6 +128,8 @@ def words(text: str) -> list[str]:
     Example:
         >>> words("Don't panic, Arthur!")
         ["don't", 'panic', ',', 'arthur', '!']
+        >>> words("Café naïve")
+        ['café', 'naïve']
     """
     return WORD.findall(text.lower())
 
@@ -196,6 +205,22 @@ def pad(
     return ids, np.arange(length) < lengths[:, None]
 
 
+def _positive_int(n: Any) -> bool:
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
+
+
+def _check_stream(what: str, ids: Any, batch_size: Any, length: Any) -> np.ndarray:
+    """``ids`` as a 1-d array long enough for one window; ``batch_size`` and ``length``
+    positive ints."""
+    for name, n in (("batch_size", batch_size), ("length", length)):
+        if not _positive_int(n):
+            raise ValueError(f"{what}: {name} must be a positive int, got {n!r}")
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or len(ids) < length + 1:
+        raise ValueError(f"{what}: need a 1-d stream of at least {length + 1} ids, got shape {ids.shape}")
+    return ids
+
+
 def lm_windows(
     ids: np.ndarray, batch_size: int, length: int, *, seed: int = 0, steps: int | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -210,9 +235,7 @@ def lm_windows(
         >>> x.tolist(), y.tolist()
         ([[13, 14, 15, 16], [10, 11, 12, 13]], [[14, 15, 16, 17], [11, 12, 13, 14]])
     """
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or len(ids) < length + 1:
-        raise ValueError(f"lm_windows: need a 1-d stream of at least {length + 1} ids, got shape {ids.shape}")
+    ids = _check_stream("lm_windows", ids, batch_size, length)
     rng = np.random.default_rng(seed)
     offsets = np.arange(length + 1)
     count = 0
@@ -236,11 +259,10 @@ def lm_loader(ids: np.ndarray, batch_size: int, length: int, *, seed: int, steps
     """
     import grain
 
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or len(ids) < length + 1:
-        raise ValueError(f"lm_loader: need a 1-d stream of at least {length + 1} ids, got shape {ids.shape}")
-    if not isinstance(steps, int) or steps < 1:
+    ids = _check_stream("lm_loader", ids, batch_size, length)
+    if not _positive_int(steps):
         raise ValueError(f"lm_loader: steps must be a positive int, got {steps!r}")
+    steps = int(steps)
     offsets = np.arange(length + 1)
 
     def batch(k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -264,7 +286,7 @@ def lm_streams(ids: np.ndarray, batch_size: int, length: int) -> Iterator[tuple[
         [[0, 1, 2], [6, 7, 8]] [[1, 2, 3], [7, 8, 9]]
         [[3, 4, 5], [9, 10, 11]] [[4, 5, 6], [10, 11, 12]]
     """
-    ids = np.asarray(ids)
+    ids = _check_stream("lm_streams", ids, batch_size, length)
     per_stream = (len(ids) - 1) // batch_size
     if per_stream < length:
         raise ValueError(f"lm_streams: {len(ids)} ids are too few for {batch_size} streams of {length} steps")

@@ -126,6 +126,13 @@ def test_gae_matches_its_definition(gamma, lam):
     np.testing.assert_allclose(targets, np.asarray(advantages) + values, rtol=1e-6)
 
 
+def test_gae_of_integer_rewards_and_values():
+    advantages, targets = rl.gae(jnp.array([1, 1]), jnp.array([0, 0]), jnp.array([False, True]), jnp.array(5),
+                                 gamma=0.5, lam=1.0)
+    assert advantages.dtype == jnp.float32 and advantages.tolist() == [1.5, 1.0] and targets.tolist() == [1.5, 1.0]
+    assert len(rl.iteration_batches(np.int64(3))) == 3
+
+
 def test_gae_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="must share a shape"):
         rl.gae(jnp.zeros((4, 2)), jnp.zeros((4, 3)), jnp.zeros((4, 2), bool), jnp.zeros(2), gamma=0.9, lam=0.9)

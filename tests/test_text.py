@@ -25,6 +25,17 @@ def test_char_vocab_unknown_characters():
         text.CharVocab.from_text("")
     with pytest.raises(ValueError, match=r"ids must be in \[0, 3\), got 7"):
         vocab.decode([0, 7])
+    for unknown in ("", "ab"):  # taken as "no unknown" or as the substring: 'z' became 'a'
+        with pytest.raises(ValueError, match=f"the unknown character must be one of chars, got {unknown!r}"):
+            text.CharVocab("abc", unknown=unknown)
+    with pytest.raises(ValueError, match="the unknown character must be one character, got ''"):
+        text.CharVocab.from_text("abc", unknown="")
+
+
+def test_every_vocabulary_decodes_nothing_to_the_empty_string():
+    words = text.WordVocab.from_texts(["a b"])
+    for vocab in (text.CharVocab.from_text("abc"), text.ByteVocab(), words):
+        assert vocab.decode([]) == "" and vocab.decode(np.array([], np.int32)) == ""
 
 
 def test_byte_vocab_encodes_any_text():
@@ -36,6 +47,7 @@ def test_byte_vocab_encodes_any_text():
 
 def test_words_and_word_vocab():
     assert text.words("It's 5 o'clock, Mr. Holmes!") == ["it's", "5", "o'clock", ",", "mr", ".", "holmes", "!"]
+    assert text.words("Café naïve, Ünter_2") == ["café", "naïve", ",", "ünter", "_", "2"]  # split at é, ï before
     vocab = text.WordVocab.from_texts(["the cat sat", "the dog sat", "a cat"], max_size=5)
     assert vocab.tokens == ("<pad>", "<unk>", "cat", "sat", "the")  # by count, ties alphabetical
     assert vocab.encode("the bird sat").tolist() == [4, 1, 3]
@@ -79,3 +91,17 @@ def test_lm_streams_continue_row_by_row():
     assert x[1, 0] == 50 and (y == x + 1).all()
     with pytest.raises(ValueError, match="too few"):
         list(text.lm_streams(np.arange(10), 4, 5))
+
+
+@pytest.mark.parametrize("make", [
+    lambda b, n: list(text.lm_streams(np.arange(20), b, n)),  # a ZeroDivisionError and a range() error
+    lambda b, n: [next(text.lm_windows(np.arange(20), b, n))],  # empty batches or windows
+    lambda b, n: text.lm_loader(np.arange(20), b, n, seed=0, steps=2),
+])
+def test_language_model_batches_need_positive_sizes(make):
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        make(0, 3)
+    with pytest.raises(ValueError, match="length must be a positive int, got 0"):
+        make(2, 0)
+    x, y = make(np.int64(2), np.int64(3))[0]
+    assert x.shape == y.shape == (2, 3)
