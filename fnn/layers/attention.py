@@ -311,6 +311,7 @@ class MultiHeadAttention(WeightOptions, Layer):
 
     def forward(self, params, x, *, key=None, train=False):
         x, mask = split_mask(self, x)
+        require_rank(self, x, 3, "batch, time, d_model")
         self._check_features(params, x)
         dtype = compute_dtype(self, x, params["query"]["w"])
         q, k, v = self._project(params, x, dtype)

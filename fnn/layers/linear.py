@@ -15,6 +15,7 @@ from fnn.core import Layer, ShapeError, shape_str
 from fnn.layers._common import (
     WeightOptions,
     compute_dtype,
+    float_dtype,
     positive_int,
     require_features,
     require_float,
@@ -98,12 +99,25 @@ class Embedding(Layer):
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise ShapeError(f"Embedding expects integer ids, got {shape_str(x)}")
         init = initializers.get(self.w_init)
-        return {"w": init(key, (self.num_embeddings, self.features), self.param_dtype)}
+        dtype = float_dtype(self, "param_dtype", self.param_dtype)
+        if self.dtype is not None:
+            float_dtype(self, "dtype", self.dtype)
+        return {"w": init(key, (self.num_embeddings, self.features), dtype)}
+
+    def _table(self, params: dict) -> jax.Array:
+        """The table, checked to be this layer's ``[num_embeddings, features]``."""
+        table = params["w"]
+        if tuple(table.shape) != (self.num_embeddings, self.features):
+            raise ShapeError(
+                f"Embedding({self.num_embeddings}, {self.features}) got a table {shape_str(table)}: "
+                "were the parameters made by this layer's init?"
+            )
+        return table
 
     def forward(self, params, x, *, key=None, train=False):
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise ShapeError(f"Embedding expects integer ids, got {shape_str(x)}")
-        table = params["w"]
+        table = self._table(params)
         n = table.shape[0]
         if not isinstance(x, jax.core.Tracer):  # concrete ids: check them here
             ids = np.asarray(x)
@@ -121,6 +135,7 @@ class Embedding(Layer):
 
     def attend(self, params, x):
         """Scores ``x: [..., features]`` against every embedding: ``[..., num_embeddings]``."""
-        table = params["w"]
+        table = self._table(params)
+        require_features(self, x, self.features)
         dtype = self.dtype or jnp.result_type(x, table)
         return matmul(x.astype(dtype), table.astype(dtype).T)

@@ -23,7 +23,9 @@ def _check_epsilon(layer: Any) -> None:
 
 
 def _check_features(layer: Any, params: dict, x: Any, axis: int = -1) -> None:
-    """Params made for one feature size, applied to another: a ShapeError, not a reshape error."""
+    """Float input, as at ``init``; params made for one feature size, applied to another: a
+    ShapeError, not a reshape error."""
+    require_float(layer, x)
     for value in params.values():
         require_features(layer, x, value.shape[0], axis)
 
@@ -101,10 +103,18 @@ class BatchNorm(Layer):
         if not isinstance(self.momentum, int | float) or not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {self.momentum!r}")
 
-    def init(self, key, x):
-        require_float(self, x)
+    def _check_axis(self, x: Any) -> None:
         if len(x.shape) < 2:
             raise ShapeError(f"BatchNorm expects a batch axis and a feature axis, got {shape_str(x)}")
+        if not -len(x.shape) <= self.axis < len(x.shape) or self.axis % len(x.shape) == 0:
+            raise ShapeError(
+                f"BatchNorm's axis {self.axis} is not a feature axis of {shape_str(x)} "
+                f"(axes 1 to {len(x.shape) - 1}, or -1 to {1 - len(x.shape)}; axis 0 is the batch)"
+            )
+
+    def init(self, key, x):
+        require_float(self, x)
+        self._check_axis(x)
         features = x.shape[self.axis]
         state = {"mean": jnp.zeros((features,), jnp.float32), "var": jnp.ones((features,), jnp.float32)}
         return _scale_and_bias(self, features), state
@@ -115,7 +125,10 @@ class BatchNorm(Layer):
                 "BatchNorm keeps running statistics as state: call "
                 "model.apply(params, state, x, train=...) with the state from model.init"
             )
+        require_float(self, x)
+        self._check_axis(x)
         axis = self.axis % x.ndim
+        _check_features(self, params, x, axis)
         if x.shape[axis] != state["mean"].shape[0]:
             raise ShapeError(
                 f"BatchNorm expected {state['mean'].shape[0]} features on axis {self.axis}, "

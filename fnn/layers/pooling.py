@@ -61,9 +61,14 @@ class _Pool(Layer):
         )
 
     def init_params(self, key, x):
-        require_rank(self, x, len(self.window) + 2, layout(len(self.window)))
-        require_nonempty(self, x, jax.eval_shape(lambda v: self({}, v), x))
+        jax.eval_shape(lambda v: self({}, v), x)  # forward's checks
         return {}
+
+    def forward(self, params, x, *, key=None, train=False):
+        require_rank(self, x, len(self.window) + 2, layout(len(self.window)))
+        y = self._pool(x)
+        require_nonempty(self, x, y)  # static shapes: an input smaller than the window
+        return y
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +88,7 @@ class MaxPool(_Pool):
         (1, 4, 4, 3)
     """
 
-    def forward(self, params, x, *, key=None, train=False):
+    def _pool(self, x):
         tiled = self._tiles(x)
         if tiled is not None:
             return _first_max(*tiled)
@@ -127,7 +132,7 @@ class AvgPool(_Pool):
 
     count_include_pad: bool = True
 
-    def forward(self, params, x, *, key=None, train=False):
+    def _pool(self, x):
         tiled = self._tiles(x)
         if tiled is not None:
             return tiled[0].mean(tiled[1])
@@ -141,12 +146,17 @@ class AvgPool(_Pool):
 @dataclasses.dataclass(frozen=True)
 class _GlobalPool(Layer):
     def init_params(self, key, x):
+        self._check(x)
+        return {}
+
+    def _check(self, x: Any) -> tuple[int, ...]:
+        """The spatial axes of ``x``, which must have at least one."""
         if len(x.shape) < 3:
             raise ShapeError(
                 f"{type(self).__name__} expects [batch, *spatial, channels] with at least one "
                 f"spatial axis, got {shape_str(x)}"
             )
-        return {}
+        return tuple(range(1, len(x.shape) - 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +170,7 @@ class GlobalAvgPool(_GlobalPool):
     """
 
     def forward(self, params, x, *, key=None, train=False):
-        return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+        return jnp.mean(x, axis=self._check(x))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,4 +184,4 @@ class GlobalMaxPool(_GlobalPool):
     """
 
     def forward(self, params, x, *, key=None, train=False):
-        return jnp.max(x, axis=tuple(range(1, x.ndim - 1)))
+        return jnp.max(x, axis=self._check(x))

@@ -25,7 +25,9 @@ class Flatten(Layer):
         return {}
 
     def forward(self, params, x, *, key=None, train=False):
-        return x.reshape(x.shape[0], -1)
+        if len(x.shape) < 1:
+            raise ShapeError(f"Flatten expects a batch axis, got {shape_str(x)}")
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,7 +57,10 @@ def lengths_to_mask(lengths: jax.Array, time: int) -> jax.Array:
         Array([[1, 0, 0],
                [1, 1, 1]], dtype=int32)
     """
-    return jnp.arange(time) < jnp.asarray(lengths)[:, None]
+    lengths = jnp.asarray(lengths)
+    if lengths.ndim != 1 or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ShapeError(f"lengths_to_mask expects integer lengths int[batch], got {shape_str(lengths)}")
+    return jnp.arange(time) < lengths[:, None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +138,7 @@ class SequencePool(Layer):
         if self.mode == "mean":
             return jnp.where(m, x, 0).sum(1) / jnp.maximum(count, 1).astype(x.dtype)
         if self.mode == "max":
-            low = jnp.finfo(x.dtype).min if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+            low = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
             return jnp.where(count > 0, jnp.where(m, x, low).max(1), 0)
         steps = jnp.arange(x.shape[1])
         if self.mode == "last":

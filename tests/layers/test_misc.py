@@ -368,3 +368,59 @@ class MiscJitEqualsEager(chex.TestCase):
         y = self.variant(lambda v: {name: fnn.activation(name)({}, v) for name in NAMES})(x)
         expected = {name: getattr(jax.nn, name)(x) for name in NAMES}
         chex.assert_trees_all_close(y, expected, rtol=1e-6, atol=1e-6)
+
+
+# ---- checks that apply repeats (they held at init only) -----------------------------------------
+
+
+@pytest.mark.parametrize("layer", [fnn.LayerNorm(), fnn.RMSNorm(), fnn.GroupNorm(2), fnn.BatchNorm()])
+def test_norms_refuse_integer_input_at_apply(layer):
+    params, state = layer.init(KEY, jnp.ones((2, 4)))
+    with pytest.raises(fnn.ShapeError, match=r"expects floating-point input, got int32\[2,4\]"):
+        layer.apply(params, state, jnp.ones((2, 4), jnp.int32))  # returned truncated integers
+
+
+def test_batch_norm_axis_and_parameters_are_checked():
+    for axis in (5, 0, -4):
+        with pytest.raises(fnn.ShapeError, match=f"BatchNorm's axis {axis} is not a feature axis of float32"):
+            fnn.BatchNorm(axis=axis).init(KEY, jnp.ones((2, 3, 3, 4)))
+    params, state = fnn.BatchNorm(axis=1).init(KEY, jnp.ones((2, 3, 3, 4)))
+    assert params["scale"].shape == state["mean"].shape == (3,)
+    params, state = fnn.BatchNorm().init(KEY, jnp.ones((2, 4)))
+    with pytest.raises(fnn.ShapeError, match=r"BatchNorm expected 3 features on axis 1"):
+        fnn.BatchNorm().apply({**params, "scale": jnp.ones(3)}, state, jnp.ones((2, 4)))
+
+
+def test_pools_check_rank_and_size_at_apply():
+    for pool in (fnn.MaxPool((8, 8)), fnn.AvgPool((8, 8))):  # returned an empty [2,0,0,3]
+        with pytest.raises(fnn.ShapeError, match=r"leaves no output positions for input float32\[2,7,6,3\]"):
+            pool({}, jnp.ones((2, 7, 6, 3)))
+    with pytest.raises(fnn.ShapeError, match=r"MaxPool expects input of rank 4"):
+        fnn.MaxPool((2, 2))({}, jnp.ones((2, 7, 3)))
+    with pytest.raises(fnn.ShapeError, match=r"GlobalAvgPool expects \[batch, \*spatial, channels\]"):
+        fnn.GlobalAvgPool()({}, jnp.ones((2, 3)))  # returned its input
+    assert fnn.MaxPool((2, 2))({}, jnp.ones((2, 8, 8, 3))).shape == (2, 4, 4, 3)
+
+
+def test_embedding_checks_its_table_features_and_dtype():
+    embed = fnn.Embedding(5, 4)
+    params, _ = embed.init(KEY, jnp.zeros((2, 3), jnp.int32))
+    with pytest.raises(fnn.ShapeError, match=r"Embedding expected 4 features on axis -1, got input float32\[2,3\]"):
+        embed.attend(params, jnp.ones((2, 3)))
+    with pytest.raises(fnn.ShapeError, match=r"Embedding\(5, 4\) got a table float32\[5,3\]"):
+        embed({"w": jnp.ones((5, 3))}, jnp.zeros((2, 3), jnp.int32))  # returned width 3
+    with pytest.raises(fnn.LayerError, match="Embedding: dtype must be a floating-point dtype"):
+        fnn.Embedding(5, 4, dtype="nope").init(KEY, jnp.zeros((2, 3), jnp.int32))
+
+
+def test_sequence_helpers_check_their_input():
+    for lengths in (jnp.array([[1, 2]]), jnp.array(2), jnp.array([1.5])):
+        with pytest.raises(fnn.ShapeError, match="lengths_to_mask expects integer lengths int"):
+            fnn.lengths_to_mask(lengths, 4)
+    pooled = fnn.SequencePool("max")({}, (jnp.full((1, 2, 1), -jnp.inf), jnp.array([[True, False]])))
+    assert pooled.tolist() == [[-np.inf]]  # was float32's lowest finite value
+    assert fnn.Flatten()({}, jnp.ones((0, 3, 4))).shape == (0, 12)  # a ZeroDivisionError before
+    attention = fnn.MultiHeadAttention(2)
+    params, _ = attention.init(KEY, jnp.ones((1, 3, 8)))
+    with pytest.raises(fnn.ShapeError, match=r"MultiHeadAttention expects input of rank 3"):
+        attention(params, jnp.ones((3, 8)))
