@@ -8,7 +8,7 @@
     fnn sweep digits --seeds 4 --grid train.learning_rate=1e-3,3e-3
                                               a population trained in one program
 
-Overrides are ``key=value`` (or ``--set key=value``); ``fnn run NAME --help`` lists
+Overrides are ``key=value`` (or ``--set key=value``); ``fnn run NAME --keys`` lists
 the keys of an experiment with their defaults.
 """
 

@@ -294,7 +294,10 @@ def resume(directory: str, *, progress: bool = True) -> tuple[Run, dict]:
 
     run = Run(directory)
     experiment = find(run.experiment)
-    config = config_lib.from_dict(type(experiment.config), run.config)
+    try:
+        config = config_lib.from_dict(type(experiment.config), run.config)
+    except config_lib.ConfigError as error:
+        raise config_lib.ConfigError(f"{run.directory / 'config.json'}: {error}") from None
     members = sweep.resume_members(directory)
     if members:  # a population run of `fnn sweep`
         return run, run_in(

@@ -92,7 +92,8 @@ class Run:
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         if not self.directory.is_dir():
-            raise RunError(f"{self.directory} is not a run directory (it does not exist)")
+            why = "it is a file" if self.directory.exists() else "it does not exist"
+            raise RunError(f"{self.directory} is not a run directory ({why})")
         meta = read_json(self.directory / "config.json")
         if not isinstance(meta, dict) or "experiment" not in meta or "config" not in meta:
             raise RunError(f"{self.directory / 'config.json'} lacks the keys 'experiment' and 'config'")

@@ -464,10 +464,19 @@ def test_run_directory_errors(tmp_path):
         _new_run(tmp_path / "left")
     assert sorted(os.listdir(tmp_path / "left")) == ["checkpoints", "metrics.jsonl"]
     (tmp_path / "afile").write_text("")
+    with pytest.raises(runs.RunError, match=r"afile is not a run directory \(it is a file\)"):
+        runs.Run(tmp_path / "afile")
     with pytest.raises(runs.RunError, match="afile: cannot make the run directory, a file has that name"):
         _new_run(tmp_path / "afile")
     with pytest.raises(runs.RunError, match=r"afile/sub: cannot create the run directory \(.*Not a directory"):
         _new_run(tmp_path / "afile" / "sub")
+
+
+def test_a_bad_value_in_a_runs_config_json_names_the_file(tmp_path):
+    config = pipeline.find("xor").config
+    run = runs.Run.create(tmp_path / "run", "xor", {**fnn.config.to_dict(config), "steps": -3})
+    with pytest.raises(fnn.config.ConfigError, match=r"run/config.json: steps must be at least 1"):
+        pipeline.resume(run.directory, progress=False)
 
 
 def test_a_last_metrics_line_cut_short_is_left_out_and_logged_again(tmp_path):
