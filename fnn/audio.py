@@ -59,7 +59,9 @@ def mel_to_hz(mel: Any) -> Any:
 def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0,
                    fmax: float | None = None) -> np.ndarray:
     """``float32[n_fft // 2 + 1, n_mels]``: triangular filters whose centres are equally spaced
-    in mels between ``fmin`` and ``fmax`` (default: half the sample rate), each peaking at 1.
+    in mels between ``fmin`` and ``fmax`` (default: half the sample rate), each rising to 1
+    at its centre frequency (to less where the centre falls between the FFT's bins). A
+    filter so narrow that it covers no bin is a ``ValueError``: fewer mels or a longer FFT.
 
     Example:
         >>> bank = mel_filterbank(512, 40, 16000)
@@ -74,7 +76,14 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0,
     low, centre, high = edges[:-2], edges[1:-1], edges[2:]
     rising = (freqs[:, None] - low) / (centre - low)
     falling = (high - freqs[:, None]) / (high - centre)
-    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    bank = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    empty = np.flatnonzero(bank.max(0) == 0)
+    if empty.size:
+        raise ValueError(
+            f"mel_filterbank: {n_mels} mel filters over {n_fft // 2 + 1} FFT bins leave filter "
+            f"{empty[0]} (centre {centre[empty[0]]:.0f} Hz) covering no bin; use fewer mels or a larger n_fft"
+        )
+    return bank
 
 
 def frame_count(samples: Any, win_length: int, hop: int) -> Any:

@@ -208,6 +208,8 @@ def test_mel_filterbank_peaks_at_its_centres():
     centres = audio.mel_to_hz(np.linspace(0, audio.hz_to_mel(8000.0), 12))[1:-1]
     peaks = bank.argmax(0) * 16000 / 512
     np.testing.assert_allclose(peaks, centres, atol=16000 / 512)
+    with pytest.raises(ValueError, match="128 mel filters over 257 FFT bins leave filter 3 .* covering no bin"):
+        audio.mel_filterbank(512, 128, 16000, 20.0)  # a band that would always read log(floor)
     assert (np.diff(peaks) > 0).all() and bank.min() == 0.0 and bank.max() <= 1.0
     with pytest.raises(ValueError, match="fmin < fmax <= sample_rate / 2"):
         audio.mel_filterbank(512, 10, 16000, 0.0, 9000.0)
