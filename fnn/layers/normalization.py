@@ -128,12 +128,12 @@ class BatchNorm(Layer):
         require_float(self, x)
         self._check_axis(x)
         axis = self.axis % x.ndim
-        _check_features(self, params, x, axis)
         if x.shape[axis] != state["mean"].shape[0]:
             raise ShapeError(
                 f"BatchNorm expected {state['mean'].shape[0]} features on axis {self.axis}, "
                 f"got {shape_str(x)}"
             )
+        _check_features(self, params, x, self.axis)
         if not train:
             return _normalize(self, params, x, state["mean"], state["var"], axis), state
         reduce = tuple(i for i in range(x.ndim) if i != axis)

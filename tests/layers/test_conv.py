@@ -593,15 +593,19 @@ def test_reapplied_to_another_channel_count_names_expected_and_received():
     with pytest.raises(fnn.ShapeError) as info:
         model(params, jnp.ones((2, 6, 6, 5)))
     assert str(info.value) == "conv_0: Conv expected 3 input channels, got float32[2,6,6,5]"
-    # params of a first layer built for another width, with the rest of the model's params
+    # params of a first layer built for another width, with the rest of the model's params:
+    # the layer whose parameters they are not says so (not the next one, given 8 channels)
     other = zero_params(fnn.serial(fnn.Conv(8, (3, 3)), jax.nn.relu, fnn.Conv(2, (3, 3))), spec(2, 6, 6, 3))
-    message = r"^conv_1: Conv expected 4 input channels, got float32\[2,6,6,8\]"
+    message = r"^conv_0: Conv with kernel \(3, 3\) and 4 features got parameters w\[3, 3, 3, 8\]"
     with pytest.raises(fnn.ShapeError, match=message):
         model({**params, "conv_0": other["conv_0"]}, jnp.ones((2, 6, 6, 3)))
     wide = zero_params(fnn.serial(fnn.Conv(4, (3, 3)), jax.nn.relu, fnn.Conv(5, (3, 3))), spec(2, 6, 6, 3))
-    message = r"^conv_transpose_0: ConvTranspose expected 2 input channels, got float32\[2,6,6,5\]"
+    message = r"^conv_1: Conv with kernel \(3, 3\) and 2 features got parameters w\[3, 3, 4, 5\]"
     with pytest.raises(fnn.ShapeError, match=message):
         model({**params, "conv_1": wide["conv_1"]}, jnp.ones((2, 6, 6, 3)))
+    message = r"^conv_transpose_0: ConvTranspose expected 2 input channels, got float32\[2,6,6,5\]"
+    with pytest.raises(fnn.ShapeError, match=message):  # a conv_1 that gives 5 channels where 2 were expected
+        fnn.serial(fnn.ConvTranspose(2, (2, 2)))({"conv_transpose_0": params["conv_transpose_0"]}, jnp.ones((2, 6, 6, 5)))
     grouped = fnn.serial(fnn.Conv(4, (3, 3), groups=2))
     gparams = zero_params(grouped, spec(1, 5, 5, 4))
     message = r"^conv_0: Conv expected 4 input channels, got float32\[1,5,5,6\]"

@@ -387,7 +387,7 @@ def test_batch_norm_axis_and_parameters_are_checked():
     params, state = fnn.BatchNorm(axis=1).init(KEY, jnp.ones((2, 3, 3, 4)))
     assert params["scale"].shape == state["mean"].shape == (3,)
     params, state = fnn.BatchNorm().init(KEY, jnp.ones((2, 4)))
-    with pytest.raises(fnn.ShapeError, match=r"BatchNorm expected 3 features on axis 1"):
+    with pytest.raises(fnn.ShapeError, match=r"BatchNorm expected 3 features on axis -1, got input float32\[2,4\]"):
         fnn.BatchNorm().apply({**params, "scale": jnp.ones(3)}, state, jnp.ones((2, 4)))
 
 
