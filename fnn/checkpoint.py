@@ -118,6 +118,18 @@ def _key_impl(key: Any) -> Any:
     return jax.random.key_impl(key)
 
 
+def _unreadable(where: str, error: Exception, others: list[int]) -> CheckpointError:
+    """The error for a checkpoint that cannot be read: the cause's first line (tensorstore's
+    messages run to pages), and the other steps kept, which nothing has touched."""
+    lines = str(error).strip().splitlines() or [""]
+    cause = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300 else "")
+    message = f"{where} is unreadable: {type(error).__name__}: {cause}"
+    if others:
+        message += (f"; the checkpoints of steps {others} are kept as they were: move this one aside "
+                    "to resume from the latest of them")
+    return CheckpointError(message)
+
+
 def _restore_target(leaf: Any) -> jax.ShapeDtypeStruct:
     """What orbax restores a template leaf as: its shape, dtype and placement (by default this
     process's first device), so that a checkpoint written on other devices, or by several
@@ -264,7 +276,7 @@ class Checkpoints:
             metadata = self._manager.item_metadata(step)["state"]
             tree = metadata.tree if hasattr(metadata, "tree") else metadata
         except Exception as error:  # orbax and tensorstore raise many kinds
-            raise CheckpointError(f"{where} is unreadable: {type(error).__name__}: {error}") from error
+            raise _unreadable(where, error, [s for s in steps if s != step]) from error
         if tree is None:
             raise CheckpointError(f"{where} is unreadable: it holds no state metadata")
         saved_paths = _flat(tree)
@@ -294,7 +306,7 @@ class Checkpoints:
                 ),
             )
         except Exception as error:
-            raise CheckpointError(f"{where} is unreadable: {type(error).__name__}: {error}") from error
+            raise _unreadable(where, error, [s for s in steps if s != step]) from error
         state = jax.tree.unflatten(jax.tree.structure(saved_template), jax.tree.leaves(restored["state"]))
         state = jax.tree.map(_placed_like, state, saved_template)
         if fill is not None:

@@ -4,6 +4,8 @@ checkpoints and the fnn command."""
 import dataclasses
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -428,14 +430,25 @@ def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
-    ckpts, _ = _saved(tmp_path)
-    _, template, _, _ = _problem()
-    for dirpath, _, files in os.walk(tmp_path / "ckpts" / "1" / "state"):
+    ckpts, state = _saved(tmp_path)
+    step, template, data, _ = _problem()
+    later, _ = step(state, data[1])
+    ckpts.save(later, {})
+    ckpts.close()
+    for dirpath, _, files in os.walk(tmp_path / "ckpts" / "2" / "state"):
         for name in files:
             path = os.path.join(dirpath, name)
             os.truncate(path, os.path.getsize(path) // 2)
-    with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*ckpts/1 is unreadable"):
+    with pytest.raises(checkpoint.CheckpointError) as error:
         checkpoint.Checkpoints(tmp_path / "ckpts").restore(template)
+    message = str(error.value)
+    assert re.search(r"checkpoint .*ckpts/2 is unreadable: \w+: ", message), message
+    assert "\n" not in message and len(message) < 600  # tensorstore's spec ran to 2,000 characters
+    assert message.endswith("the checkpoints of steps [1] are kept as they were: move this one aside to "
+                            "resume from the latest of them")
+    shutil.move(tmp_path / "ckpts" / "2", tmp_path / "aside")
+    restored, _ = checkpoint.Checkpoints(tmp_path / "ckpts").restore(template)
+    assert int(restored.step) == 1
 
 
 def test_missing_checkpoints_are_clear_errors(tmp_path):
