@@ -55,6 +55,7 @@ class Config:
     def __post_init__(self):
         # the model's three convolutions and two poolings need 7 frames (85 ms) and 7 bands
         fnn.config.check_at_least(self, (("max_seconds", 0.1), ("n_mels", 7), ("channels", 1)))
+        speech.log_mel(self.n_mels)  # the mel filters fit the FFT
         fnn.config.check_that(self, (
             ("words", len(set(self.words)) == len(self.words) >= 2, "two or more distinct words"),
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
@@ -77,7 +78,7 @@ def make_model(config: Config) -> fnn.Layer:
 
 def features(utterances: speech.Utterances, config: Config) -> tuple[np.ndarray, np.ndarray]:
     """Log-mel features of the first ``max_seconds`` of each utterance (padding frames zero)."""
-    front = audio.LogMel(sample_rate=speech.SAMPLE_RATE, n_mels=config.n_mels)
+    front = speech.log_mel(config.n_mels)
     samples = int(config.max_seconds * speech.SAMPLE_RATE)
     waves, _ = utterances.padded(samples)
     x, _ = audio.featurize(waves, np.minimum(utterances.lengths, samples), utterances.sample_rate, front)

@@ -64,6 +64,7 @@ class Config:
         fnn.config.check_at_least(self, (("min_digits", 1), ("max_digits", self.min_digits), ("n_mels", 1),
                                          ("stack", 1), ("channels", 1), ("kernel", 1), ("hidden", 1),
                                          ("beam_width", 1), ("examples", 0)))
+        speech.log_mel(self.n_mels)  # the mel filters fit the FFT
         fnn.config.check_that(self, (("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
                                      ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)")))
 
@@ -97,7 +98,7 @@ def decode(ids) -> str:
 
 def examples(utterances: speech.Utterances, config: Config) -> tuple:
     """``((features, frame_mask), (labels, label_mask))``, checked to fit CTC after subsampling."""
-    front = audio.LogMel(sample_rate=speech.SAMPLE_RATE, n_mels=config.n_mels)
+    front = speech.log_mel(config.n_mels)
     waves, _ = utterances.padded()
     x, mask = audio.featurize(waves, utterances.lengths, utterances.sample_rate, front)
     labels, label_mask = encode(utterances.transcripts)

@@ -7,12 +7,12 @@ addresses, labelled with the period they were written in (``--label era``, the
 default: before 1861, 1861-1932, from 1933) or with the president's party
 (``--label party``: Democratic or Republican; the Democrats' addresses from Jackson's
 in 1829, the Republicans' from Lincoln's in 1861, so the years before 1861 hold
-Democrats only and the era helps tell the parties apart). The test paragraphs come from addresses never seen in training (every
-``held_out_every``-th address of each class), so the model cannot recognise a speech
-it has read; it must generalise from vocabulary and style. The majority-class
-baseline is the accuracy of always guessing the most frequent class. Paragraphs differ
-in length: a batch is padded to ``max_words`` and travels with its mask, so padding
-never counts.
+Democrats only and the era helps tell the parties apart). The test paragraphs come
+from addresses never seen in training (every ``held_out_every``-th address of each
+class), so the model cannot recognise a speech it has read; it must generalise from
+vocabulary and style. The majority-class baseline is the accuracy of always guessing
+the most frequent class. Paragraphs differ in length: a batch is padded to
+``max_words`` and travels with its mask, so padding never counts.
 
 Two models, chosen with ``--model``:
 

@@ -242,6 +242,7 @@ def _dispatch(args) -> int:
 
         experiment, config = _resolve(args)
         grid = dict(sweep.parse_grid(config, args.grid))
+        sweep.check_sweepable(experiment, config)  # before a default directory is made
         directory = args.dir or _default_dir(f"{experiment.name}-sweep")
         table = sweep.run_sweep(
             experiment, config, directory, seeds=args.seeds, grid=grid, progress=not args.quiet

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -104,6 +105,17 @@ def snake_case(name: str) -> str:
         'multi_head_attention'
     """
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def is_count(value: Any, least: int = 1) -> bool:
+    """Whether ``value`` is an integer (Python's or NumPy's, not a bool) of at least ``least``.
+
+    Example:
+        >>> import numpy as np
+        >>> is_count(3), is_count(np.int64(3)), is_count(0), is_count(0, least=0), is_count(True)
+        (True, True, False, True, False)
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
 
 
 def path_str(path: Sequence[Any]) -> str:
@@ -341,12 +353,28 @@ def apply_child(
         raise ShapeError(
             f"{type(layer).__name__} cannot take input {shape_str(x)}: {error}; {_MASKS_HINT}", (name,)
         ) from error
-    except KeyError as error:  # a leaf's parameters lack an entry: another model's parameters?
+    except KeyError as error:
+        if not _lacks_parameter(layer, params.get(name, {}), x, error):
+            raise
         held = sorted(params.get(name, {}))
         raise LayerError(
             f"{type(layer).__name__} found no parameter {error} among its parameters "
             f"{{{', '.join(held)}}}; were the parameters made by this model's init?", (name,)
         ) from error
+
+
+def _lacks_parameter(layer: Layer, params: Any, x: Any, error: KeyError) -> bool:
+    """Whether ``error`` is ``layer`` looking up a parameter its ``init`` makes and
+    ``params`` lacks (not a key of the input or of a user's own lookup)."""
+    missing = error.args[0] if error.args else None
+    if not isinstance(params, dict) or missing in params:
+        return False
+    try:
+        spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)
+        made, _ = jax.eval_shape(layer.init, jax.random.key(0), spec)
+    except Exception:  # only deciding which error to raise
+        return False
+    return isinstance(made, dict) and missing in made
 
 
 def _keep(tree: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,8 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """
     if labels.shape == logits.shape:  # one-hot or a distribution, whatever its dtype
         log_p = jax.nn.log_softmax(logits)
+        if jnp.issubdtype(labels.dtype, jnp.floating):  # float32 labels: a float32 loss of bf16 logits
+            log_p = log_p.astype(jnp.result_type(log_p, labels))
         terms = jnp.where(labels != 0, labels.astype(log_p.dtype) * log_p, 0)
         return -terms.sum(-1).mean()
     if not jnp.issubdtype(labels.dtype, jnp.integer):

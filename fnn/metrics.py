@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fnn.core import shape_str
+from fnn.core import is_count, shape_str
 
 
 def _check_labels(name: str, logits: jax.Array, labels: jax.Array) -> None:
@@ -60,7 +60,7 @@ def confusion_matrix(predictions: jax.Array, labels: jax.Array, num_classes: int
             f"confusion_matrix: predictions {shape_str(predictions)} and labels "
             f"{shape_str(labels)} must have one shape"
         )
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if not is_count(num_classes):
         raise ValueError(f"confusion_matrix: num_classes must be a positive int, got {num_classes!r}")
     labels, predictions = labels.reshape(-1), predictions.reshape(-1)
     valid = (labels >= 0) & (labels < num_classes) & (predictions >= 0) & (predictions < num_classes)

@@ -19,7 +19,6 @@ data (``jax.random.key_data``), which checkpoints can hold.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn.core import Layer
+from fnn.core import Layer, is_count
 from fnn.loop import Evaluate, train_loop
 from fnn.train import TrainState, init_train_state
 
@@ -94,7 +93,7 @@ def iteration_batches(n: int):
     """
     import grain
 
-    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
+    if not is_count(n):
         raise ValueError(f"iteration_batches: n must be a positive int, got {n!r}")
     return grain.MapDataset.range(int(n)).map(lambda k: np.full((1,), k, np.int32))
 

@@ -100,6 +100,7 @@ class Run:
         self.experiment: str = meta["experiment"]
         self.config: dict = meta["config"]
         self._writer = None
+        self._tail_checked = False
         self._checkpoints: Checkpoints | None = None
         self.keep_checkpoints = 3
 
@@ -147,6 +148,8 @@ class Run:
     def log(self, record: Mapping[str, Any]) -> None:
         """Append one record (``step``, ``split`` and metrics) to metrics.jsonl and TensorBoard."""
         record = {key: _jsonable(value) for key, value in record.items()}
+        if not self._tail_checked:
+            self._drop_torn_tail()
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         writer = self._tensorboard()
@@ -159,6 +162,17 @@ class Run:
             elif isinstance(value, list):  # one value per member of a population
                 for i, v in enumerate(value):
                     writer.add_scalar(f"{split}/{key}/member_{i}", v, record["step"])
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line left without its newline (a process stopped while writing it), so
+        that the next record starts a line of its own."""
+        self._tail_checked = True
+        if not self.metrics_path.exists():
+            return
+        with open(self.metrics_path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
 
     def _tensorboard(self, purge_step: int | None = None):
         if self._writer is None or purge_step is not None:

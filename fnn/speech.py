@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from fnn import data
+from fnn import audio, data
 from fnn.config import ConfigError, check_at_least
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -519,6 +519,25 @@ def voices(accents: tuple[str, ...], variants: tuple[str, ...]) -> tuple[tuple[s
         (('en', 'm1'), ('en', 'f1'), ('en-us', 'm1'), ('en-us', 'f1'))
     """
     return tuple((a, v) for a in accents for v in variants)
+
+
+def log_mel(n_mels: int) -> audio.LogMel:
+    """The speech experiments' front end, ``fnn.audio.LogMel`` at ``SAMPLE_RATE`` with
+    ``n_mels`` bands; a ``ConfigError`` naming ``n_mels`` when its filters do not fit the FFT
+    (so an experiment's config refuses it before any audio is made).
+
+    Example:
+        >>> log_mel(40).n_mels
+        40
+        >>> log_mel(200)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        fnn.config.ConfigError: n_mels=200: mel_filterbank: 200 mel filters over 257 FFT bins leave ...
+    """
+    try:
+        return audio.LogMel(sample_rate=SAMPLE_RATE, n_mels=n_mels)
+    except ValueError as error:
+        raise ConfigError(f"n_mels={n_mels}: {error}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -371,6 +371,14 @@ def population_pipeline(experiment):
     )
 
 
+def check_sweepable(experiment, config: Any):
+    """The population pipeline of ``experiment``; a ``PipelineError`` or ``ConfigError`` when
+    it or ``config`` cannot be swept, raised before a run directory is made."""
+    stages = population_pipeline(experiment)
+    check_population_devices(getattr(config, "train", None))
+    return stages
+
+
 def run_sweep(
     experiment,
     config: Any,
@@ -414,8 +422,7 @@ def run_sweep(
 'summary.md', 'sweep.json', 'sweep.png', 'tensorboard']
     """
     population = members(seeds, grid)
-    stages = population_pipeline(experiment)  # refused before the run directory is made
-    check_population_devices(getattr(config, "train", None))
+    stages = check_sweepable(experiment, config)
     run = Run.create(directory, experiment.name, config_lib.to_dict(config))
     (Path(directory) / "sweep.json").write_text(json.dumps({"members": population}, indent=2) + "\n")
     values = run_in(experiment, config, run, progress, stages, members=population)
@@ -443,6 +450,7 @@ __all__ = [
     "population_pipeline",
     "population_report",
     "population_train",
+    "check_sweepable",
     "run_sweep",
     "set_hyperparam",
 ]

@@ -15,12 +15,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import numbers
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+from fnn.core import is_count
 
 
 def _check_ids(ids: Iterable[int], size: int, what: str) -> np.ndarray:
@@ -205,15 +206,11 @@ def pad(
     return ids, np.arange(length) < lengths[:, None]
 
 
-def _positive_int(n: Any) -> bool:
-    return isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
-
-
 def _check_stream(what: str, ids: Any, batch_size: Any, length: Any) -> np.ndarray:
     """``ids`` as a 1-d array long enough for one window; ``batch_size`` and ``length``
     positive ints."""
     for name, n in (("batch_size", batch_size), ("length", length)):
-        if not _positive_int(n):
+        if not is_count(n):
             raise ValueError(f"{what}: {name} must be a positive int, got {n!r}")
     ids = np.asarray(ids)
     if ids.ndim != 1 or len(ids) < length + 1:
@@ -260,7 +257,7 @@ def lm_loader(ids: np.ndarray, batch_size: int, length: int, *, seed: int, steps
     import grain
 
     ids = _check_stream("lm_loader", ids, batch_size, length)
-    if not _positive_int(steps):
+    if not is_count(steps):
         raise ValueError(f"lm_loader: steps must be a positive int, got {steps!r}")
     steps = int(steps)
     offsets = np.arange(length + 1)

@@ -94,17 +94,18 @@ def init_train_state(
     return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), rng, loss_scale)
 
 
-def _objective(model: Layer, loss: LossFn, policy: Policy | None = None) -> Callable:
-    """``(params, model_state, batch, key) -> (loss, (model_state, outputs))`` in train mode,
-    computed in the dtypes of ``policy`` (if given; the model state keeps its own dtypes)."""
+def _objective(model: Layer, loss: LossFn, policy: Policy | None = None, train: bool = True) -> Callable:
+    """``(params, model_state, batch, key) -> (loss, (model_state, outputs))`` in train mode
+    (or evaluation mode, ``train=False``), computed in the dtypes of ``policy`` (if given;
+    the model state keeps its own dtypes)."""
 
     def objective(params, model_state, batch, key):
         x, y = batch
         if policy is None:
-            outputs, model_state = model.apply(params, model_state, x, key=key, train=True)
+            outputs, model_state = model.apply(params, model_state, x, key=key, train=train)
             return loss(outputs, y), (model_state, outputs)
         outputs, new_state = model.apply(
-            policy.cast_params(params), model_state, policy.cast_inputs(x), key=key, train=True
+            policy.cast_params(params), model_state, policy.cast_inputs(x), key=key, train=train
         )
         new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, model_state)
         outputs = policy.cast_outputs(outputs)
@@ -477,9 +478,9 @@ def per_example_grads(
     if train and jax.tree.leaves(model_state):
         paths = sorted({path_str(path[:-1]) for path, _ in jax.tree_util.tree_leaves_with_path(model_state)})
         raise ValueError(
-            f"per_example_grads: the model keeps state ({', '.join(paths)}: batch statistics), "
-            "which one example cannot give in training mode; pass train=False to use the "
-            "running statistics"
+            f"per_example_grads: the model keeps state ({', '.join(paths)}), which one example "
+            "cannot update in training mode (its batch statistics would be the example itself); "
+            "pass train=False to use BatchNorm's running statistics"
         )
     x, y = batch
     leaves = jax.tree_util.tree_leaves_with_path({"x": x, "y": y})
@@ -490,11 +491,10 @@ def per_example_grads(
             + ", ".join(f"{name}: {size}" for name, size in sizes.items())
         )
     keys = None if key is None else jax.random.split(key, next(iter(sizes.values())))
+    objective = _objective(model, loss, train=train)
 
     def example_loss(p, x, y, k):
-        x, y = jax.tree.map(lambda a: a[None], (x, y))
-        outputs, _ = model.apply(p, model_state, x, key=k, train=train)
-        return loss(outputs, y)
+        return objective(p, model_state, jax.tree.map(lambda a: a[None], (x, y)), k)[0]
 
     with reverse_mode_only():
         per_example = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0, None if key is None else 0))

@@ -135,6 +135,12 @@ def test_parameters_missing_a_layer_name_the_layer():
     del params["enc"]["dense_1"]
     with pytest.raises(fnn.LayerError, match=r"^enc/dense_1: Dense found no parameter 'w' among its parameters \{\}"):
         model(params, jnp.ones((2, 3)))
+    # a key missing from the input, not from the parameters, stays the KeyError it is
+    pair = fnn.serial(fnn.Fn(lambda x: x["a"] + x["b"]))
+    params, _ = pair.init(KEY, {"a": jnp.ones(2), "b": jnp.ones(2)})
+    with pytest.raises(KeyError, match="'b'") as error:
+        pair(params, {"a": jnp.ones(2)})
+    assert not isinstance(error.value, fnn.LayerError)
 
 
 def test_a_masked_sequence_given_to_a_layer_without_masks_names_the_layer_and_keep_mask():

@@ -2,6 +2,7 @@
 checkpoints and the fnn command."""
 
 import dataclasses
+import datetime
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -505,11 +507,22 @@ def test_a_last_metrics_line_cut_short_is_left_out_and_logged_again(tmp_path):
     run.metrics_path.write_text(text[:-12] + "\n" + text)  # a bad line inside the file is still an error
     with pytest.raises(runs.RunError, match=r"metrics.jsonl:2 is not valid JSON"):
         run.records()
+    # the only line cut short, before any checkpoint (nothing to rewind): the next record
+    # starts a line of its own instead of finishing the broken one
+    run.metrics_path.write_text('{"step": 1, "split": "tr')
+    reopened = runs.Run(run.directory)
+    assert reopened.records() == []
+    reopened.log({"step": 1, "split": "train", "loss": 1.0})
+    assert reopened.records() == [{"step": 1, "split": "train", "loss": 1.0}]
 
 
 def test_default_run_directories_started_in_one_second_get_their_own(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+
+    moment = datetime.datetime(2026, 12, 6, 21, 0, 0)  # one second for both calls
+    monkeypatch.setattr(fnn.cli, "datetime", types.SimpleNamespace(datetime=types.SimpleNamespace(now=lambda: moment)))
     first, second = fnn.cli._default_dir("xor"), fnn.cli._default_dir("xor")
+    assert first == os.path.join("runs", "xor-20261206-210000")
     assert second == first + "-2" and os.path.isdir(first) and os.path.isdir(second)
 
 

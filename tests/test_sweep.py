@@ -47,13 +47,16 @@ def test_grid_accepts_only_what_a_population_can_vary():
         sweep.parse_grid(TINY, ["train.learning_rate=none,1e-3"])
 
 
-def test_a_sweep_that_cannot_run_is_refused_before_its_directory_is_made(tmp_path, capsys):
+def test_a_sweep_that_cannot_run_is_refused_before_its_directory_is_made(tmp_path, capsys, monkeypatch):
     directory = tmp_path / "sweep"
     assert fnn.cli.main(["sweep", "xor", "--seeds", "2", "--dir", str(directory), "-q"]) == 2
     assert "xor cannot be swept: fnn sweep trains a population through the stages" in capsys.readouterr().err
     assert fnn.cli.main(["sweep", "digits", "train.devices=data", "--dir", str(directory), "-q"]) == 2
     assert "cannot be combined with a population" in capsys.readouterr().err
     assert not directory.exists()
+    monkeypatch.chdir(tmp_path)  # without --dir: no default directory is made either
+    assert fnn.cli.main(["sweep", "xor", "--seeds", "2", "-q"]) == 2
+    assert not (tmp_path / "runs").exists()
     directory.mkdir()
     (directory / "sweep.json").write_text("{bad")
     with pytest.raises(fnn.runs.RunError, match="sweep.json is not valid JSON"):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import initializers
-from fnn.core import Layer, LayerError, ShapeError, shape_str
+from fnn.core import Layer, LayerError, ShapeError, is_count, shape_str
 
 
 def require_float(layer: Layer, x: Any) -> None:
@@ -40,7 +40,7 @@ def require_features(layer: Layer, x: Any, expected: int, axis: int = -1) -> Non
 
 def positive_int(layer: Any, field: str, value: Any) -> None:
     """A ``ValueError`` naming ``layer`` and ``field`` unless ``value`` is an int >= 1 (not a bool)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_count(value):
         raise ValueError(f"{type(layer).__name__}: {field} must be a positive int, got {value!r}")
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fnn.core import Layer, Remat, ShapeError, apply_child, init_child, serial, shape_str
+from fnn.core import Layer, Remat, ShapeError, apply_child, init_child, is_count, serial, shape_str
 from fnn.layers._common import positive_int, require_rank
 from fnn.layers.attention import (
     LearnedPositions,
@@ -355,7 +355,7 @@ def sample(
         raise ValueError(f"sample: prompt must be integer ids [batch, length >= 1], got {shape_str(prompt)}")
     if not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
         raise ValueError(f"sample: temperature must be a finite number >= 0, got {temperature!r}")
-    if not isinstance(num_steps, numbers.Integral) or isinstance(num_steps, bool) or num_steps < 0:
+    if not is_count(num_steps, least=0):
         raise ValueError(f"sample: num_steps must be an int >= 0, got {num_steps!r}")
     num_steps = int(num_steps)
     if not (isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)

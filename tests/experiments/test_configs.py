@@ -54,6 +54,8 @@ from experiments import (
     (spoken_digits.Config(), "data.test_copies=0", "data.test_copies must be at least 1, got 0"),
     (spoken_digits.Config(), "data.seed=-1", "data.seed must be at least 0, got -1"),
     (spoken_digits.Config(), "data.accents=", "data.accents must list at least one"),
+    (spoken_digits.Config(), "n_mels=128", "n_mels=128: mel_filterbank: 128 mel filters over 257 FFT bins"),
+    (spoken_commands.Config(), "n_mels=200", "n_mels=200: mel_filterbank: 200 mel filters"),
     (char_lm.Config(), "length=6", "prompt must be 1 to length // 2 = 3 characters, got The"),
     (char_lm.Config(), "prompt=", "prompt must be 1 to length // 2 = 32 characters, got"),
     (char_lm.Config(), "heads=3", "heads must be a divisor of width 128 (the transformer's d_model), got 3"),
