@@ -3,7 +3,8 @@
 Frank Rosenblatt's perceptron ("The perceptron: a probabilistic model for information
 storage and organization in the brain", Psychological Review, 1958) is a single
 threshold unit: it outputs ``y_hat = step(w . x + b)``, 1 or 0. Its learning rule is
-not gradient descent -- the step function has no useful gradient. Instead, after each
+not gradient descent on the output's error -- the step function has no useful
+gradient (it is a subgradient step on the perceptron criterion). Instead, after each
 example it is shown, the unit changes its weights only if it got the example wrong::
 
     w += lr * (y - y_hat) * x

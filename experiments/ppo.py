@@ -13,9 +13,9 @@ incentive to move ``r`` out of ``[1 - eps, 1 + eps]``, so many steps on one roll
 not push the policy far from the one that collected it. Advantages are generalised
 advantage estimates (Schulman et al., 2016; ``fnn.rl.gae``), normalised per minibatch;
 the value head regresses on ``A + V``; an entropy bonus keeps the policy exploring.
-When an episode is cut by a time limit rather than ended, the value of the state it
-was cut in is added to the last reward, so the agent is not taught that a time limit
-is a failure.
+When an episode is cut by a time limit rather than ended, the discounted value
+(``gamma * V``) of the state it was cut off in is added to the last reward, so the agent
+is not taught that a time limit is a failure.
 
 Here one call of ``iterate(state)`` is a whole PPO iteration, one XLA program: the
 rollout is a ``lax.scan`` over time of the policy and gymnax's ``env.step`` under

@@ -1,9 +1,10 @@
 """Recognise connected digit strings ("three oh seven two") said by voices never heard in
 training, with a recurrent network trained by CTC.
 
-The task is that of the TIDIGITS corpus (Leonard, 1984): strings of 1 to 7 digits, 0
-said as "zero" or "oh", spoken without pauses, so the model must find where each digit
-is as well as which it is. The strings are synthesised offline by eSpeak NG
+The task is modelled on that of the TIDIGITS corpus (Leonard, 1984; strings of 1 to 5
+and 7 digits); here strings of 1 to 7 digits, 0 said as "zero" or "oh", spoken without
+pauses, so the model must find where each digit is as well as which it is. The strings
+are synthesised offline by eSpeak NG
 (``fnn.speech``) with the voices, rates, pitches, gains, shifts and noise of
 ``spoken-commands``: 8 accents with 16 training variants, and the same accents with 6
 other variants for the test set.

@@ -10,8 +10,9 @@ a 79 MiB block) takes about 20,000 page faults a step this way.
 With the glibc tunable ``glibc.malloc.hugetlb=1`` (glibc 2.35 and later), ``malloc``
 asks the kernel for transparent huge pages (2 MiB) for the memory it maps: one fault per
 2 MiB where the kernel has huge pages to give (on the benchmark transformer, 322 faults a
-step instead of 20,232). The Linux default for transparent huge pages is ``madvise``:
-only memory that asks for them gets them, which is the case this tunable serves.
+step instead of 20,232). Many distributions (Ubuntu among them; the kernel's own
+default is ``always``) set transparent huge pages to ``madvise``: only memory that asks
+for them gets them, which is the case this tunable serves.
 Tunables are read once, when a process starts; so ``exec_with_huge_pages()``
 re-executes the running program with the tunable set. The ``fnn`` commands that train
 (``run``, ``resume``, ``sweep``, and ``python -m experiments.NAME``) do so when they

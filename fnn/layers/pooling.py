@@ -3,7 +3,8 @@
 Windows that tile the input (strides equal to the window, no padding) are pooled by
 reshaping each window onto its own axes and reducing them, not with
 ``lax.reduce_window``, whose max gradient is slow on CPU; in ``benchmarks/`` fnn's LeNet
-step plans 9.7 MiB against raw JAX's 25.1 MiB with ``reduce_window``. Both paths give
+step with JAX's own gradient rules (the pooling the only difference) plans 9.7 MiB
+against raw JAX's 25.1 MiB with ``reduce_window``. Both paths give
 the same values and route a max-pool gradient to the first maximum of each window, as
 ``reduce_window``'s gradient does.
 """
