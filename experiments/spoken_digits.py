@@ -4,10 +4,9 @@ training, with a recurrent network trained by CTC.
 The task is modelled on that of the TIDIGITS corpus (Leonard, 1984; strings of 1 to 5
 and 7 digits); here strings of 1 to 7 digits, 0 said as "zero" or "oh", spoken without
 pauses, so the model must find where each digit is as well as which it is. The strings
-are synthesised offline by eSpeak NG
-(``fnn.speech``) with the voices, rates, pitches, gains, shifts and noise of
-``spoken-commands``: 8 accents with 16 training variants, and the same accents with 6
-other variants for the test set.
+are synthesised offline by eSpeak NG (``fnn.speech``) with the voices, rates, pitches,
+gains, shifts and noise of ``spoken-commands``: 8 accents with 16 training variants,
+and the same accents with 6 other variants for the test set.
 
 The model reads log-mel features (``fnn.audio.LogMel``, 10 ms frames):
 :class:`fnn.audio.StackFrames` joins every 4 frames into one 40 ms step, a convolution
