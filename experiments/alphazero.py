@@ -129,6 +129,8 @@ class Config:
             ("baseline_games", 0), ("pass_from", 0),
             ("log_every", 1), ("eval_every", 0), ("checkpoint_every", 0), ("seed", 0),
         ))
+        if self.baseline_games == 1:  # the baseline plays half its games in each seat
+            raise ConfigError("baseline_games must be 0 or at least 2 (a game in each seat), got 1")
         if self.game not in GAMES:
             raise ConfigError(f"game: {self.game!r} is not one of {', '.join(GAMES)}")
         if self.random_moves >= SHORTEST[self.game]:

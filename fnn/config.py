@@ -227,7 +227,9 @@ def _field(config: Any, name: str, path: str) -> dataclasses.Field:
     raise ConfigError(f"unknown key {path!r}; valid keys: {', '.join(keys(config))}")
 
 
-def _set(config: Any, path: list[str], text: str, full: str, root: Any) -> Any:
+def _parse(config: Any, path: list[str], text: str, full: str, root: Any, changes: dict) -> None:
+    """Check the key ``path`` of ``config`` and put its value, parsed, in ``changes`` (a dict
+    per nested config, keyed by field name)."""
     name, rest = path[0], path[1:]
     try:
         field = _field(config, name, full)
@@ -239,18 +241,31 @@ def _set(config: Any, path: list[str], text: str, full: str, root: Any) -> Any:
             raise ConfigError(
                 f"unknown key {full!r}: {name!r} has no sub-keys; valid keys: {', '.join(keys(root))}"
             )
-        return dataclasses.replace(config, **{name: _set(current, rest, text, full, root)})
+        _parse(current, rest, text, full, root, changes.setdefault(name, {}))
+        return
     if dataclasses.is_dataclass(current):
         group = ", ".join(keys(current, f"{full}."))
         raise ConfigError(f"{full!r} is a group of settings; set one of: {group}")
     hint = _hints(type(config))[name]
-    return dataclasses.replace(config, **{name: parse_value(text, hint, full, field.metadata.get("choices"))})
+    changes[name] = parse_value(text, hint, full, field.metadata.get("choices"))
+
+
+def _apply(config: Any, changes: dict) -> Any:
+    """``config`` with ``changes`` made, each nested config replaced once, after its own."""
+    values = {
+        name: _apply(getattr(config, name), change) if isinstance(change, dict) else change
+        for name, change in changes.items()
+    }
+    return dataclasses.replace(config, **values)
 
 
 def override(config: Any, assignments: Iterable[str]) -> Any:
-    """``config`` with each ``"dotted.key=value"`` of ``assignments`` applied, in order.
+    """``config`` with each ``"dotted.key=value"`` of ``assignments`` applied (a key given
+    twice takes its last value).
 
     Values are parsed by the field's type and checked against its ``choices`` metadata.
+    All assignments are made before the config checks itself, so checks that relate
+    several keys see them all, whatever their order.
 
     Example:
         >>> import dataclasses
@@ -264,6 +279,7 @@ def override(config: Any, assignments: Iterable[str]) -> Any:
         >>> override(C(), ["seed=3", "train.lr=0.01"])
         C(seed=3, train=Train(lr=0.01))
     """
+    changes: dict = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
@@ -271,8 +287,8 @@ def override(config: Any, assignments: Iterable[str]) -> Any:
                 f"expected key=value, got {assignment!r}; valid keys: {', '.join(keys(config))}"
             )
         key = key.strip()
-        config = _set(config, key.split("."), text, key, config)
-    return config
+        _parse(config, key.split("."), text, key, config, changes)
+    return _apply(config, changes) if changes else config
 
 
 def to_dict(config: Any) -> dict[str, Any]:

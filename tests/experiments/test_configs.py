@@ -66,6 +66,20 @@ def test_bad_values_are_config_errors_naming_the_key(config, assignment, says):
         fnn.config.override(config, [assignment])
 
 
+def test_keys_that_must_agree_are_checked_once_all_are_set_whatever_their_order():
+    import itertools
+
+    cartpole = fnn.pipeline.find("cartpole").config  # minibatches must divide num_envs * rollout_steps
+    for order in itertools.permutations(["num_envs=3", "rollout_steps=5", "minibatches=15"]):
+        assert fnn.config.override(cartpole, list(order)).minibatches == 15  # every order failed
+    with pytest.raises(fnn.config.ConfigError, match=re.escape("minibatches (7) must divide")):
+        fnn.config.override(cartpole, ["num_envs=3", "minibatches=7"])
+    tictactoe = fnn.pipeline.find("tictactoe").config
+    assert fnn.config.override(tictactoe, ["pass_from=40", "random_moves=1", "game=go_9x9"]).pass_from == 40
+    with pytest.raises(fnn.config.ConfigError, match=re.escape("baseline_games must be 0 or at least 2")):
+        fnn.config.override(tictactoe, ["baseline_games=1"])  # wrote NaN rates for the empty seat
+
+
 def _numeric_keys(config, prefix=""):
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
