@@ -115,7 +115,7 @@ def is_count(value: Any, least: int = 1) -> bool:
         >>> is_count(3), is_count(np.int64(3)), is_count(0), is_count(0, least=0), is_count(True)
         (True, True, False, True, False)
     """
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and bool(value >= least)
 
 
 def path_str(path: Sequence[Any]) -> str:
