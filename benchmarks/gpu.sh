@@ -30,17 +30,19 @@ run() {  # run LIMIT NAME COMMAND...: the command's output in $out/NAME.log
     local rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || { echo "== $name exited with $rc"; status=1; }
 }
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  "$py" -c "import jax; print('jax', jax.__version__, jax.devices())"; } 2>&1 | tee "$out/machine.txt"
+# the MFU model fills most of the GPU: let JAX's allocator take 95% of it, not its default 75%
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-.95}
+{ timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  timeout 20 "$py" -c "import jax; print('jax', jax.__version__, jax.devices())"; } 2>&1 | tee "$out/machine.txt"
 # shellcheck disable=SC2086  # the options are words
 run 60 device_check "$py" -m benchmarks.device_check ${CHECK_ARGS:-}
 # shellcheck disable=SC2086
 run 240 suite "$py" -m benchmarks.suite ${SUITE_ARGS:---rounds 5 --first-rounds 1} --markdown "$out/suite.md"
 # shellcheck disable=SC2086
-run 130 mfu "$py" -m benchmarks.mfu ${MFU_ARGS:-} --json "$out/mfu.json"
-if [ "$("$py" -c 'import jax; print(jax.default_backend())')" = gpu ]; then
+run 125 mfu "$py" -m benchmarks.mfu ${MFU_ARGS:-} --json "$out/mfu.json"
+if [ "$(timeout 20 "$py" -c 'import jax; print(jax.default_backend())')" = gpu ]; then
     # shellcheck disable=SC2086
-    run 130 mfu_cudnn "$py" -m benchmarks.mfu ${MFU_ARGS:-} --attention cudnn --json "$out/mfu_cudnn.json"
+    run 95 mfu_cudnn "$py" -m benchmarks.mfu ${MFU_ARGS:-} --attention cudnn --json "$out/mfu_cudnn.json"
 else
     echo "== mfu_cudnn: skipped (cuDNN's attention needs a GPU)"
 fi

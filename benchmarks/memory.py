@@ -4,7 +4,8 @@ transformer language model with and without ``remat`` on its blocks.
 Two figures per variant, both read from XLA's ``memory_analysis()`` of the compiled
 program (no timing, so the figures do not depend on machine load):
 
-- saved for backward: the output of the compiled forward pass of ``jax.vjp`` -- every
+- saved for backward: the output of the compiled forward pass of ``jax.vjp``, traced
+  with the gradient rules a train step takes (inside ``fnn.reverse_mode_only``) -- every
   value the backward pass needs (activations, and the parameters themselves);
 - train-step temporaries: the scratch memory of the whole compiled train step
   (forward, backward, adam update), as the backend's buffer assignment plans it. Here
@@ -37,7 +38,8 @@ def measure(remat: bool, args: argparse.Namespace) -> dict[str, float]:
     def loss(p, x):
         return fnn.losses.softmax_cross_entropy(lm(p, x), x)
 
-    forward = jax.jit(lambda p, x: jax.vjp(lambda q: loss(q, x), p)[1]).lower(params, ids).compile()
+    with fnn.reverse_mode_only():  # the gradient rules a train step takes (fnn's own)
+        forward = jax.jit(lambda p, x: jax.vjp(lambda q: loss(q, x), p)[1]).lower(params, ids).compile()
     optimizer = optax.adam(1e-3)
     state = jax.eval_shape(lambda: fnn.init_train_state(lm, optimizer, jax.random.key(0), ids))
     step = fnn.make_train_step(lm, optimizer, fnn.losses.softmax_cross_entropy)

@@ -8,14 +8,16 @@ interleaved -- each round times every framework once, in turn -- so that drift o
 machine's speed hits all alike. Per model and framework the table gives:
 
 - ``steps/s``: the median over rounds, and its ratio to raw JAX;
-- ``first s``: the first call's time (tracing, compilation and one step), and its ratio to
-  raw JAX's: for the JAX frameworks the median of ``--first-rounds`` interleaved first
-  calls, each after ``jax.clear_caches()`` (one sample varies by 10-20%);
+- ``first s``: the first call's time (tracing, compilation and one call's steps: ten for
+  ``fnn K=10``), and its ratio to raw JAX's: for the JAX frameworks the median of
+  ``--first-rounds`` interleaved first calls, each after ``jax.clear_caches()``, after one
+  throwaway step that pays the process's one-time costs (one sample varies by 10-20%);
 - ``MiB``: the compiled step's memory plan from XLA's ``memory_analysis()``: arguments +
   outputs + temporaries - the donated buffers the outputs reuse (JAX frameworks only);
 - ``GFLOP``: the floating-point work of one step from XLA's ``cost_analysis()`` of the
-  compiled step (XLA counts a loop's body once, so the LSTM's and the ``fnn K=10``
-  row's figures are left out);
+  compiled step (XLA counts a loop's body once, so a step with a loop is left out: the
+  LSTM's, the ``fnn K=10`` row's, fnn's LeNet step with its weight gradient's loop over
+  kernel offsets);
 - ``GFLOP/s`` and ``% peak`` for the compute-bound models (``mlp-large``, ``transformer``):
   raw JAX's FLOPs per step times each framework's steps/s, against the peak measured by
   timing a 2048x2048 float32 matrix product in JAX (8192x8192 on an accelerator).
@@ -125,10 +127,14 @@ def analyse(bench: Bench) -> tuple[float, float]:
 
 def plan_and_work(compiled: Any) -> tuple[float, float]:
     """(MiB, GFLOP) of a compiled program: XLA's memory plan (arguments + outputs +
-    temporaries - the donated buffers the outputs reuse) and its cost analysis's FLOPs."""
+    temporaries - the donated buffers the outputs reuse) and its cost analysis's FLOPs, NaN
+    for a program with a loop (XLA counts a loop's body once: the LSTM's scan, the ``K=10``
+    steps, fnn's LeNet weight gradient over kernel offsets)."""
     m = compiled.memory_analysis()
     mib = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
            - m.alias_size_in_bytes) / MiB
+    if " while(" in compiled.as_text():
+        return mib, float("nan")
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return mib, float(cost.get("flops", float("nan"))) / 1e9
@@ -190,20 +196,21 @@ def time_variants(
 
 def first_calls(benches: dict[str, Bench], rounds: int) -> dict[str, float]:
     """Seconds of each bench's first call (trace, compile, one step): the median of ``rounds``
-    interleaved rounds, every JAX bench's caches cleared before its repeats (other benches
-    are called once). Every bench is compiled and warm afterwards."""
+    interleaved rounds, JAX's caches cleared before every JAX bench's call, the first round's
+    too, so that no framework reuses what one before it traced (other benches are called
+    once). Every bench is compiled and warm afterwards."""
     times: dict[str, list[float]] = {f: [] for f in benches}
     for r in range(rounds):
         for framework, bench in benches.items():
             if r and bench.lower is None:
                 continue
-            if r:
+            if bench.lower is not None:
                 jax.clear_caches()
             start = time.perf_counter()
             bench.state, loss = bench.step(bench.state, bench.batch)
             bench.sync(loss)
             times[framework].append(time.perf_counter() - start)
-    if rounds > 1:  # the last clear_caches dropped the others' programs: compile them again
+    if any(b.lower is not None for b in benches.values()):  # the clears dropped their programs
         for bench in benches.values():
             bench.state, loss = bench.step(bench.state, bench.batch)
             bench.sync(loss)
@@ -227,8 +234,7 @@ def bench_model(name: str, frameworks: dict[str, Callable], rounds: int, steps: 
         if analysis and bench.lower is not None:
             mib, gflop = analyse(bench)
             rows[framework].mib = mib
-            if spec.kind != "lstm" and bench.steps_per_call == 1:
-                rows[framework].gflop = gflop
+            rows[framework].gflop = None if gflop != gflop else gflop  # NaN: a loop, left out
     rates: dict[str, list[float]] = {f: [] for f in benches}
     for _ in range(rounds):
         for framework, bench in benches.items():
@@ -338,6 +344,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rounds = 1 if args.quick else args.rounds
     first_rounds = 1 if args.quick else args.first_rounds
     say(f"medians of {rounds} interleaved rounds (first calls: of {first_rounds})")
+    if not args.quick:  # the process's one-time tracing costs, so that no first call pays them
+        warm = JAX_FRAMEWORKS[REFERENCE]("mlp-small", batch_for("mlp-small"))
+        warm.sync(warm.step(warm.state, warm.batch)[1])
     rows: list[Row] = []
     for name in args.models:
         model_rows = bench_model(name, frameworks, rounds, steps=1 if args.quick else None,

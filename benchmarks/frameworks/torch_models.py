@@ -106,6 +106,8 @@ def make(name: str, batch: tuple, compile: bool = False, dropout: float = 0.0) -
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     where = device()
+    if where.type == "cuda":  # JAX's default float32 products on a recent GPU use TF32: so do these
+        torch.set_float32_matmul_precision("high")
     model = Model(name, dropout).to(where)  # in training mode, as nn.Module starts
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=LEARNING_RATE)
