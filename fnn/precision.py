@@ -171,7 +171,8 @@ class Policy:
         """Floating parameters in the computation dtype, except those under ``keep``; a
         ``ValueError`` for a ``keep`` pattern that matches no parameter (a typo, or a layer's
         name without ``/*``), listing the parameters' paths."""
-        paths = [path_str(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+        paths = [path_str(path) for path, _ in leaves]
         unmatched = [p for p in self.keep if not any(fnmatch.fnmatchcase(path, p) for path in paths)]
         if unmatched:
             shown = ", ".join(paths[:12]) + (f", ... ({len(paths)} in all)" if len(paths) > 12 else "")
@@ -183,11 +184,11 @@ class Policy:
         def cast(path, x):
             if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
                 return x
-            if any(fnmatch.fnmatchcase(path_str(path), pattern) for pattern in self.keep):
+            if any(fnmatch.fnmatchcase(path, pattern) for pattern in self.keep):
                 return x
             return x.astype(self.compute_dtype)
 
-        return jax.tree_util.tree_map_with_path(cast, params)
+        return jax.tree.unflatten(treedef, [cast(path, x) for path, (_, x) in zip(paths, leaves)])
 
     def cast_inputs(self, x: Any) -> Any:
         """Floating inputs in the computation dtype (integer ids and masks untouched)."""
