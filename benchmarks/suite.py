@@ -67,6 +67,7 @@ from benchmarks.frameworks import (
 )
 from benchmarks.models import SPECS, Bench, batch_for, expected_params
 from fnn import hostmem
+from fnn.summary import has_loop
 
 REFERENCE = "raw jax"
 SCAN_ROW = "fnn K=10"
@@ -133,7 +134,7 @@ def plan_and_work(compiled: Any) -> tuple[float, float]:
     m = compiled.memory_analysis()
     mib = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
            - m.alias_size_in_bytes) / MiB
-    if " while(" in compiled.as_text():
+    if has_loop(compiled):
         return mib, float("nan")
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost

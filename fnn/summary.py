@@ -93,12 +93,12 @@ def summary(model: Layer, x: Any, *, key: jax.Array | None = None) -> Summary:
     costs = compiled.cost_analysis()
     costs = costs[0] if isinstance(costs, list) else costs
     flops = costs.get("flops") if costs else None
-    if _has_loop(compiled.as_text()):
+    if has_loop(compiled):
         flops = None  # XLA counts a loop's body once, not once per step
     return Summary(nodes, _count(params), flops)
 
 
-def _has_loop(hlo: str) -> bool:
-    """Whether a compiled program runs a loop (a ``Recurrent``'s scan), whose body XLA's
-    cost analysis counts once."""
-    return " while(" in hlo
+def has_loop(compiled: Any) -> bool:
+    """Whether a compiled program (``jax.jit(f).lower(...).compile()``) runs a loop (a
+    ``Recurrent``'s scan, a ``lax.map``), whose body XLA's cost analysis counts once."""
+    return " while(" in compiled.as_text()
