@@ -21,11 +21,14 @@ float16 has a narrow range: small gradients underflow to zero. A float16 policy 
 ``loss_scale``: the loss is multiplied by it before differentiation and the gradients
 divided by it after, which keeps them in float16's range. A step whose scaled gradients
 overflow (any of them, or the loss, not finite) is skipped: the parameters, optimizer
-state and model state stay as they were, and the step's ``skipped`` metric is 1. A state
-made by ``init_train_state(..., policy=policy)`` carries the scale as it goes
-(:class:`LossScale`): halved at each skipped step, doubled after ``growth_interval``
-finite steps in a row, as PyTorch's ``GradScaler`` does; without it the scale stays
-``loss_scale``.
+state and model state stay as they were, and the step's ``skipped`` metric is 1 (its
+``loss_scale`` metric is the scale it used). A state made by
+``init_train_state(..., policy=policy)`` carries the scale as it goes
+(:class:`LossScale`): halved at each skipped step (down to 1), doubled after
+``growth_interval`` finite steps in a row, as PyTorch's ``GradScaler`` does; without it the
+scale stays ``loss_scale``. A step skipped at scale 1, whose gradients overflow float16
+unscaled, stops ``fnn.fit`` and ``fnn.loop.train_loop`` with a ``FloatingPointError``
+naming it, at the record that covers it.
 
 Example:
     >>> import jax, jax.numpy as jnp, fnn

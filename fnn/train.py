@@ -169,8 +169,9 @@ def make_train_step(
         policy: a ``fnn.precision.Policy`` (or a dtype's name): compute in bfloat16 (or
             float16 with a loss scale) while parameters, gradients and optimizer state stay
             float32, and the outputs and loss are float32. With a loss scale, a step whose
-            gradients are not finite is skipped (its metric ``skipped`` is 1), and a state
-            made by ``init_train_state(..., policy=policy)`` adapts the scale.
+            gradients are not finite is skipped (its metric ``skipped`` is 1, and
+            ``loss_scale`` is the scale it used), and a state made by
+            ``init_train_state(..., policy=policy)`` adapts the scale.
 
     Each step draws its dropout key as ``fold_in(state.rng, state.step)``, so a run is
     reproducible from its seed whatever the batch order of other runs.
@@ -227,6 +228,7 @@ def make_train_step(
             if loss_scale is not None:
                 loss_scale = policy.next_loss_scale(loss_scale, finite)
             logged["skipped"] = 1.0 - finite.astype(jnp.float32)
+            logged["loss_scale"] = jnp.asarray(scale, jnp.float32)  # the scale this step used
         if parallel is not None:
             params, opt_state = parallel.constrain_state((params, opt_state))
         return TrainState(params, model_state, opt_state, state.step + 1, state.rng, loss_scale), logged
@@ -356,30 +358,45 @@ class MetricsWindow:
 
     def flush(self, step: int) -> dict[str, Any]:
         """The mean of the pending metrics as ``{"step", "split": "train", ...}``; raises
-        ``FloatingPointError`` on a non-finite loss, naming the first step that had one."""
+        ``FloatingPointError`` on a non-finite loss, or a float16 step skipped at loss scale 1
+        (its gradients overflow unscaled), naming the first step that had one."""
         per_call, axis = self.steps_per_call, int(self.population)
 
         def mean(*values):
             calls = jnp.mean(jnp.stack(values), axis=0)
             return calls if per_call == 1 else jnp.mean(calls, axis=axis)
 
-        def finite_steps(loss):  # a call's steps in order: the loss finite for every member
+        def each_step(values, reduce):  # a call's steps in order, reduced over a population's members
+            values = np.asarray(values)
             if per_call == 1:
-                return [np.isfinite(loss).all()]
-            return np.isfinite(np.moveaxis(loss, axis, 0)).reshape(per_call, -1).all(1)
+                return [reduce(values)]
+            return reduce(np.moveaxis(values, axis, 0).reshape(per_call, -1), axis=1)
+
+        def first_step(flags: np.ndarray) -> int:
+            return step - count + 1 + int(np.argmax(flags))
 
         pending, count = self.pending, len(self.pending) * per_call
         self.pending = []
         means = jax.device_get(jax.tree.map(mean, *pending))
         record = {"step": step, "split": "train", **{k: _number(v) for k, v in means.items()}}
         if "loss" in record and not np.all(np.isfinite(record["loss"])):
-            finite = np.concatenate([finite_steps(np.asarray(m["loss"])) for m in jax.device_get(pending)])
-            first = step - count + 1 + int(np.argmin(finite))
+            finite = np.concatenate([each_step(np.isfinite(m["loss"]), np.all) for m in jax.device_get(pending)])
             raise FloatingPointError(
-                f"training loss became {record['loss']} at step {first} (the first non-finite one of the "
-                f"{count} steps up to step {step}); lower the learning rate, check the data for NaNs, check "
-                "that token ids are within the embedding's range, or (float16) lower the loss scale"
+                f"training loss became {record['loss']} at step {first_step(~finite)} (the first non-finite one "
+                f"of the {count} steps up to step {step}); lower the learning rate, check the data for NaNs, "
+                "check that token ids are within the embedding's range, or (float16) lower the loss scale"
             )
+        if "skipped" in record and "loss_scale" in record:
+            stuck = np.concatenate([
+                each_step((np.asarray(m["skipped"]) > 0) & (np.asarray(m["loss_scale"]) <= 1), np.any)
+                for m in jax.device_get(pending)
+            ])
+            if stuck.any():
+                raise FloatingPointError(
+                    f"the gradients of step {first_step(stuck)} overflowed float16 at loss scale 1, the "
+                    "smallest, so the step was skipped and the scale cannot fall further; lower the "
+                    "learning rate, check the data for outliers, or compute in bfloat16"
+                )
         return record
 
     def to_json(self) -> list[dict[str, list]]:

@@ -183,6 +183,26 @@ def test_a_float16_state_adapts_its_loss_scale():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("steps_per_call", [1, 4])
+def test_a_float16_step_skipped_at_loss_scale_one_stops_training(steps_per_call):
+    model, optimizer = fnn.serial(fnn.Dense(4), fnn.Dense(1)), optax.adam(1e-3)
+    x, y = jnp.full((2, 3), 3000.0), jnp.zeros((2, 1))  # gradients beyond float16 even unscaled
+    policy = Policy("float16", loss_scale=16.0)
+    state = fnn.init_train_state(model, optimizer, jax.random.key(0), x, policy=policy)
+    step = fnn.make_train_step(model, optimizer, fnn.losses.mean_squared_error, policy=policy,
+                               steps_per_call=steps_per_call)
+    batches = [(x, y)] * 12 if steps_per_call == 1 else [(jnp.stack([x] * 4), jnp.stack([y] * 4))] * 3
+    # skipped at 16, 8, 4, 2, then at 1: step 5 (before, it skipped every step in silence)
+    with pytest.raises(FloatingPointError, match="gradients of step 5 overflowed float16 at loss scale 1"):
+        fnn.fit(step, state, batches, log_every=8)
+    # the scale each step used is a metric; steps that fit after a few skips train on
+    model, optimizer, batch = overflowing()
+    state = fnn.init_train_state(model, optimizer, jax.random.key(0), batch[0], policy=policy)
+    step = fnn.make_train_step(model, optimizer, fnn.losses.mean_squared_error, policy=policy)
+    _, history = fnn.fit(step, state, [batch] * 4, log_every=1)
+    assert [r["loss_scale"] for r in history] == [16.0] * 4 and [r["skipped"] for r in history] == [0.0] * 4
+
+
 def test_a_float16_run_resumes_with_its_loss_scale(tmp_path):
     model, optimizer, batch = overflowing()
     policy = Policy("float16", loss_scale=2.0**12)
