@@ -27,7 +27,7 @@ error rate 1.15-1.41% with beam search (greedy: 1.15-1.46%), string accuracy
 deleted digits, 6 are fives and nines taken for each other, and 3 are inserted digits
 (the run's ``confusion.png``).
 
-Run: fnn run spoken-digits [train.epochs=15] [data.copies=20] [hidden=128] [train.seed=0]
+Run: fnn run spoken-digits [train.epochs=15] [data.copies=20] [hidden=96] [train.seed=0]
 """
 
 from __future__ import annotations

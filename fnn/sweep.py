@@ -13,8 +13,9 @@ one ``jax.vmap``-ed step trains them all::
 Member ``i`` follows exactly the computation of the same model trained alone with seed
 ``i`` and its hyperparameters (``tests/test_sweep.py`` checks it).
 
-For an experiment written with the shared stages of ``fnn.pipeline`` (``batches`` and
-``train``), :func:`population_pipeline` swaps those two for population versions, so
+For an experiment written with the shared stages of ``fnn.pipeline`` (``batches``,
+``train`` and ``report``), :func:`population_pipeline` swaps those three for population
+versions, so
 ``fnn sweep NAME`` works without code of its own.
 """
 
