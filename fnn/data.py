@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from fnn.core import is_count
+
 
 def cache_dir(name: str, environ: Mapping[str, str] = os.environ) -> Path:
     """``name`` in fnn's cache: ``$FNN_CACHE``, or ``~/.cache/fnn`` when that is unset or
@@ -145,10 +147,13 @@ def batches(
         >>> [b[0].tolist() for b in batches((np.arange(5),), 2, drop_remainder=False)]
         [[0, 1], [2, 3], [4]]
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not is_count(batch_size):
         raise ValueError(f"batches: batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+    if not is_count(epochs):
         raise ValueError(f"batches: epochs must be a positive int, got {epochs!r}")
+    if seed is not None and not is_count(seed, least=0):
+        raise ValueError(f"batches: seed must be None or a non-negative int, got {seed!r}")
+    batch_size, epochs = int(batch_size), int(epochs)
     check_dataset("batches", arrays)
     n = len(arrays[0])
     if drop_remainder and batch_size > n:
@@ -174,8 +179,9 @@ def stack_batches(batches: Iterable[Any], k: int, *, device: bool = True) -> Ite
         >>> [g[0].tolist() for g in groups]
         [[[0, 1], [2, 3]], [[4, 5], [6, 7]]]
     """
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    if not is_count(k):
         raise ValueError(f"stack_batches: k must be a positive int, got {k!r}")
+    k = int(k)
     iterator = iter(batches)
     while True:
         group = list(itertools.islice(iterator, k))
@@ -219,12 +225,13 @@ def loader(
     """
     import grain
 
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if not is_count(batch_size):
         raise ValueError(f"loader: batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+    if not is_count(epochs):
         raise ValueError(f"loader: epochs must be a positive int, got {epochs!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"loader: seed must be an int, got {seed!r}")
+    if not is_count(seed, least=0):
+        raise ValueError(f"loader: seed must be a non-negative int, got {seed!r}")
+    batch_size, epochs, seed = int(batch_size), int(epochs), int(seed)
     leaves = jax.tree.leaves(arrays)
     check_dataset("loader", leaves)
     n = len(leaves[0])
@@ -263,6 +270,9 @@ class Prefetch:
 
     ``state()`` is the position after the batches consumed so far (not those made ahead),
     ``{"next_index": k}``; a new ``Prefetch(dataset, state=...)`` continues from there.
+    ``size=0`` makes each batch when it is asked for. A batch whose making raises raises
+    in its turn, after the batches before it, and is not counted as consumed: the next
+    call tries it again.
 
     Example:
         >>> import numpy as np
@@ -281,23 +291,43 @@ class Prefetch:
             raise ValueError(
                 f"Prefetch: data state {state!r} does not fit a dataset of {len(dataset)} batches"
             )
-        self._consumed = start
+        if not is_count(size, least=0):
+            raise ValueError(f"Prefetch: size must be a non-negative int (batches made ahead), got {size!r}")
         if put is None:
             target = device if device is not None else jax.config.jax_default_device
             platform = target.platform if isinstance(target, jax.Device) else target or jax.default_backend()
             put = _on_host if platform == "cpu" else functools.partial(jax.device_put, device=device)
-        self._source = (put(dataset[k]) for k in range(start, len(dataset)))
-        self._queue: collections.deque = collections.deque(itertools.islice(self._source, size))
+        self._dataset, self._put, self._size = dataset, put, int(size)
+        self._consumed = self._next = start  # the batches handed out; the next one to make
+        self._queue: collections.deque = collections.deque()  # (index, batch, error) made ahead
+        self._make(self._size)
+
+    def _make(self, count: int) -> None:
+        """Make batches ahead until ``count`` are queued; a batch that fails is queued as its
+        error, and nothing after it is made."""
+        while len(self._queue) < count and self._next < len(self._dataset):
+            if self._queue and self._queue[-1][2] is not None:
+                return
+            k, self._next = self._next, self._next + 1
+            try:
+                self._queue.append((k, self._put(self._dataset[k]), None))
+            except Exception as error:  # raised in its turn, after the batches before it
+                self._queue.append((k, None, error))
 
     def __iter__(self) -> Prefetch:
         return self
 
     def __next__(self) -> Any:
+        self._make(1)
         if not self._queue:
             raise StopIteration
-        item = self._queue.popleft()
-        self._queue.extend(itertools.islice(self._source, 1))
+        k, item, error = self._queue.popleft()
+        if error is not None:  # the next call makes batch k again: nothing is skipped
+            self._queue.clear()
+            self._next = k
+            raise error
         self._consumed += 1
+        self._make(self._size)
         return item
 
     def state(self) -> dict:

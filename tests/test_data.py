@@ -85,6 +85,47 @@ def test_prefetch_reads_each_batch_once_size_ahead_and_resumes_from_its_state():
         fnn.data.Prefetch(data, state={"next_index": 13})
 
 
+class _Failing(_Counted):
+    """Batch ``bad`` fails the first ``times`` times it is read."""
+
+    def __init__(self, data, bad, times):
+        super().__init__(data)
+        self.bad, self.times = bad, times
+
+    def __getitem__(self, k):
+        if k == self.bad and self.times:
+            self.times -= 1
+            raise OSError(f"batch {k} could not be read")
+        return super().__getitem__(k)
+
+
+def test_prefetch_raises_a_failing_batch_in_its_turn_and_skips_nothing():
+    data = fnn.data.loader((np.arange(6.0, dtype=np.float32),), 1, seed=0)  # 6 batches
+    every = [data[k][0].tolist() for k in range(6)]
+    it = fnn.data.Prefetch(_Failing(data, bad=3, times=1), size=2)
+    got = [next(it)[0].tolist() for _ in range(3)]  # batch 3 fails while batch 1 is handed out
+    with pytest.raises(OSError, match="batch 3 could not be read"):
+        next(it)
+    assert it.state() == {"next_index": 3}  # the failed batch is not consumed
+    got += [b[0].tolist() for b in it]  # made again: it reads now
+    assert got == every  # before, batch 1 was lost to the error and batches 4, 5 silently dropped
+    it = fnn.data.Prefetch(_Failing(data, bad=2, times=5), size=2)
+    assert [next(it)[0].tolist() for _ in range(2)] == every[:2]
+    for _ in range(2):  # a batch that keeps failing keeps raising; iteration never ends early
+        with pytest.raises(OSError, match="batch 2"):
+            next(it)
+
+
+def test_prefetch_of_size_zero_makes_each_batch_when_asked():
+    data = _Counted(fnn.data.loader((np.arange(6.0, dtype=np.float32),), 2, seed=0))
+    it = fnn.data.Prefetch(data, size=0)
+    assert data.read == []
+    assert len(list(it)) == 3 and data.read == [0, 1, 2]  # before, it yielded no batch at all
+    for size in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="Prefetch: size must be a non-negative int"):
+            fnn.data.Prefetch(data, size=size)
+
+
 def test_prefetch_leaves_batches_on_the_host_for_a_cpu_device_and_puts_them_otherwise(monkeypatch):
     data = fnn.data.loader((np.ones((8, 3), np.float32), np.zeros(8, np.int32)), 4, seed=0)
     cpu = jax.devices("cpu")[0]
@@ -103,8 +144,18 @@ def test_prefetch_leaves_batches_on_the_host_for_a_cpu_device_and_puts_them_othe
 
 def test_loader_and_batches_refuse_a_missing_seed_and_no_epochs():
     x = np.zeros((8, 2), np.float32)
-    with pytest.raises(ValueError, match="loader: seed must be an int, got None"):
+    with pytest.raises(ValueError, match="loader: seed must be a non-negative int, got None"):
         fnn.data.loader((x,), 2, seed=None)
+    with pytest.raises(ValueError, match="loader: seed must be a non-negative int, got -1"):
+        fnn.data.loader((x,), 2, seed=-1)  # numpy's generator refused it at the first batch
+    with pytest.raises(ValueError, match="batches: seed must be None or a non-negative int, got -1"):
+        list(fnn.data.batches((x,), 2, seed=-1))
+    with pytest.raises(ValueError, match="batches: batch_size must be a positive int, got True"):
+        list(fnn.data.batches((x,), True))
+    # NumPy integers count as integers (a size computed with numpy was refused)
+    assert len(fnn.data.loader((x,), np.int64(2), seed=np.int32(0), epochs=np.int64(2))) == 8
+    assert len(list(fnn.data.batches((x,), np.int64(4), epochs=np.int64(2)))) == 4
+    assert len(list(fnn.data.stack_batches(fnn.data.batches((x,), 2), np.int64(2), device=False))) == 2
     with pytest.raises(ValueError, match=r"loader\[0\] is float 1.0, not an array with a leading example axis .* np.asarray"):
         fnn.data.loader(([1.0, 2.0, 3.0], [0, 1, 0]), 2, seed=0)  # a list is a pytree of its items
     for epochs in (0, -1):
