@@ -71,7 +71,7 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0,
     fmax = sample_rate / 2 if fmax is None else fmax
     if not 0 <= fmin < fmax <= sample_rate / 2:
         raise ValueError(f"mel_filterbank: need 0 <= fmin < fmax <= sample_rate / 2, got {fmin}, {fmax}")
-    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    freqs = np.fft.rfftfreq(n_fft, 1 / sample_rate)  # the FFT's bins (an odd n_fft stops short of fs / 2)
     edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
     low, centre, high = edges[:-2], edges[1:-1], edges[2:]
     rising = (freqs[:, None] - low) / (centre - low)
@@ -178,8 +178,9 @@ class LogMel(Layer):
         if mask is None:
             frame_mask = jnp.ones(features.shape[:2], bool)
         else:
-            lengths = mask.sum(1)
-            frame_mask = starts[None, :] + self.win_length <= lengths[:, None]
+            # a frame is real when all its samples are: count them with a running sum
+            real = jnp.pad(jnp.cumsum(mask, axis=1, dtype=jnp.int32), ((0, 0), (1, 0)))
+            frame_mask = real[:, starts + self.win_length] - real[:, starts] == self.win_length
         if self.normalize:
             features = normalize(features, frame_mask)
         features = jnp.where(frame_mask[..., None], features, 0.0)
@@ -262,7 +263,18 @@ def featurize(audio: np.ndarray, lengths: np.ndarray, sample_rate: int, front_en
             f"featurize: the audio is sampled at {sample_rate} Hz but the front end expects "
             f"{front_end.sample_rate} Hz; resample it first (fnn.speech.resample)"
         )
-    lengths = np.asarray(lengths)
+    audio, lengths = np.asarray(audio), np.asarray(lengths)
+    if audio.ndim != 2 or not len(audio):
+        raise ValueError(f"featurize: expected padded audio [utterances, samples] with at least one "
+                         f"utterance, got shape {audio.shape}")
+    if lengths.shape != audio.shape[:1] or not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(f"featurize: expected int lengths [{len(audio)}], one per utterance, got "
+                         f"{lengths.dtype}{list(lengths.shape)}")
+    beyond = np.flatnonzero(lengths > audio.shape[1])
+    if beyond.size:
+        i = int(beyond[0])
+        raise ValueError(f"featurize: utterance {i} claims {int(lengths[i])} samples but its row holds "
+                         f"{audio.shape[1]}; {beyond.size} length(s) exceed the padded audio")
     short = np.flatnonzero(front_end.frames(lengths) == 0)
     if short.size:
         i = int(short[0])

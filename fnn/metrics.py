@@ -62,7 +62,8 @@ def confusion_matrix(predictions: jax.Array, labels: jax.Array, num_classes: int
         )
     if not is_count(num_classes):
         raise ValueError(f"confusion_matrix: num_classes must be a positive int, got {num_classes!r}")
-    labels, predictions = labels.reshape(-1), predictions.reshape(-1)
+    # int32 before the cell index: labels * num_classes overflows a uint8 or int16 label
+    labels, predictions = labels.reshape(-1).astype(jnp.int32), predictions.reshape(-1).astype(jnp.int32)
     valid = (labels >= 0) & (labels < num_classes) & (predictions >= 0) & (predictions < num_classes)
     index = jnp.where(valid, labels * num_classes + predictions, 0)
     counts = jnp.bincount(index, weights=valid.astype(jnp.int32), length=num_classes * num_classes)

@@ -90,3 +90,7 @@ def test_accuracy_top_k_and_confusion_matrix():
     np.testing.assert_array_equal(jitted(padded, padded_labels, 4), matrix)
     with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
         fnn.metrics.confusion_matrix(predictions, LABELS, 0)
+    # small integer labels: the cell index is computed in int32 (3 * 100 + 3 wrapped to 47 in uint8)
+    small = jnp.array([99, 50, 3], jnp.uint8)
+    counts = fnn.metrics.confusion_matrix(small, small, 100)
+    assert int(counts.sum()) == 3 and [int(counts[i, i]) for i in (3, 50, 99)] == [1, 1, 1]

@@ -215,6 +215,27 @@ def test_mel_filterbank_peaks_at_its_centres():
         audio.mel_filterbank(512, 10, 16000, 0.0, 9000.0)
 
 
+def test_mel_filterbank_of_an_odd_fft_sits_on_its_bins():
+    sample_rate, n_fft = 16000, 401  # the top bin of an odd FFT is below half the rate
+    bank = audio.mel_filterbank(n_fft, 20, sample_rate, 0.0, 8000.0)
+    freqs = np.fft.rfftfreq(n_fft, 1 / sample_rate)
+    edges = audio.mel_to_hz(np.linspace(0.0, audio.hz_to_mel(8000.0), 22))
+    low, centre, high = edges[:-2], edges[1:-1], edges[2:]
+    want = np.maximum(0, np.minimum((freqs[:, None] - low) / (centre - low), (high - freqs[:, None]) / (high - centre)))
+    np.testing.assert_allclose(bank, want, atol=1e-6)  # was 0.038 off: bins spread up to 8000 Hz
+
+
+def test_log_mel_frame_mask_needs_every_sample_of_a_frame():
+    front = audio.LogMel(n_mels=16)
+    wave = jnp.asarray(np.random.default_rng(0).normal(size=(2, 1600)), jnp.float32)
+    left = jnp.arange(1600)[None] >= jnp.array([[100], [0]])  # row 0 left-padded by 100 samples
+    _, frame_mask = front({}, (wave, left))
+    assert frame_mask.tolist() == [[False] + [True] * 7, [True] * 8]  # was [True] * 7 + [False]
+    gap = left.at[1, 700].set(False)  # one sample missing in the middle of row 1
+    _, frame_mask = front({}, (wave, gap))
+    assert frame_mask[1].tolist() == [True, True, False, False, False, True, True, True]
+
+
 def test_log_mel_refuses_bad_input():
     front = audio.LogMel()
     with pytest.raises(fnn.ShapeError, match=r"audio of 399 samples is shorter than one frame \(400 samples, 25 ms\)"):
@@ -234,6 +255,12 @@ def test_featurize_refuses_another_sample_rate_and_too_short_audio():
         audio.featurize(waves, [2000, 2000, 2000], 22050, front)
     with pytest.raises(ValueError, match="utterance 1 has 300 samples, fewer than one frame \\(400\\)"):
         audio.featurize(waves, [2000, 300, 100], 16000, front)
+    with pytest.raises(ValueError, match="utterance 2 claims 5000 samples but its row holds 2000"):
+        audio.featurize(waves, [2000, 1000, 5000], 16000, front)  # was cut to 2000 in silence
+    with pytest.raises(ValueError, match=r"expected int lengths \[3\], one per utterance, got int64\[2\]"):
+        audio.featurize(waves, [2000, 1000], 16000, front)
+    with pytest.raises(ValueError, match=r"at least one utterance, got shape \(0, 2000\)"):
+        audio.featurize(waves[:0], np.zeros(0, int), 16000, front)
     x, mask = audio.featurize(waves + 0.01, [2000, 1000, 400], 16000, front, batch_size=2)
     assert x.shape == (3, 11, 40) and mask.sum(1).tolist() == [11, 4, 1]
 
