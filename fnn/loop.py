@@ -265,9 +265,12 @@ def train_loop(
             if (checkpoint_every and at % checkpoint_every == 0) or at == total:
                 save()
             elsewhere += time.perf_counter() - aside
-            if stopper.signum is not None and at < total:
-                save()
+            if stopper.signum is not None:
+                if at < total:  # at the total, the final checkpoint is saved above
+                    save()
                 raise Interrupted(str(run.directory), at, stopper.signum)
+        if stopper.signum is not None:  # caught before the first step, or after the last
+            raise Interrupted(str(run.directory), at, stopper.signum)
         if bar is not None:
             bar.update(task, completed=at)
     if stats is not None:

@@ -38,8 +38,9 @@ import optax
 
 from fnn import config as config_lib
 from fnn import precision as precision_lib
+from fnn.core import is_count
 from fnn.data import loader
-from fnn.loop import train_loop
+from fnn.loop import Interrupted, train_loop
 from fnn.runs import Run
 from fnn.train import evaluate as evaluate_batches
 from fnn.train import init_train_state, make_eval_step, make_train_step
@@ -131,6 +132,10 @@ class Pipeline:
         if (after is None) == (before is None):
             raise PipelineError("insert: give exactly one of after= or before=")
         at = self._index(after) + 1 if after is not None else self._index(before)
+        taken = sorted(set(stages) & set(self.names))
+        if taken:
+            raise PipelineError(f"insert: a stage is already named {taken[0]!r}; name the new one "
+                                "otherwise, or use replace")
         items = list(self.stages)
         items[at:at] = list(stages.items())
         return Pipeline(**dict(items))
@@ -271,12 +276,16 @@ def start(experiment: Experiment, config: Any, directory: str, *, progress: bool
     return run, run_in(experiment, config, run, progress)
 
 
-def resume(directory: str, *, progress: bool = True) -> tuple[Run, dict]:
+def resume(
+    directory: str, *, experiment: Experiment | None = None, progress: bool = True
+) -> tuple[Run, dict]:
     """Continue the run in ``directory`` from its latest checkpoint.
 
     The experiment is found by the name in the run's ``config.json`` (among the installed
-    ones, :func:`experiments`) and runs with the configuration recorded there; a run of
-    ``fnn sweep`` continues as a population. Returns the run and the pipeline's values.
+    ones, :func:`experiments`), or is ``experiment`` (one of your own, started with
+    :func:`start`; its name must be the run's), and runs with the configuration recorded
+    there; a run of ``fnn sweep`` continues as a population. Returns the run and the
+    pipeline's values.
 
     Example:
         >>> import dataclasses, os, tempfile
@@ -293,7 +302,14 @@ def resume(directory: str, *, progress: bool = True) -> tuple[Run, dict]:
     from fnn import sweep
 
     run = Run(directory)
-    experiment = find(run.experiment)
+    if experiment is None:
+        try:
+            experiment = find(run.experiment)
+        except PipelineError as error:
+            raise PipelineError(f"{error}; a run of an experiment of your own continues with "
+                                "fnn.pipeline.resume(directory, experiment=...)") from None
+    elif experiment.name != run.experiment:
+        raise PipelineError(f"{run.directory} is a run of {run.experiment!r}, not of {experiment.name!r}")
     try:
         config = config_lib.from_dict(type(experiment.config), run.config)
     except config_lib.ConfigError as error:
@@ -331,6 +347,11 @@ def run_in(
     began = time.perf_counter()
     try:
         values = (pipeline or experiment.pipeline).run(config=config, run=run, progress=progress, **values)
+    except Interrupted as stop:  # a sub-run's loop (a comparison's variant) stopped: resume this run
+        run.close()
+        if stop.directory != str(run.directory):
+            raise Interrupted(str(run.directory), stop.step, stop.signum) from None
+        raise
     except BaseException:
         run.close()
         raise
@@ -647,7 +668,12 @@ def loader_in_order(arrays: Any, batch_size: int):
         >>> [x.shape for (x,) in loader_in_order((np.ones((5, 3)),), 2)]
         [(2, 3), (2, 3), (1, 3)]
     """
-    n = len(jax.tree.leaves(arrays)[0])
+    if not is_count(batch_size):
+        raise ValueError(f"loader_in_order: batch_size must be a positive int, got {batch_size!r}")
+    lengths = [len(a) for a in jax.tree.leaves(arrays)]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"loader_in_order: arrays differ in length: {lengths}")
+    n = lengths[0]
     for i in range(0, n, batch_size):
         yield jax.tree.map(lambda a, i=i: a[i : i + batch_size], arrays)
 
@@ -663,7 +689,12 @@ def predict(model, state, inputs, batch_size: int = 512) -> jax.Array:
         >>> predict(model, state, jnp.ones((5, 3)), batch_size=2).shape
         (5, 2)
     """
+    if not is_count(batch_size):
+        raise ValueError(f"predict: batch_size must be a positive int, got {batch_size!r}")
     apply = jax.jit(lambda params, model_state, x: model.apply(params, model_state, x)[0])
+    if not len(jax.tree.leaves(inputs)[0]):  # no examples: the outputs' shapes with none
+        shapes = jax.eval_shape(apply, state.params, state.model_state, inputs)
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     outs = [
         apply(state.params, state.model_state, chunk) for (chunk,) in loader_in_order((inputs,), batch_size)
     ]

@@ -112,9 +112,12 @@ class Run:
         directory cannot both start in it."""
         directory = Path(directory)
         if (directory / "config.json").exists():
+            empty = not any((directory / name).exists() for name in _RUN_FILES)
             raise RunError(
                 f"{directory} already holds a run; continue it with `fnn resume {directory}` "
                 "or choose another directory"
+                + (" (it holds nothing but its config.json: the run stopped before its first "
+                   "step, and removing the directory starts afresh)" if empty else "")
             )
         left = [name for name in _RUN_FILES if (directory / name).exists()]
         if left:

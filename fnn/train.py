@@ -380,11 +380,13 @@ class MetricsWindow:
         means = jax.device_get(jax.tree.map(mean, *pending))
         record = {"step": step, "split": "train", **{k: _number(v) for k, v in means.items()}}
         if "loss" in record and not np.all(np.isfinite(record["loss"])):
-            finite = np.concatenate([each_step(np.isfinite(m["loss"]), np.all) for m in jax.device_get(pending)])
+            pending = jax.device_get(pending)
+            finite = np.concatenate([each_step(np.isfinite(m["loss"]), np.all) for m in pending])
             raise FloatingPointError(
-                f"training loss became {record['loss']} at step {first_step(~finite)} (the first non-finite one "
-                f"of the {count} steps up to step {step}); lower the learning rate, check the data for NaNs, "
-                "check that token ids are within the embedding's range, or (float16) lower the loss scale"
+                f"training loss became {record['loss']} at step {first_step(~finite)} (the first "
+                f"non-finite one of the {count} steps up to step {step}); lower the learning rate, check "
+                "the data for NaNs, check that token ids are within the embedding's range, or (float16) "
+                "lower the loss scale"
             )
         if "skipped" in record and "loss_scale" in record:
             stuck = np.concatenate([

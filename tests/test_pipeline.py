@@ -130,6 +130,42 @@ def test_pipeline_errors_name_the_stage():
         Pipeline(bad=lambda: 3).run()
     with pytest.raises(PipelineError, match="has no name"):
         Pipeline(lambda: {})
+    # a new stage named like an old one (the old one was dropped or replaced in silence)
+    with pytest.raises(PipelineError, match="insert: a stage is already named 'total'"):
+        Pipeline(load, total).insert(after="load", total=double)
+    with pytest.raises(PipelineError, match="insert: a stage is already named 'load'"):
+        Pipeline(load, total).insert(before="total", load=double)
+
+
+def test_a_stop_inside_a_sub_run_names_the_run_to_resume_and_own_experiments_resume(tmp_path):
+    """An experiment whose stage trains in a sub-run of its run (as comparisons' variants
+    do): a stop there says to resume the run itself, and resume takes the experiment."""
+    step, _, data, _ = _problem()
+    stop = [True]
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        every: int = 4
+
+    def train(config, run, progress):
+        path = run.directory / "sub"
+        sub = runs.Run(path) if (path / "config.json").exists() else runs.Run.create(path, "mine/sub", {})
+        _, state, _, _ = _problem()
+        state, _ = loop.train_loop(_interrupt_at(step, 5) if stop[0] else step, state, data, run=sub,
+                                   checkpoint_every=config.every, progress=False)
+        return {"final": {"step": int(state.step)}}
+
+    mine = pipeline.Experiment("mine", "trains in a sub-run", Config(), Pipeline(train))
+    directory = tmp_path / "run"
+    with pytest.raises(loop.Interrupted, match=f"continue with `fnn resume {directory}`$"):
+        pipeline.start(mine, Config(), str(directory), progress=False)  # named {directory}/sub before
+    with pytest.raises(PipelineError, match=r"no experiment named 'mine'.*resume\(directory, experiment=...\)"):
+        pipeline.resume(str(directory), progress=False)
+    with pytest.raises(PipelineError, match="is a run of 'mine', not of 'xor'"):
+        pipeline.resume(str(directory), experiment=pipeline.find("xor"), progress=False)
+    stop[0] = False
+    run, values = pipeline.resume(str(directory), experiment=mine, progress=False)
+    assert values["final"] == {"step": 24} and run.final()["step"] == 24
 
 
 def test_experiments_are_found_through_entry_points():
@@ -261,7 +297,7 @@ def _interrupt_at(step, k):
     return interrupting
 
 
-@pytest.mark.parametrize("k", [3, 7, 12])
+@pytest.mark.parametrize("k", [3, 7, 12, 24])  # 24: the last step (the signal was dropped there)
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, k):
     step, state0, data, evaluate = _problem()
     kwargs = dict(log_every=5, evaluate=evaluate, eval_every=12, checkpoint_every=10, progress=False)
@@ -470,7 +506,11 @@ def test_run_directory_errors(tmp_path):
     with pytest.raises(runs.RunError, match="config.json is not valid JSON"):
         runs.Run(tmp_path / "broken")
     _new_run(tmp_path / "taken")
-    with pytest.raises(runs.RunError, match="already holds a run; continue it with `fnn resume"):
+    with pytest.raises(runs.RunError, match="already holds a run; continue it with `fnn resume.*"
+                                            "holds nothing but its config.json: the run stopped before"):
+        _new_run(tmp_path / "taken")
+    (tmp_path / "taken" / "metrics.jsonl").write_text("")
+    with pytest.raises(runs.RunError, match="or choose another directory$"):
         _new_run(tmp_path / "taken")
     # what is left of a run without its config.json: a new run there would have continued it
     (tmp_path / "left" / "checkpoints").mkdir(parents=True)
@@ -674,3 +714,18 @@ def test_experiment_module_runs_with_overrides(tmp_path, monkeypatch, capsys):
     assert "test accuracy" in capsys.readouterr().out
     assert len(os.listdir(tmp_path / "runs")) == 1
     assert digits.EXPERIMENT.config == digits.Config()
+
+
+def test_predict_and_loader_in_order_check_their_input():
+    model = fnn.Dense(2)
+    state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 3)))
+    empty = pipeline.predict(model, state, jnp.zeros((0, 3)))  # a TypeError from tree.map before
+    assert empty.shape == (0, 2) and empty.dtype == jnp.float32
+    with pytest.raises(ValueError, match="predict: batch_size must be a positive int, got 0"):
+        pipeline.predict(model, state, jnp.ones((4, 3)), batch_size=0)
+    with pytest.raises(ValueError, match="loader_in_order: batch_size must be a positive int, got -1"):
+        list(pipeline.loader_in_order((np.ones((4, 3)),), -1))  # yielded nothing before
+    with pytest.raises(ValueError, match=r"loader_in_order: arrays differ in length: \[5, 3\]"):
+        list(pipeline.loader_in_order((np.ones((5, 3)), np.ones(3)), 2))
+    np.testing.assert_allclose(pipeline.predict(model, state, jnp.ones((5, 3)), batch_size=np.int64(2)),
+                               model(state.params, jnp.ones((5, 3))), rtol=1e-6)
