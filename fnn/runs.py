@@ -49,7 +49,7 @@ class RunError(ValueError):
         Traceback (most recent call last):
             ...
         fnn.runs.RunError: .../run already holds a run; continue it with `fnn resume .../run` or choose \
-another directory
+another directory (it holds nothing but its config.json: ...)
     """
 
 
