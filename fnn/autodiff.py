@@ -135,8 +135,9 @@ def weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
     fnn's training steps in ``benchmarks/``: the small MLP 1.12-1.17x faster, LeNet 1.05x; at
     the large MLP's 200,000 elements the copy made the step 0.97x, at the transformer's
     0.86x, so larger ``x`` keep the one product."""
-    rows = x.reshape(-1, x.shape[-1]).astype(g.dtype)
-    g = g.reshape(-1, g.shape[-1])
+    n = math.prod(x.shape[:-1])  # not -1: a reshape cannot infer it beside an axis of size 0
+    rows = x.reshape(n, x.shape[-1]).astype(g.dtype)
+    g = g.reshape(n, g.shape[-1])
     if rows.size <= _SMALL_TRANSPOSE and jax.default_backend() == "cpu":
         return jnp.matmul(lax.optimization_barrier(rows.T), g)
     return lax.dot_general(rows, g, (((0,), (0,)), ((), ())))
@@ -490,7 +491,9 @@ def attention(
     A/B (a one-off script) the rule ran the benchmark transformer's training step 1.13x
     faster and planned 70 MiB of temporaries against 80. Elsewhere (outside the context,
     or on GPU and TPU, where a backend may have a fused attention of its own) it is
-    ``jax.nn.dot_product_attention``.
+    ``jax.nn.dot_product_attention``, except in float16 on CPU, whose products that
+    function asks for XLA's CPU backend does not compile: there it is the rule's forward
+    maths, differentiated by JAX.
 
     With dropout it is that maths written out, differentiated by JAX: the rule extended to
     the mask was no faster for the benchmark transformer with dropout 0.1 (the step's time
@@ -504,6 +507,9 @@ def attention(
         if visible is None:
             visible = jnp.ones((1, 1, q.shape[1], k.shape[1]), bool)
         return _attention_reverse(q, k, v, visible)
+    if q.dtype == jnp.float16 and jax.default_backend() == "cpu":
+        # XLA's CPU dot_general refuses jax.nn's float16 products (float32 results) under jit
+        return _attention_forward(q, k, v, visible)[0]
     return jax.nn.dot_product_attention(q, k, v, mask=visible)
 
 

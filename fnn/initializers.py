@@ -74,6 +74,11 @@ def _checked(
         if jnp.dtype(dtype) == jnp.float32:
             raise
         value = init(key, shape, jnp.float32).astype(dtype)
+    except ZeroDivisionError:  # a variance scaled by a fan of 0
+        raise LayerError(
+            f"initializer {name} cannot scale a parameter of shape {tuple(shape)}: an axis of size 0 "
+            "makes its fan 0 (a layer with no input features or channels?)"
+        ) from None
     if not hasattr(value, "shape") or tuple(value.shape) != tuple(shape):
         raise LayerError(
             f"initializer {name} returned {shape_str(value)} for a parameter of shape {tuple(shape)}; "

@@ -535,6 +535,24 @@ def test_attention_bfloat16_gradients_keep_their_dtypes():
         np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=0.05, atol=0.05)
 
 
+def test_float16_attention_compiles_outside_the_rule_on_cpu():
+    """JAX's attention in float16 does not compile on CPU (XLA's dot_general refuses its
+    float16 products with float32 results): an eval step of a float16 model failed."""
+    q, k, v = _qkv(dtype=jnp.float16)
+    want = _attention_loss(causal=True)(*(a.astype(jnp.float32) for a in (q, k, v)))
+    got = jax.jit(_attention_loss(causal=True))(q, k, v)
+    np.testing.assert_allclose(got, want, rtol=0.02, atol=0.02)
+    grads = jax.jit(jax.grad(_attention_loss(causal=True), argnums=(0, 1, 2)))(q, k, v)
+    assert all(g.dtype == jnp.float16 and bool(jnp.isfinite(g).all()) for g in grads)
+
+
+def test_weight_gradient_with_no_input_features():
+    x, w = jnp.ones((2, 0)), jnp.zeros((0, 3))  # a reshape to (-1, 0) failed inside the rule
+    with fnn.reverse_mode_only():
+        dw = jax.grad(lambda w: jnp.sum(matmul(x, w) + 1.0))(w)
+    assert dw.shape == (0, 3)
+
+
 def test_attention_rule_is_for_cpu_inside_and_not_with_dropout(monkeypatch):
     """On GPU and TPU the rule is off (a backend may fuse attention itself), and dropout on
     the weights keeps JAX's gradient of the written-out maths."""

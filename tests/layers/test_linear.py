@@ -215,6 +215,10 @@ def test_orthogonal_in_half_precision_and_an_uncalled_initializer_factory():
     with pytest.raises(fnn.LayerError, match=r"^head: initializer he_normal returned function for a parameter of "
                                              r"shape \(6, 5\).*he_normal\(\) \(the factory called\)"):
         fnn.serial(head=fnn.Dense(5, w_init=jax.nn.initializers.he_normal)).init(KEY, x)
+    # no input features: a fan of 0 (a ZeroDivisionError from inside JAX before)
+    with pytest.raises(fnn.LayerError, match=r"^head: initializer lecun_normal cannot scale a parameter of "
+                                             r"shape \(0, 5\): an axis of size 0 makes its fan 0"):
+        fnn.serial(head=fnn.Dense(5)).init(KEY, spec(2, 0))
 
 
 def test_zero_initializers_give_zero_output_and_constants_take_effect():
