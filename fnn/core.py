@@ -354,27 +354,41 @@ def apply_child(
             f"{type(layer).__name__} cannot take input {shape_str(x)}: {error}; {_MASKS_HINT}", (name,)
         ) from error
     except KeyError as error:
-        if not _lacks_parameter(layer, params.get(name, {}), x, error):
+        lacking = _lacks_entry(layer, params.get(name, {}), state.get(name, {}), x, error)
+        if lacking is None:
             raise
-        held = sorted(params.get(name, {}))
+        held = sorted(lacking[1])
+        hint = (
+            "were the parameters made by this model's init?" if lacking[0] == "parameter" else
+            "a model that keeps state runs as model.apply(params, state, x, train=...), with the "
+            "state its init made (model(params, x) passes none)"
+        )
+        among = "parameters" if lacking[0] == "parameter" else "state entries"
         raise LayerError(
-            f"{type(layer).__name__} found no parameter {error} among its parameters "
-            f"{{{', '.join(held)}}}; were the parameters made by this model's init?", (name,)
+            f"{type(layer).__name__} found no {lacking[0]} {error} among its {among} "
+            f"{{{', '.join(held)}}}; {hint}", (name,)
         ) from error
 
 
-def _lacks_parameter(layer: Layer, params: Any, x: Any, error: KeyError) -> bool:
-    """Whether ``error`` is ``layer`` looking up a parameter its ``init`` makes and
-    ``params`` lacks (not a key of the input or of a user's own lookup)."""
+def _lacks_entry(layer: Layer, params: Any, state: Any, x: Any, error: KeyError) -> tuple[str, Any] | None:
+    """``("parameter", params)`` or ``("state entry", state)`` when ``error`` is ``layer``
+    looking up an entry its ``init`` makes and that tree lacks; None when it is a key of the
+    input or of a user's own lookup."""
     missing = error.args[0] if error.args else None
-    if not isinstance(params, dict) or missing in params:
-        return False
+    trees = [(what, tree) for what, tree in (("parameter", params), ("state entry", state))
+             if isinstance(tree, dict) and missing not in tree]
+    if not trees:
+        return None
     try:
         spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)
-        made, _ = jax.eval_shape(layer.init, jax.random.key(0), spec)
+        made = jax.eval_shape(layer.init, jax.random.key(0), spec)
     except Exception:  # only deciding which error to raise
-        return False
-    return isinstance(made, dict) and missing in made
+        return None
+    for what, tree in trees:
+        made_tree = made[0] if what == "parameter" else made[1]
+        if isinstance(made_tree, dict) and missing in made_tree:
+            return what, tree
+    return None
 
 
 def _keep(tree: dict[str, Any]) -> dict[str, Any]:

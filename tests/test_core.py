@@ -143,6 +143,25 @@ def test_parameters_missing_a_layer_name_the_layer():
     assert not isinstance(error.value, fnn.LayerError)
 
 
+def test_a_layer_of_ones_own_missing_its_state_names_the_layer():
+    @dataclasses.dataclass(frozen=True)
+    class RunningCenter(fnn.Layer):
+        def init(self, key, x):
+            return {}, {"mean": jnp.zeros(x.shape[-1:])}
+
+        def apply(self, params, state, x, *, key=None, train=False):
+            return x - state["mean"], state
+
+    model = fnn.serial(dense=fnn.Dense(4), center=RunningCenter())
+    params, state = model.init(KEY, jnp.ones((2, 3)))
+    with pytest.raises(fnn.LayerError, match=r"^center: RunningCenter found no state entry 'mean' among its "
+                                             r"state entries \{\}; a model that keeps state runs as "
+                                             r"model.apply\(params, state, x, train=...\)"):
+        model(params, jnp.ones((2, 3)))  # a bare KeyError('mean') before
+    y, _ = model.apply(params, state, jnp.ones((2, 3)))
+    assert y.shape == (2, 4)
+
+
 def test_a_masked_sequence_given_to_a_layer_without_masks_names_the_layer_and_keep_mask():
     pair = (jnp.ones((2, 4, 8)), jnp.ones((2, 4), bool))
     hint = r"\(float32\[2,4,8\], bool\[2,4\]\).*inside fnn.KeepMask"

@@ -55,6 +55,13 @@ class Dense(WeightOptions, Layer):
 
     def forward(self, params, x, *, key=None, train=False):
         w = params["w"]
+        bias = (params["b"].shape,) if self.use_bias else ()
+        if len(w.shape) != 2 or w.shape[1] != self.features or bias not in ((), ((self.features,),)):
+            made = "".join(f", b{list(b)}" for b in bias)
+            raise ShapeError(
+                f"Dense with {self.features} features got parameters w{list(w.shape)}{made}: were they "
+                f"made by this layer's init? (w is [in, out]: [n, {self.features}])"
+            )
         require_float(self, x)
         require_features(self, x, w.shape[0])
         dtype = compute_dtype(self, x, w)

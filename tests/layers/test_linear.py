@@ -291,12 +291,19 @@ def test_dense_reapplied_to_another_feature_size_names_expected_and_received():
     with pytest.raises(fnn.ShapeError) as info:
         model(params, jnp.ones((2, 5)))
     assert str(info.value) == "dense_0: Dense expected 3 features on axis -1, got input float32[2,5]"
-    # the second layer gets params for 4 features but the first now produces 6
+    # the first layer (4 features) gets another's parameters for 6: it ran, as a 6-feature layer
     other = random_params(fnn.serial(fnn.Dense(6), jax.nn.relu, fnn.Dense(2)), spec(2, 3))
     mixed = {"dense_0": other["dense_0"], "dense_1": params["dense_1"]}
-    message = r"^dense_1: Dense expected 4 features on axis -1, got input float32\[2,6\]"
+    message = (r"^dense_0: Dense with 4 features got parameters w\[3, 6\], b\[6\]: were they made by this "
+               r"layer's init\? \(w is \[in, out\]: \[n, 4\]\)")
     with pytest.raises(fnn.ShapeError, match=message):
         model(mixed, jnp.ones((2, 3)))
+    # a PyTorch-layout weight [out, in] is named as the parameters' fault, not the input's
+    torch_layout = {**params, "dense_0": {"w": params["dense_0"]["w"].T, "b": params["dense_0"]["b"]}}
+    with pytest.raises(fnn.ShapeError, match=r"^dense_0: Dense with 4 features got parameters w\[4, 3\], b\[4\]"):
+        model(torch_layout, jnp.ones((2, 3)))
+    with pytest.raises(fnn.ShapeError, match=r"^dense_0: Dense with 4 features got parameters w\[3, 4\], b\[3\]"):
+        model({**params, "dense_0": {"w": params["dense_0"]["w"], "b": jnp.zeros(3)}}, jnp.ones((2, 3)))
 
 
 def test_dense_reapplied_to_a_scalar_raises_a_shape_error():
