@@ -207,17 +207,21 @@ class GroupNorm(Layer):
         positive_int(self, "num_groups", self.num_groups)
         _check_epsilon(self)
 
-    def init_params(self, key, x):
-        require_float(self, x)
+    def _check_groups(self, x):
         if len(x.shape) < 2 or x.shape[-1] % self.num_groups:
             raise ShapeError(
                 f"GroupNorm(num_groups={self.num_groups}) expects [batch, ..., channels] with "
                 f"channels divisible by {self.num_groups}, got {shape_str(x)}"
             )
+
+    def init_params(self, key, x):
+        require_float(self, x)
+        self._check_groups(x)
         return _scale_and_bias(self, x.shape[-1])
 
     def forward(self, params, x, *, key=None, train=False):
         _check_features(self, params, x)
+        self._check_groups(x)  # without scale and bias, no parameter holds the channels
         groups = x.reshape(*x.shape[:-1], self.num_groups, x.shape[-1] // self.num_groups)
         g32 = groups.astype(_stats_dtype(x))
         reduce = (*range(1, x.ndim - 1), x.ndim)

@@ -515,6 +515,15 @@ def test_params_reused_on_another_feature_size_is_a_clear_error_naming_the_path(
         model.apply(params, state, jnp.ones(bad))
 
 
+def test_group_norm_without_parameters_checks_its_groups_at_apply():
+    layer = fnn.serial(norm=fnn.GroupNorm(3, use_scale=False, use_bias=False))
+    params, _ = layer.init(KEY, spec(2, 6))
+    assert layer(params, jnp.ones((2, 9))).shape == (2, 9)  # no parameter ties it to 6 channels
+    with pytest.raises(fnn.ShapeError, match=r"^norm: GroupNorm\(num_groups=3\) expects .* divisible by 3, "
+                                             r"got float32\[2,7\]"):
+        layer(params, jnp.ones((2, 7)))  # a TypeError from a reshape before
+
+
 def test_batch_norm_without_state_says_how_to_call_it():
     model = fnn.serial(fnn.Dense(3), fnn.BatchNorm())
     params, state = model.init(KEY, spec(4, 2))
