@@ -130,7 +130,7 @@ def model(config: Config) -> dict:
 def report(model, state, test_set, test, config: Config, run=None) -> dict:
     """The final test metrics and the confusion matrix (printed, and plotted in the run)."""
     x_test, y_test = test_set
-    predicted = jnp.argmax(fnn.pipeline.predict(model, state, x_test), -1)
+    predicted = jnp.argmax(fnn.pipeline.predict(model, state, x_test, policy=config.train.precision), -1)
     confusion = np.asarray(fnn.metrics.confusion_matrix(predicted, y_test, NUM_CLASSES))
     correct = int(np.trace(confusion))
     lines = [f"test accuracy {test['accuracy']:.4f} ({correct}/{len(y_test)})",

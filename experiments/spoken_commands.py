@@ -110,7 +110,8 @@ def model(config: Config) -> dict:
 def report(model, state, test_set, test_voices, test, intro, config: Config, run=None) -> dict:
     """Test accuracy, per voice and overall, and the confusion matrix (plotted in the run)."""
     x_test, y_test = test_set
-    predicted = np.asarray(jnp.argmax(fnn.pipeline.predict(model, state, x_test), -1))
+    logits = fnn.pipeline.predict(model, state, x_test, policy=config.train.precision)
+    predicted = np.asarray(jnp.argmax(logits, -1))
     confusion = np.asarray(fnn.metrics.confusion_matrix(predicted, y_test, len(config.words)))
     correct = predicted == y_test
     by_voice = {v: float(correct[[t == v for t in test_voices]].mean()) for v in sorted(set(test_voices))}

@@ -143,7 +143,7 @@ def digit_confusion(references, hypotheses) -> np.ndarray:
 def report(model, state, test_set, test_transcripts, test, intro, config: Config, run=None) -> dict:
     """Greedy and beam-search digit error rates, string accuracy, a confusion matrix and examples."""
     (x, mask), _ = test_set
-    logits, out_mask = fnn.pipeline.predict(model, state, (x, mask))
+    logits, out_mask = fnn.pipeline.predict(model, state, (x, mask), policy=config.train.precision)
     greedy = [decode(h) for h in ctc.greedy_decode(logits, out_mask)]
     beam = [decode(h) for h in ctc.beam_decode(logits, out_mask, beam_width=config.beam_width)]
     refs = list(test_transcripts)

@@ -678,9 +678,10 @@ def loader_in_order(arrays: Any, batch_size: int):
         yield jax.tree.map(lambda a, i=i: a[i : i + batch_size], arrays)
 
 
-def predict(model, state, inputs, batch_size: int = 512) -> jax.Array:
+def predict(model, state, inputs, batch_size: int = 512, *, policy: Any = None) -> jax.Array:
     """The model's outputs on ``inputs`` (an array or a pytree such as ``(x, mask)``) in
-    evaluation mode, computed in batches.
+    evaluation mode, computed in batches, in the dtypes of ``policy`` (a
+    ``fnn.precision.Policy`` or a dtype's name, as the model was trained and tested in).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, fnn
@@ -691,7 +692,8 @@ def predict(model, state, inputs, batch_size: int = 512) -> jax.Array:
     """
     if not is_count(batch_size):
         raise ValueError(f"predict: batch_size must be a positive int, got {batch_size!r}")
-    apply = jax.jit(lambda params, model_state, x: model.apply(params, model_state, x)[0])
+    policy = precision_lib.as_policy(policy, "predict")
+    apply = jax.jit(lambda params, state, x: precision_lib.apply(policy, model, params, state, x)[0])
     if not len(jax.tree.leaves(inputs)[0]):  # no examples: the outputs' shapes with none
         shapes = jax.eval_shape(apply, state.params, state.model_state, inputs)
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

@@ -202,6 +202,28 @@ class Policy:
         return self._cast(y, jnp.dtype(self.output))
 
 
+def apply(policy: Policy | None, model: Any, params: Any, model_state: Any, x: Any, **options: Any):
+    """``model.apply(params, model_state, x, **options)`` computed in the dtypes of ``policy``
+    (``None``: as the parameters are): the parameters and floating inputs in its computation
+    dtype, the floating outputs in its output dtype, the new model state in the old one's
+    dtypes. Training, evaluation and ``fnn.pipeline.predict`` all run a model through it.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fnn
+        >>> model = fnn.Dense(2)
+        >>> params, state = model.init(jax.random.key(0), jnp.ones((1, 3)))
+        >>> y, _ = apply(policy("bfloat16"), model, params, state, jnp.ones((1, 3)))
+        >>> y.dtype, apply(None, model, params, state, jnp.ones((1, 3)))[0].dtype
+        (dtype('float32'), dtype('float32'))
+    """
+    if policy is None:
+        return model.apply(params, model_state, x, **options)
+    params, x = policy.cast_params(params), policy.cast_inputs(x)
+    outputs, new_state = model.apply(params, model_state, x, **options)
+    new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, model_state)
+    return policy.cast_outputs(outputs), new_state
+
+
 def as_policy(value: Any, where: str) -> Policy | None:
     """A ``policy=`` argument as a :class:`Policy`: a policy or ``None`` as is, a dtype's name
     (``"bfloat16"``) as :func:`policy` makes it; a ``TypeError`` for anything else.

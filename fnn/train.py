@@ -25,6 +25,7 @@ import optax
 from fnn.autodiff import reverse_mode_only
 from fnn.core import Layer, Params, State, path_str
 from fnn.precision import Policy, as_policy
+from fnn.precision import apply as apply_in
 
 if TYPE_CHECKING:
     from fnn.distributed import DataParallel
@@ -101,15 +102,8 @@ def _objective(model: Layer, loss: LossFn, policy: Policy | None = None, train: 
 
     def objective(params, model_state, batch, key):
         x, y = batch
-        if policy is None:
-            outputs, model_state = model.apply(params, model_state, x, key=key, train=train)
-            return loss(outputs, y), (model_state, outputs)
-        outputs, new_state = model.apply(
-            policy.cast_params(params), model_state, policy.cast_inputs(x), key=key, train=train
-        )
-        new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, model_state)
-        outputs = policy.cast_outputs(outputs)
-        return loss(outputs, y), (new_state, outputs)
+        outputs, model_state = apply_in(policy, model, params, model_state, x, key=key, train=train)
+        return loss(outputs, y), (model_state, outputs)
 
     return objective
 
@@ -276,11 +270,7 @@ def make_eval_step(
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
         x, y = batch
-        if policy is None:
-            outputs, _ = model.apply(state.params, state.model_state, x, train=False)
-        else:
-            params, x = policy.cast_params(state.params), policy.cast_inputs(x)
-            outputs = policy.cast_outputs(model.apply(params, state.model_state, x, train=False)[0])
+        outputs, _ = apply_in(policy, model, state.params, state.model_state, x, train=False)
         return {"loss": loss(outputs, y), **{name: f(outputs, y) for name, f in metric_fns.items()}}
 
     return jax.jit(jax.vmap(eval_step, in_axes=(0, None)) if population else eval_step)

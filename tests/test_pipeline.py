@@ -729,3 +729,19 @@ def test_predict_and_loader_in_order_check_their_input():
         list(pipeline.loader_in_order((np.ones((5, 3)), np.ones(3)), 2))
     np.testing.assert_allclose(pipeline.predict(model, state, jnp.ones((5, 3)), batch_size=np.int64(2)),
                                model(state.params, jnp.ones((5, 3))), rtol=1e-6)
+
+
+def test_predict_computes_in_the_precision_the_model_was_tested_in():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 64).astype(np.int32)
+    model = fnn.serial(fnn.Dense(16), fnn.relu, fnn.Dense(3))
+    state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), x[:8])
+    half = pipeline.predict(model, state, x, batch_size=24, policy="bfloat16")
+    want, _ = fnn.precision.apply(fnn.precision.policy("bfloat16"), model, state.params, state.model_state, x)
+    np.testing.assert_array_equal(half, want)
+    assert half.dtype == jnp.float32 and not np.array_equal(half, pipeline.predict(model, state, x))
+    # the test stage's accuracy and the predictions' agree (digits' report counted float32 ones)
+    tested = pipeline.test(model, fnn.losses.softmax_cross_entropy, state, (x, y), {"accuracy": fnn.metrics.accuracy},
+                           types.SimpleNamespace(train=pipeline.TrainConfig(precision="bfloat16")))
+    assert float(tested["test"]["accuracy"]) == pytest.approx(float(np.mean(np.argmax(half, -1) == y)))
