@@ -57,7 +57,7 @@ class Config:
     width: int = 128  # LSTM hidden size, or the transformer's d_model
     layers: int = 2  # transformer blocks
     heads: int = 4
-    dropout: float = 0.0  # 10 million characters: at this budget the models underfit
+    dropout: float = 0.0  # the transformer's (10 million characters: at this budget the models underfit)
     held_out_every: int = 10  # every 10th address is held-out text, never trained on
     eval_every: int = 250
     eval_windows: int = 1024  # held-out windows scored at each evaluation (spread over all of it)
@@ -79,6 +79,7 @@ class Config:
         fnn.config.check_that(self, (
             ("learning_rate", self.learning_rate > 0, "positive"),
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+            ("dropout", self.model == "transformer" or self.dropout == 0, "0 for model=lstm, which has none"),
             ("temperature", self.temperature > 0, "positive"),
             # the sample continues the prompt in windows of length // 2 characters of context
             ("prompt", 1 <= len(self.prompt) <= self.length // 2,

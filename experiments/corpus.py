@@ -11,6 +11,8 @@ import hashlib
 import importlib.util
 import pathlib
 
+import fnn.config
+
 DESCRIPTION = """\
 The corpus is the U.S. presidents' State of the Union addresses, 1790 to 2026: 249
 speeches and written annual messages, 12.2 million characters of English prose, as
@@ -87,9 +89,15 @@ def speeches(root: pathlib.Path | None = None, *, addresses_only: bool = True) -
     return result
 
 
-def split(items: list, held_out_every: int = 10) -> tuple[list, list]:
+def split(items: list, held_out_every: int = 10, what: str = "addresses") -> tuple[list, list]:
     """``(kept, held_out)``: every ``held_out_every``-th item is held out, so both halves
-    span the whole period and no speech is in both."""
+    span the whole period and no speech is in both; a ``ConfigError`` (naming ``what``)
+    when that holds out nothing."""
+    if held_out_every > len(items):
+        raise fnn.config.ConfigError(
+            f"held_out_every: {held_out_every} would hold out none of the {len(items)} {what}; "
+            f"at most {len(items)}"
+        )
     held = [x for i, x in enumerate(items) if i % held_out_every == held_out_every - 1]
     kept = [x for i, x in enumerate(items) if i % held_out_every != held_out_every - 1]
     return kept, held

@@ -115,6 +115,11 @@ def data(config: Config) -> dict:
     train, test = config.data.datasets("digits", min_digits=config.min_digits, max_digits=config.max_digits)
     train_set = examples(train, config)
     n = len(train)
+    if int(n * config.valid_fraction) == 0:  # found here, not by the first evaluation after training
+        raise fnn.config.ConfigError(
+            f"valid_fraction: {config.valid_fraction} of the {n} training strings is none; raise it "
+            "or data.copies"
+        )
     order = np.random.default_rng(config.data.seed).permutation(n)
     valid, kept = order[: int(n * config.valid_fraction)], order[int(n * config.valid_fraction) :]
     intro = [f"{n:,} training strings by {len(set(train.voices))} voices, {len(test):,} test strings by "

@@ -78,17 +78,24 @@ def label_of(speech: corpus.Speech, label: str) -> int | None:
     return 0 if speech.year <= 1860 else 1 if speech.year <= 1932 else 2
 
 
-def paragraphs(speeches: list[corpus.Speech], vocab: fnn.text.WordVocab, config: Config):
-    """``(ids int32[n, max_words], mask bool[n, max_words], labels int32[n])``."""
-    encoded, labels = [], []
+def paragraphs(speeches: list[corpus.Speech], vocab: fnn.text.WordVocab, config: Config,
+               leave_out: frozenset = frozenset()):
+    """``(ids int32[n, max_words], mask bool[n, max_words], labels int32[n])`` and the number
+    of paragraphs left out because their words are those of one in ``leave_out`` (a set of
+    word tuples)."""
+    encoded, labels, left_out = [], [], 0
     for speech in speeches:
         for paragraph in speech.text.split("\n\n"):
             ids = vocab.encode(paragraph)
-            if len(ids) >= config.min_words:
-                encoded.append(ids)
-                labels.append(label_of(speech, config.label))
+            if len(ids) < config.min_words:
+                continue
+            if tuple(fnn.text.words(paragraph)) in leave_out:
+                left_out += 1
+                continue
+            encoded.append(ids)
+            labels.append(label_of(speech, config.label))
     ids, mask = fnn.text.pad(encoded, config.max_words)
-    return ids, mask, np.array(labels, np.int32)
+    return ids, mask, np.array(labels, np.int32), left_out
 
 
 def make_model(config: Config, classes: int) -> fnn.Layer:
@@ -111,16 +118,20 @@ def data(config: Config) -> dict:
     train_speeches, test_speeches = [], []
     for c in range(len(names)):  # hold out every n-th address of each class
         of_class = [s for s in chosen if label_of(s, config.label) == c]
-        kept, held = corpus.split(of_class, config.held_out_every)
+        kept, held = corpus.split(of_class, config.held_out_every, f"addresses of class {names[c]}")
         train_speeches += kept
         test_speeches += held
     vocab = fnn.text.WordVocab.from_texts((s.text for s in train_speeches), max_size=config.vocab_size)
-    x_train, m_train, y_train = paragraphs(train_speeches, vocab, config)
-    x_test, m_test, y_test = paragraphs(test_speeches, vocab, config)
+    x_train, m_train, y_train, _ = paragraphs(train_speeches, vocab, config)
+    # a paragraph repeated word for word in a training address (a president's address
+    # reprinting his previous one) is left out of the test: the model has read it
+    seen = frozenset(tuple(fnn.text.words(p)) for s in train_speeches for p in s.text.split("\n\n"))
+    x_test, m_test, y_test, repeated = paragraphs(test_speeches, vocab, config, leave_out=seen)
     majority = float(np.bincount(y_test, minlength=len(names)).max() / len(y_test))
     intro = [
         f"{len(train_speeches)} addresses ({len(x_train):,} paragraphs) to train on, "
-        f"{len(test_speeches)} held out ({len(x_test):,} paragraphs); classes {', '.join(names)}; "
+        f"{len(test_speeches)} held out ({len(x_test):,} paragraphs, leaving out {repeated} that a "
+        f"training address repeats word for word); classes {', '.join(names)}; "
         f"{vocab.size:,} words in the vocabulary",
         f"majority-class baseline: {majority:.4f} test accuracy",
     ]
@@ -134,7 +145,11 @@ def model(config: Config, vocab, classes) -> dict:
 
 
 def optimizer(config: Config) -> dict:
-    """AdamW (weight decay 1e-4) at ``train.learning_rate``, injected so sweeps can vary it."""
+    """With ``train.optimizer=adam`` (the default), AdamW (weight decay 1e-4) at
+    ``train.learning_rate``, injected so sweeps can vary it; ``sgd`` and ``rmsprop`` as
+    in every experiment (``fnn.pipeline.make_optimizer``)."""
+    if config.train.optimizer != "adam":
+        return fnn.pipeline.optimizer(config)
     lr = fnn.pipeline.learning_rate(config.train)
     return {"optimizer": optax.inject_hyperparams(optax.adamw)(learning_rate=lr, weight_decay=1e-4)}
 

@@ -134,9 +134,13 @@ def parse_value(text: str, hint: Any, key: str, choices: Iterable | None = None)
                 raise ValueError(text)
         elif kind is str:
             value = text
-        elif typing.get_origin(kind) is tuple:
+        elif typing.get_origin(kind) is tuple:  # a,b or the form --keys shows: ('a', 'b')
             (item, *_rest) = typing.get_args(kind)
-            value = tuple(parse_value(part, item, key) for part in text.split(",") if part.strip())
+            inner = text.strip()
+            if inner[:1] + inner[-1:] in ("()", "[]"):
+                inner = inner[1:-1]
+            parts = [_unquoted(part) for part in inner.split(",") if part.strip()]
+            value = tuple(parse_value(part, item, key) for part in parts)
         else:
             raise ConfigError(f"{key}: fields of type {kind!r} cannot be set from the command line")
     except ValueError as error:
@@ -146,6 +150,12 @@ def parse_value(text: str, hint: Any, key: str, choices: Iterable | None = None)
         raise ConfigError(f"{key}: expected {name}{' or none' if optional else ''}, got {text!r}") from None
     check_choice(key, value, choices)
     return value
+
+
+def _unquoted(part: str) -> str:
+    """A tuple item without its spaces and the quotes around it: ``" 'no'"`` -> ``"no"``."""
+    part = part.strip()
+    return part[1:-1] if len(part) >= 2 and part[0] == part[-1] and part[0] in "'\"" else part
 
 
 def check_at_least(config: Any, bounds: Iterable[tuple[str, float]], prefix: str = "") -> None:

@@ -46,6 +46,10 @@ def test_overrides_parse_each_field_by_its_type():
                                    "train.augment=false", "train.sizes=8,16,32"])
     assert c == Config("mlp", Train(3e-4, 2, False, (8, 16, 32)))
     assert config.override(c, ["train.learning_rate=none"]).train.learning_rate is None
+    # a tuple as --keys shows it, and with spaces (the brackets and quotes stayed in the items)
+    for text in ("(8, 16)", "[8, 16]", "8, 16", "'8','16'"):
+        assert config.override(c, [f"train.sizes={text}"]).train.sizes == (8, 16)
+    assert config.parse_value("('yes', \"no\")", tuple[str, ...], "words") == ("yes", "no")
 
 
 @pytest.mark.parametrize("assignment, message", [

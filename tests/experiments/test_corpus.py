@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+import fnn.config
 from experiments import corpus
 
 
@@ -23,6 +24,11 @@ def test_split_holds_out_every_nth_item():
     kept, held = corpus.split(list(range(25)), 5)
     assert held == [4, 9, 14, 19, 24]
     assert sorted(kept + held) == list(range(25))
+    assert corpus.split(list(range(25)), 25)[1] == [24]
+    # more than there are: nothing held out (an IndexError after the vocabulary before)
+    with pytest.raises(fnn.config.ConfigError, match="held_out_every: 26 would hold out none of the 25 "
+                                                      "addresses of 1861; at most 25"):
+        corpus.split(list(range(25)), 26, "addresses of 1861")
 
 
 @pytest.fixture

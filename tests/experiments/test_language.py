@@ -33,13 +33,14 @@ def test_char_models_beat_the_unigram_baseline_and_write_text(model, precision):
         ("learning_rate=0", "learning_rate must be positive, got 0.0"),
         ("dropout=1", "dropout must be in [0, 1), got 1.0"),
         ("temperature=-0.5", "temperature must be positive, got -0.5"),
+        ("model=lstm dropout=0.5", "dropout must be 0 for model=lstm, which has none, got 0.5"),
     ],
 )
 def test_char_lm_rejects_bad_config_values_by_name(override, says):
     import fnn
 
     with pytest.raises(fnn.config.ConfigError, match=re.escape(says)):
-        fnn.config.override(char_lm.Config(), [override])
+        fnn.config.override(char_lm.Config(), override.split())
 
 
 @pytest.mark.parametrize("steps, warmup", [(1, 0), (60, 30), (100, 50), (1000, 100)])
@@ -90,3 +91,18 @@ def test_classifiers_beat_the_majority_baseline_on_unseen_addresses(options, mar
     result = text_classify.run(text_classify.Config(**options))["final"]
     assert 0.45 < result["majority_baseline"] < 0.55
     assert result["test_accuracy"] > result["majority_baseline"] + margin
+
+
+def test_text_classify_tests_no_paragraph_a_training_address_repeats_and_honours_the_optimizer():
+    made = text_classify.data(text_classify.Config())
+    (ids, mask), _ = made["test_set"]
+    (train_ids, train_mask), _ = made["train_set"]
+    seen = {tuple(row[m]) for row, m in zip(np.asarray(train_ids), np.asarray(train_mask))}
+    assert not any(tuple(row[m]) in seen for row, m in zip(np.asarray(ids), np.asarray(mask)))
+    assert "leaving out 36 that a training address repeats word for word" in made["intro"][0]
+    # adam (the default) is AdamW; sgd and rmsprop are what they say (sgd ran as AdamW before)
+    params = {"w": np.zeros(2, np.float32)}
+    adam = text_classify.optimizer(text_classify.Config())["optimizer"].init(params)
+    sgd = text_classify.optimizer(text_classify.Config(train=TrainConfig(optimizer="sgd", momentum=0.5)))
+    assert "weight_decay" in adam.hyperparams
+    assert float(sgd["optimizer"].init(params).hyperparams["momentum"]) == 0.5

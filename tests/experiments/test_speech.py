@@ -50,6 +50,9 @@ def test_transcripts_that_cannot_fit_the_model_are_refused_before_training(tmp_p
     config = digits_config(tmp_path, stack=40)  # 0.4 s per output step: too few for three digits
     with pytest.raises(ValueError, match=r"spoken-digits: utterance \d+'s transcript of \d labels needs at least"):
         spoken_digits.data(config)
+    # a validation split of no string: the run failed at its first evaluation, after training
+    with pytest.raises(ValueError, match=r"valid_fraction: 0.001 of the \d+ training strings is none"):
+        spoken_digits.data(digits_config(tmp_path, valid_fraction=0.001))
 
 
 def test_labels_and_the_digit_confusion_matrix():
