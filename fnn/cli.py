@@ -34,7 +34,11 @@ def _default_dir(name: str) -> str:
     """``runs/NAME-YYYYmmdd-HHMMSS``, made here; ``-2``, ``-3``, ... when runs started in the
     same second have taken it (``mkdir`` claims a name atomically)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    os.makedirs("runs", exist_ok=True)
+    try:
+        os.makedirs("runs", exist_ok=True)
+    except OSError as error:
+        raise runs.RunError(f"cannot make the folder runs/ here ({error.strerror or error}); "
+                            "choose a run directory with --dir") from None
     for n in itertools.count(1):
         directory = os.path.join("runs", f"{name}-{stamp}" + (f"-{n}" if n > 1 else ""))
         try:
@@ -42,6 +46,9 @@ def _default_dir(name: str) -> str:
             return directory
         except FileExistsError:
             continue
+        except OSError as error:
+            raise runs.RunError(f"cannot make {directory} ({error.strerror or error}); "
+                                "choose a run directory with --dir") from None
     raise AssertionError("unreachable")
 
 

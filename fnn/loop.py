@@ -40,7 +40,9 @@ class Interrupted(Exception):  # noqa: N818  (a stop the user asked for, not an 
     """Training stopped on a signal after saving a checkpoint; ``str()`` says how to resume.
 
     ``train_loop`` raises it after SIGINT (Ctrl-C) or SIGTERM, once the step in flight has
-    finished and a checkpoint of it is saved; ``fnn run`` and ``fnn resume`` print it.
+    finished and a checkpoint of it is saved; ``fnn run`` and ``fnn resume`` print it. A
+    Ctrl-C outside the loop (while the data load or a program compiles) is one too, with
+    ``step`` None: the run continues from its latest checkpoint, if it has one.
 
     Example:
         >>> import signal
@@ -52,13 +54,11 @@ class Interrupted(Exception):  # noqa: N818  (a stop the user asked for, not an 
         (120, 'runs/digits')
     """
 
-    def __init__(self, directory: str, step: int, signum: int):
+    def __init__(self, directory: str, step: int | None, signum: int):
         self.directory, self.step, self.signum = directory, step, signum
         name = signal.Signals(signum).name
-        super().__init__(
-            f"{name}: stopped after step {step} and saved a checkpoint; "
-            f"continue with `fnn resume {directory}`"
-        )
+        done = "outside training" if step is None else f"after step {step} and saved a checkpoint"
+        super().__init__(f"{name}: stopped {done}; continue with `fnn resume {directory}`")
 
 
 class _Stop:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -352,6 +353,9 @@ def run_in(
         if stop.directory != str(run.directory):
             raise Interrupted(str(run.directory), stop.step, stop.signum) from None
         raise
+    except KeyboardInterrupt:  # Ctrl-C while no loop was catching it (data, compiling, a later stage)
+        run.close()
+        raise Interrupted(str(run.directory), None, signal.SIGINT) from None
     except BaseException:
         run.close()
         raise

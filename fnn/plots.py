@@ -100,6 +100,8 @@ def _save(plt: Any, fig: Any, path: str | os.PathLike) -> Path:
     """Write ``fig`` to ``path`` (making its folder) and close it."""
     fig.tight_layout()
     path = Path(path)
+    if not path.suffix:  # matplotlib writes a PNG at path.png: name the file it writes
+        path = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -58,8 +58,10 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise RunError(f"{path} is missing: is {path.parent} a run directory?") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunError(f"{path} is not valid JSON ({error})") from None
+    except OSError as error:  # a directory of that name, no permission
+        raise RunError(f"{path} cannot be read ({error.strerror or error})") from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -97,6 +99,8 @@ class Run:
         meta = read_json(self.directory / "config.json")
         if not isinstance(meta, dict) or "experiment" not in meta or "config" not in meta:
             raise RunError(f"{self.directory / 'config.json'} lacks the keys 'experiment' and 'config'")
+        if not isinstance(meta["config"], dict):
+            raise RunError(f"{self.directory / 'config.json'}: its 'config' is not a mapping of settings")
         self.experiment: str = meta["experiment"]
         self.config: dict = meta["config"]
         self._writer = None
@@ -206,6 +210,8 @@ class Run:
                 if number == len(lines) and not text.endswith("\n"):
                     break
                 raise RunError(f"{self.metrics_path}:{number} is not valid JSON: {line[:80]!r}") from None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise RunError(f"{self.metrics_path}:{number} is not a record with a step: {line[:80]!r}")
             if split is None or record.get("split") == split:
                 out.append(record)
         return out
@@ -250,7 +256,10 @@ class Run:
 
     def final(self) -> dict:
         path = self.directory / "final.json"
-        return read_json(path) if path.exists() else {}
+        final = read_json(path) if path.exists() else {}
+        if not isinstance(final, dict):
+            raise RunError(f"{path} is not a mapping of metrics")
+        return final
 
     def plot(self) -> list[str]:
         """Learning curves (one panel per metric, train and eval) as ``curves.png``."""
@@ -382,35 +391,52 @@ def compare(directories: Sequence[str | os.PathLike], plot_path: str | os.PathLi
     table = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
     table.insert(1, "-+-".join("-" * w for w in widths))
     if plot_path is not None:
-        _overlay(runs, Path(plot_path))
-        table.append(f"\nplot: {plot_path}")
+        table.append("\nplot: " + _overlay(runs, Path(plot_path)))
     return "\n".join(table)
 
 
-def _metric_names(records: Sequence[Mapping[str, Any]]) -> list[str]:
+def _metric_names(records: Sequence[Mapping[str, Any]], members: bool = False) -> list[str]:
+    """The metrics logged as numbers (with ``members``, also a population's lists of them)."""
     return sorted(
         {
             k
             for r in records
             for k, v in r.items()
-            if k not in ("step", "split") and isinstance(v, int | float)
+            if k not in ("step", "split") and (isinstance(v, int | float) or members and _numbers(v))
         }
     )
 
 
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, int | float) for v in value)
+
+
 def _points(records: Sequence[Mapping[str, Any]], name: str, split: str) -> list[tuple[float, float]]:
-    return [(r["step"], r[name]) for r in records if r.get("split") == split and name in r]
+    """``(step, value)`` of one metric; a population's list of values as their mean."""
+    return [
+        (r["step"], sum(r[name]) / len(r[name]) if _numbers(r[name]) else r[name])
+        for r in records if r.get("split") == split and name in r
+    ]
 
 
-def _overlay(runs: Sequence[Run], path: Path) -> None:
+def _overlay(runs: Sequence[Run], path: Path) -> str:
+    """The runs' curves in one figure at ``path``; what became of it: the path written,
+    none (no run logged a number), or why it was not written (the table stands without)."""
     per_run = [r.records() for r in runs]
-    names = _metric_names([r for records in per_run for r in records])
+    names = _metric_names([r for records in per_run for r in records], members=True)
     if not names:
-        raise RunError("compare: none of the runs has logged metrics to plot")
+        return "none (no run logged a number to plot)"
+    labels = [run.directory.name for run in runs]
+    if len(set(labels)) < len(labels):  # two runs of one name: their paths, numbered if need be
+        labels = [f"{run.directory} #{i}" if [r.directory for r in runs].count(run.directory) > 1 else
+                  str(run.directory) for i, run in enumerate(runs, 1)]
     panels = {}
     for name in names:
         panels[name] = {}
-        for run, records in zip(runs, per_run):
+        for label, records in zip(labels, per_run):
             split = "eval" if _points(records, name, "eval") else "train"
-            panels[name][f"{run.directory.name} ({split})"] = _points(records, name, split)
-    plots.curves(panels, path, title="compare")
+            panels[name][f"{label} ({split})"] = _points(records, name, split)
+    try:
+        return str(plots.curves(panels, path, title="compare"))
+    except (OSError, ValueError) as error:  # a folder that cannot be made, a format matplotlib lacks
+        return f"not written to {path} ({error})"

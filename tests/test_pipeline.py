@@ -749,3 +749,78 @@ def test_predict_computes_in_the_precision_the_model_was_tested_in():
     tested = pipeline.test(model, fnn.losses.softmax_cross_entropy, state, (x, y), {"accuracy": fnn.metrics.accuracy},
                            types.SimpleNamespace(train=pipeline.TrainConfig(precision="bfloat16")))
     assert float(tested["test"]["accuracy"]) == pytest.approx(float(np.mean(np.argmax(half, -1) == y)))
+
+
+def test_a_folder_runs_that_cannot_be_made_is_a_run_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("")  # a file of that name: a FileExistsError traceback before
+    with pytest.raises(runs.RunError, match=r"cannot make the folder runs/ here .*choose a run directory with --dir"):
+        fnn.cli._default_dir("xor")
+
+
+def test_ctrl_c_outside_the_loop_says_how_to_resume(tmp_path):
+    def load(config):
+        raise KeyboardInterrupt  # Ctrl-C while the data load, before the loop catches signals
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        n: int = 1
+
+    stopped = pipeline.Experiment("mine", "stops", Config(), Pipeline(load))
+    with pytest.raises(loop.Interrupted, match=f"^SIGINT: stopped outside training; continue with "
+                                               f"`fnn resume {tmp_path / 'run'}`$") as info:
+        pipeline.start(stopped, Config(), str(tmp_path / "run"), progress=False)
+    assert info.value.step is None and info.value.signum == signal.SIGINT
+
+
+def _finished(path, records, final):
+    run = runs.Run.create(path, "demo", {})
+    for record in records:
+        run.log(record)
+    run.finish(final)
+    return run
+
+
+def test_compare_plots_populations_names_runs_apart_and_keeps_its_table(tmp_path):
+    # a population logs a list per metric: the table was lost to "none of the runs has logged metrics"
+    members = [{"step": s, "split": "train", "loss": [1.0 / s, 2.0 / s]} for s in (1, 2)]
+    _finished(tmp_path / "a" / "run", members, {"accuracy_mean": 0.5})
+    _finished(tmp_path / "b" / "run", [{"step": 1, "split": "train", "loss": 3.0}], {"accuracy_mean": 0.7})
+    table = runs.compare([tmp_path / "a" / "run", tmp_path / "b" / "run"], tmp_path / "both")
+    assert "0.5" in table and "0.7" in table
+    assert table.endswith(f"plot: {tmp_path / 'both.png'}") and (tmp_path / "both.png").exists()  # named the file
+    import matplotlib.pyplot as plt
+    drawn = {}
+    original = fnn.plots.curves
+    fnn.plots.curves = lambda panels, path, **kw: drawn.update(panels) or original(panels, path, **kw)
+    try:
+        runs.compare([tmp_path / "a" / "run", tmp_path / "b" / "run", tmp_path / "b" / "run"], tmp_path / "c.png")
+    finally:
+        fnn.plots.curves = original
+        plt.close("all")
+    assert sorted(drawn["loss"]) == [f"{tmp_path / 'a' / 'run'} (train)", f"{tmp_path / 'b' / 'run'} #2 (train)",
+                                     f"{tmp_path / 'b' / 'run'} #3 (train)"]  # one curve per run, not per name
+    assert drawn["loss"][f"{tmp_path / 'a' / 'run'} (train)"] == [(1, 1.5), (2, 0.75)]  # the members' mean
+    table = runs.compare([tmp_path / "b" / "run"], tmp_path / "x.foo")
+    assert "0.7" in table and "plot: not written to" in table and "foo" in table
+
+
+def test_run_files_of_the_wrong_shape_are_run_errors(tmp_path):
+    run = _finished(tmp_path / "run", [{"step": 1, "split": "train", "loss": 1.0}], {"loss": 1.0})
+    (run.directory / "final.json").write_text("[1, 2]")
+    with pytest.raises(runs.RunError, match="final.json is not a mapping of metrics"):
+        runs.show(run.directory)
+    (run.directory / "final.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(runs.RunError, match="final.json is not valid JSON"):
+        runs.show(run.directory)
+    (run.directory / "final.json").write_text("{}")
+    run.metrics_path.write_text('5\n')
+    with pytest.raises(runs.RunError, match=r"metrics.jsonl:1 is not a record with a step: '5'"):
+        runs.compare([run.directory], tmp_path / "c.png")
+    (run.directory / "config.json").write_text('{"experiment": "xor", "config": [1, 2]}')
+    with pytest.raises(runs.RunError, match="its 'config' is not a mapping of settings"):
+        runs.show(run.directory)
+    (run.directory / "config.json").unlink()
+    (run.directory / "config.json").mkdir()
+    with pytest.raises(runs.RunError, match="config.json cannot be read"):
+        runs.show(run.directory)
