@@ -11,9 +11,10 @@ Democrats only and the era helps tell the parties apart). The test paragraphs co
 from addresses never seen in training (every ``held_out_every``-th address of each
 class), so the model cannot recognise a speech it has read; it must generalise from
 vocabulary and style. A held-out paragraph that a training address repeats word for
-word (an address reprinting the year before's) is left out of the test. The majority-class baseline is the accuracy of always guessing
-the most frequent class. Paragraphs differ in length: a batch is padded to
-``max_words`` and travels with its mask, so padding never counts.
+word (an address reprinting the year before's) is left out of the test. The
+majority-class baseline is the accuracy of always guessing the most frequent class.
+Paragraphs differ in length: a batch is padded to ``max_words`` and travels with its
+mask, so padding never counts.
 
 Two models, chosen with ``--model``:
 
