@@ -211,6 +211,15 @@ def console() -> int:
 
 def _resolve(args) -> tuple[pipeline.Experiment, object]:
     experiment = pipeline.find(args.name)
+    # argparse keeps --set apart from the plain overrides, so their order on the line is lost:
+    # a key given both ways, to different values, is refused rather than one silently winning
+    plain = {a.split("=", 1)[0].strip(): a for a in args.overrides if "=" in a}
+    for assignment in args.sets:
+        key = assignment.split("=", 1)[0].strip()
+        if key in plain and plain[key] != assignment:
+            raise config_lib.ConfigError(
+                f"{key} is given as {plain[key]} and as --set {assignment}; give it once"
+            )
     config = config_lib.override(experiment.config, [*args.overrides, *args.sets])
     return experiment, config
 

@@ -350,9 +350,10 @@ def show(directory: str | os.PathLike) -> str:
             + (f"; last record: {last[0]}" if last[0] else "; nothing logged yet")
             + f"; continue with `fnn resume {run.directory}`"
         )
-    for name in ("curves.png", "summary.md", "tensorboard"):
-        if (run.directory / name).exists():
-            lines.append(f"{name}: {run.directory / name}")
+    # its plots (curves, confusion, a sweep's members), summaries and TensorBoard logs
+    shown = [p for p in sorted(run.directory.iterdir())
+             if p.suffix in (".png", ".md") or p.name == "tensorboard"]
+    lines += [f"{path.name}: {path}" for path in shown]
     return "\n".join(lines)
 
 

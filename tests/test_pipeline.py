@@ -639,6 +639,7 @@ def test_cli_run_show_and_compare(tmp_path, capsys):
     assert fnn.cli.main(["show", str(tmp_path / "a")]) == 0
     shown = capsys.readouterr().out
     assert "experiment: digits" in shown and "model = mlp" in shown and "test_accuracy:" in shown
+    assert f"confusion.png: {tmp_path / 'a' / 'confusion.png'}" in shown  # not only curves.png
     assert fnn.cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--plot", str(tmp_path / "c.png")]) == 0
     table = capsys.readouterr().out
     assert "test_accuracy" in table and str(tmp_path / "b") in table
@@ -660,6 +661,10 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "no experiment named 'nope'" in capsys.readouterr().err
     assert fnn.cli.main(["resume", str(tmp_path / "missing")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+    # --set and a plain override of one key: --set won whatever the order on the line
+    assert fnn.cli.main(["run", "xor", "--set", "steps=30", "steps=20", "--dir", str(tmp_path / "y")]) == 2
+    assert "steps is given as steps=20 and as --set steps=30; give it once" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
 
 
 def _wait_for_checkpoint(directory, proc, timeout=120):
