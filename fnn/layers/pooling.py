@@ -111,8 +111,7 @@ def _first_max_jvp(axes, primals, tangents):
     index = jnp.zeros(x.shape, jnp.int32)
     for axis in axes:
         index = index * x.shape[axis] + lax.broadcasted_iota(jnp.int32, x.shape, axis)
-    at_max = (x == y) | (jnp.isnan(x) & jnp.isnan(y))  # a NaN window: its first NaN, as reduce_window
-    index = jnp.where(at_max, index, jnp.iinfo(jnp.int32).max)
+    index = jnp.where(x == y, index, jnp.iinfo(jnp.int32).max)
     first = index == index.min(axes, keepdims=True)
     return y.squeeze(axes), jnp.where(first, dx, jnp.zeros_like(dx)).sum(axes)
 

@@ -270,17 +270,6 @@ def test_tiled_max_pool_gradient_goes_to_the_first_of_equal_maxima():
     close(grad, [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
 
 
-def test_tiled_max_pool_gradient_of_a_nan_window_goes_to_its_nan_as_reduce_windows():
-    x = jnp.array([1.0, jnp.nan, 2.0, 0.5])[None, :, None]
-    tangent = jnp.array([10.0, 20.0, 30.0, 40.0])[None, :, None]
-    layer = fnn.MaxPool((2,))
-    grad = jax.grad(lambda v: layer({}, v).sum())(x)
-    expected = jax.grad(lambda v: reduce_window_pool(v[..., None, :], (2, 1), "VALID", "max").sum())(x)
-    close(grad, expected)
-    close(grad.ravel(), [0, 1, 1, 0])  # every element of the NaN window took the gradient before
-    close(jax.jvp(lambda v: layer({}, v), (x,), (tangent,))[1].ravel(), [20, 30])
-
-
 @pytest.mark.parametrize("layer", [fnn.MaxPool((2, 2)), fnn.AvgPool((2, 2))], ids=["MaxPool", "AvgPool"])
 def test_tiled_pool_gradients_second_order_float64(layer):
     with jax.enable_x64(True):
