@@ -6,7 +6,9 @@ reshaping each window onto its own axes and reducing them, not with
 step with JAX's own gradient rules (the pooling the only difference) plans 9.7 MiB
 against raw JAX's 25.1 MiB with ``reduce_window``. Both paths give
 the same values and route a max-pool gradient to the first maximum of each window, as
-``reduce_window``'s gradient does.
+``reduce_window``'s gradient does (a window holding a NaN, whose loss is NaN, gives the
+gradient to all its elements on the tiled path: telling the NaN apart made fnn's LeNet
+step 0.85-0.95x as fast).
 """
 
 from __future__ import annotations
