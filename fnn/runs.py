@@ -115,15 +115,14 @@ class Run:
         continue; ``config.json`` is created exclusively, so two processes given one
         directory cannot both start in it."""
         directory = Path(directory)
+        left = [name for name in _RUN_FILES if (directory / name).exists()]
         if (directory / "config.json").exists():
-            empty = not any((directory / name).exists() for name in _RUN_FILES)
             raise RunError(
                 f"{directory} already holds a run; continue it with `fnn resume {directory}` "
                 "or choose another directory"
-                + (" (it holds nothing but its config.json: the run stopped before its first "
-                   "step, and removing the directory starts afresh)" if empty else "")
+                + ("" if left else " (it holds nothing but its config.json: the run stopped before "
+                   "its first step, and removing the directory starts afresh)")
             )
-        left = [name for name in _RUN_FILES if (directory / name).exists()]
         if left:
             raise RunError(
                 f"{directory} holds {', '.join(left)} of an earlier run but no config.json; "
@@ -427,10 +426,10 @@ def _overlay(runs: Sequence[Run], path: Path) -> str:
     names = _metric_names([r for records in per_run for r in records], members=True)
     if not names:
         return "none (no run logged a number to plot)"
-    labels = [run.directory.name for run in runs]
+    paths = [run.directory for run in runs]
+    labels = [path.name for path in paths]
     if len(set(labels)) < len(labels):  # two runs of one name: their paths, numbered if need be
-        labels = [f"{run.directory} #{i}" if [r.directory for r in runs].count(run.directory) > 1 else
-                  str(run.directory) for i, run in enumerate(runs, 1)]
+        labels = [f"{path} #{i}" if paths.count(path) > 1 else str(path) for i, path in enumerate(paths, 1)]
     panels = {}
     for name in names:
         panels[name] = {}
