@@ -65,6 +65,15 @@ def check_dataset(name: str, arrays: Sequence[np.ndarray]) -> None:
         ...
         ValueError: train: arrays differ in length: [3, 2]
     """
+    if example_count(name, arrays) == 0:
+        raise ValueError(f"{name}: the data set is empty")
+    for i, array in enumerate(arrays):
+        check_finite(f"{name}[{i}]", array)
+
+
+def example_count(name: str, arrays: Sequence[Any]) -> int:
+    """The examples in ``arrays``, which must be arrays with a leading example axis, all
+    equally long (a ``ValueError`` naming ``name`` otherwise)."""
     for i, array in enumerate(arrays):
         if np.ndim(array) == 0:
             raise ValueError(
@@ -73,13 +82,10 @@ def check_dataset(name: str, arrays: Sequence[np.ndarray]) -> None:
             )
     if not arrays:
         raise ValueError(f"{name}: no arrays given")
-    lengths = {len(a) for a in arrays}
-    if len(lengths) != 1:
-        raise ValueError(f"{name}: arrays differ in length: {[len(a) for a in arrays]}")
-    if lengths == {0}:
-        raise ValueError(f"{name}: the data set is empty")
-    for i, array in enumerate(arrays):
-        check_finite(f"{name}[{i}]", array)
+    lengths = [len(a) for a in arrays]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"{name}: arrays differ in length: {lengths}")
+    return lengths[0]
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:

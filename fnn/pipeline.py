@@ -40,7 +40,7 @@ import optax
 from fnn import config as config_lib
 from fnn import precision as precision_lib
 from fnn.core import is_count
-from fnn.data import loader
+from fnn.data import example_count, loader
 from fnn.loop import Interrupted, train_loop
 from fnn.runs import Run
 from fnn.train import evaluate as evaluate_batches
@@ -674,10 +674,7 @@ def loader_in_order(arrays: Any, batch_size: int):
     """
     if not is_count(batch_size):
         raise ValueError(f"loader_in_order: batch_size must be a positive int, got {batch_size!r}")
-    lengths = [len(a) for a in jax.tree.leaves(arrays)]
-    if len(set(lengths)) != 1:
-        raise ValueError(f"loader_in_order: arrays differ in length: {lengths}")
-    n = lengths[0]
+    n = example_count("loader_in_order", jax.tree.leaves(arrays))
     for i in range(0, n, batch_size):
         yield jax.tree.map(lambda a, i=i: a[i : i + batch_size], arrays)
 
