@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.data import Prefetch
+from fnn.runs import resume_command
 from fnn.train import Batch, MetricsWindow, TrainState, step_of
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class Interrupted(Exception):  # noqa: N818  (a stop the user asked for, not an 
         self.directory, self.step, self.signum = directory, step, signum
         name = signal.Signals(signum).name
         done = "outside training" if step is None else f"after step {step} and saved a checkpoint"
-        super().__init__(f"{name}: stopped {done}; continue with `fnn resume {directory}`")
+        super().__init__(f"{name}: stopped {done}; continue with `{resume_command(directory)}`")
 
 
 class _Stop:

@@ -345,27 +345,29 @@ def run_in(
         (['all_correct', 'loss'], True)
     """
     run.keep_checkpoints = getattr(getattr(config, "train", None), "keep_checkpoints", 3)
+    pipeline = pipeline or experiment.pipeline
     began = time.perf_counter()
-    try:
-        values = (pipeline or experiment.pipeline).run(config=config, run=run, progress=progress, **values)
-    except Interrupted as stop:  # a sub-run's loop (a comparison's variant) stopped: resume this run
-        run.close()
-        if stop.directory != str(run.directory):
-            raise Interrupted(str(run.directory), stop.step, stop.signum) from None
-        raise
-    except KeyboardInterrupt:  # Ctrl-C while no loop was catching it (data, compiling, a later stage)
-        run.close()
-        raise Interrupted(str(run.directory), None, signal.SIGINT) from None
-    except BaseException:
-        run.close()
-        raise
-    run.finish(
-        values["final"],
-        seconds=time.perf_counter() - began,
-        notes=values.get("notes", ()),
-        stage_seconds=values.get("stage_seconds"),
-    )
-    return values
+    with run.held():  # refused while another process trains in the directory
+        try:
+            values = pipeline.run(config=config, run=run, progress=progress, **values)
+        except Interrupted as stop:  # a sub-run's loop (a comparison's variant) stopped: resume this run
+            run.close()
+            if stop.directory != str(run.directory):
+                raise Interrupted(str(run.directory), stop.step, stop.signum) from None
+            raise
+        except KeyboardInterrupt:  # Ctrl-C while no loop was catching it (data, compiling, a later stage)
+            run.close()
+            raise Interrupted(str(run.directory), None, signal.SIGINT) from None
+        except BaseException:
+            run.close()
+            raise
+        run.finish(
+            values["final"],
+            seconds=time.perf_counter() - began,
+            notes=values.get("notes", ()),
+            stage_seconds=values.get("stage_seconds"),
+        )
+        return values
 
 
 # -- stages shared by the supervised experiments ---------------------------------------

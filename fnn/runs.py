@@ -18,13 +18,20 @@ same lines as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import os
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from fnn import plots
 from fnn.checkpoint import Checkpoints
@@ -51,6 +58,16 @@ class RunError(ValueError):
         fnn.runs.RunError: .../run already holds a run; continue it with `fnn resume .../run` or choose \
 another directory (it holds nothing but its config.json: ...)
     """
+
+
+def resume_command(directory: str | os.PathLike) -> str:
+    """The command that continues the run in ``directory``, quoted for a shell.
+
+    Example:
+        >>> resume_command("runs/digits"), resume_command("my runs/digits")
+        ('fnn resume runs/digits', "fnn resume 'my runs/digits'")
+    """
+    return f"fnn resume {shlex.quote(str(directory))}"
 
 
 def read_json(path: Path) -> Any:
@@ -118,7 +135,7 @@ class Run:
         left = [name for name in _RUN_FILES if (directory / name).exists()]
         if (directory / "config.json").exists():
             raise RunError(
-                f"{directory} already holds a run; continue it with `fnn resume {directory}` "
+                f"{directory} already holds a run; continue it with `{resume_command(directory)}` "
                 "or choose another directory"
                 + ("" if left else " (it holds nothing but its config.json: the run stopped before "
                    "its first step, and removing the directory starts afresh)")
@@ -296,8 +313,43 @@ class Run:
             lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
         if notes:
             lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-        lines += ["Resume an interrupted run with `fnn resume " + str(self.directory) + "`.", ""]
+        lines += [f"Resume an interrupted run with `{resume_command(self.directory)}`.", ""]
         (self.directory / "summary.md").write_text("\n".join(lines))
+
+    @contextlib.contextmanager
+    def held(self):
+        """Hold the run for this process while it trains: a second process that starts
+        training in the same directory meanwhile (``fnn resume`` run twice) is refused
+        instead of writing the same checkpoints and metrics. The hold is an advisory lock
+        on ``config.json`` that the system drops when the process ends, however it ends.
+
+        Example:
+            >>> import os, tempfile
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     run = Run.create(os.path.join(d, "run"), "demo", {})
+            ...     with run.held():
+            ...         with Run(run.directory).held():  # doctest: +ELLIPSIS
+            ...             pass
+            Traceback (most recent call last):
+                ...
+            fnn.runs.RunError: .../run is in use: another process is training in it ...
+        """
+        if fcntl is None:  # no advisory locks on this system (Windows): nothing to hold
+            yield
+            return
+        with open(self.directory / "config.json", "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunError(
+                    f"{self.directory} is in use: another process is training in it (its "
+                    "config.json is locked); wait for that process to end, or stop it, then "
+                    "continue with `" + resume_command(self.directory) + "`"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -347,7 +399,7 @@ def show(directory: str | os.PathLike) -> str:
         lines.append(
             "not finished"
             + (f"; last record: {last[0]}" if last[0] else "; nothing logged yet")
-            + f"; continue with `fnn resume {run.directory}`"
+            + f"; continue with `{resume_command(run.directory)}`"
         )
     # its plots (curves, confusion, a sweep's members), summaries and TensorBoard logs
     shown = [p for p in sorted(run.directory.iterdir())

@@ -829,3 +829,37 @@ def test_run_files_of_the_wrong_shape_are_run_errors(tmp_path):
     (run.directory / "config.json").mkdir()
     with pytest.raises(runs.RunError, match="config.json cannot be read"):
         runs.show(run.directory)
+
+
+def test_a_run_another_process_trains_in_is_refused_and_left_as_it_was(tmp_path):
+    xor = pipeline.find("xor")
+    directory = tmp_path / "run"
+    pipeline.start(xor, dataclasses.replace(xor.config, steps=10), str(directory), progress=False)
+    before = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+    holder = subprocess.Popen(  # another process training in it holds config.json's lock
+        [sys.executable, "-c", "import fcntl, sys, time\n"
+         f"f = open({str(directory / 'config.json')!r}, 'rb'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+         "print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(runs.RunError, match=r"run is in use: another process is training in it.*"
+                                                r"continue with `fnn resume .*run`$"):
+            pipeline.resume(str(directory), progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()} == before
+    run, values = pipeline.resume(str(directory), progress=False)  # the lock went with the process
+    assert int(values["state"].step) == 10
+
+
+def test_resume_hints_quote_a_directory_for_the_shell(tmp_path):
+    directory = tmp_path / "my runs" / "digits"
+    stop = loop.Interrupted(str(directory), step=3, signum=signal.SIGTERM)
+    assert str(stop).endswith(f"continue with `fnn resume '{directory}'`")
+    runs.Run.create(directory, "demo", {})
+    with pytest.raises(runs.RunError, match=re.escape(f"continue it with `fnn resume '{directory}'`")):
+        runs.Run.create(directory, "demo", {})
+    assert f"continue with `fnn resume '{directory}'`" in runs.show(directory)
