@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,9 @@ def getattr_path(config: Any, key: str) -> Any:
     return config
 
 
+MAX_MEMBERS = 10_000  # members of one population (fnn sweep)
+
+
 def members(seeds: int, grid: Mapping[str, Sequence]) -> list[dict[str, Any]]:
     """Every grid point times seeds ``0..seeds-1``: ``[{"seed": 0, "train.learning_rate": ...}, ...]``.
 
@@ -166,6 +170,13 @@ def members(seeds: int, grid: Mapping[str, Sequence]) -> list[dict[str, Any]]:
     """
     if not isinstance(seeds, int) or seeds < 1:
         raise config_lib.ConfigError(f"--seeds must be a positive int, got {seeds!r}")
+    points = math.prod(len(values) for values in grid.values())
+    if seeds * points > MAX_MEMBERS:  # checked before the list of members is made
+        raise config_lib.ConfigError(
+            f"--seeds {seeds} times {points} grid point(s) is {seeds * points:,} members; a population "
+            f"holds every member's train state at once, so a sweep has at most {MAX_MEMBERS:,}: "
+            "run several sweeps"
+        )
     keys = list(grid)
     return [
         {"seed": seed, **dict(zip(keys, point))}

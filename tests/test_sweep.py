@@ -41,6 +41,10 @@ def test_grid_accepts_only_what_a_population_can_vary():
         sweep.parse_grid(TINY, ["train.learning_rate=fast"])
     with pytest.raises(ConfigError, match="--seeds must be a positive int"):
         sweep.members(0, {})
+    with pytest.raises(ConfigError, match=r"--seeds 1000000000 times 2 grid point\(s\) is 2,000,000,000 members; .*"
+                                          r"at most 10,000: run several sweeps"):  # before any list is made
+        sweep.members(10**9, {"train.learning_rate": [1e-3, 3e-3]})
+    assert len(sweep.members(5_000, {"train.learning_rate": [1e-3, 3e-3]})) == sweep.MAX_MEMBERS
     with pytest.raises(ConfigError, match="--grid train.learning_rate is given twice"):  # the first was dropped
         sweep.parse_grid(TINY, ["train.learning_rate=1e-3", "train.learning_rate=2e-3,3e-3"])
     with pytest.raises(ConfigError, match="--grid train.learning_rate: each value must be a number"):
