@@ -399,7 +399,8 @@ class TrainConfig:
 
     optimizer: str = dataclasses.field(default="adam", metadata={"choices": tuple(OPTIMIZERS)})
     learning_rate: float | None = None  # None: the optimizer's default (OPTIMIZERS)
-    momentum: float = 0.9  # sgd only
+    # None: sgd's 0.9, none for rmsprop; adam has none (its first-moment decay is fixed)
+    momentum: float | None = None
     batch_size: int = 64
     epochs: int = 20
     seed: int = 0  # the initial weights, the batch order and the augmentation
@@ -422,7 +423,12 @@ class TrainConfig:
                                   prefix="train.")
         config_lib.check_that(self, (("learning_rate", self.learning_rate is None or self.learning_rate > 0,
                                       "positive"),
-                                     ("momentum", 0 <= self.momentum < 1, "in [0, 1)")), prefix="train.")
+                                     ("momentum", self.momentum is None or 0 <= self.momentum < 1,
+                                      "in [0, 1)")), prefix="train.")
+        if self.optimizer == "adam" and self.momentum is not None:
+            raise config_lib.ConfigError(
+                f"train.momentum={self.momentum}: adam has no momentum (sgd and rmsprop do); leave it unset"
+            )
 
 
 def learning_rate(train: TrainConfig) -> float:
@@ -436,22 +442,29 @@ def learning_rate(train: TrainConfig) -> float:
 
 
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
-    """The optimizer of ``train`` with its learning rate injected as a hyperparameter (so a
-    population of runs can differ in it; see ``fnn.sweep``).
+    """The optimizer of ``train`` with its learning rate (and momentum) injected as
+    hyperparameters, so a population of runs can differ in them (see ``fnn.sweep``).
 
     Example:
         >>> import jax.numpy as jnp
         >>> optimizer = make_optimizer(TrainConfig(optimizer="sgd"))
-        >>> sorted(optimizer.init({"w": jnp.zeros(2)}).hyperparams)
-        ['learning_rate', 'momentum']
+        >>> {k: round(float(v), 3) for k, v in optimizer.init({"w": jnp.zeros(2)}).hyperparams.items()}
+        {'learning_rate': 0.05, 'momentum': 0.9}
+        >>> optimizer = make_optimizer(TrainConfig(optimizer="rmsprop", momentum=0.5))
+        >>> round(float(optimizer.init({"w": jnp.zeros(2)}).hyperparams["momentum"]), 3)
+        0.5
     """
     if train.optimizer not in OPTIMIZERS:
         raise config_lib.ConfigError(
             f"train.optimizer: {train.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"
         )
-    lr = learning_rate(train)  # TrainConfig has checked that it is positive
+    # floats, so that a population's per-member values (fnn.sweep) are never cast to an int
+    lr = float(learning_rate(train))  # TrainConfig has checked that it is positive
     if train.optimizer == "sgd":
-        return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=train.momentum)
+        momentum = 0.9 if train.momentum is None else float(train.momentum)
+        return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum)
+    if train.optimizer == "rmsprop" and train.momentum is not None:
+        return optax.inject_hyperparams(optax.rmsprop)(learning_rate=lr, momentum=float(train.momentum))
     return optax.inject_hyperparams(getattr(optax, train.optimizer))(learning_rate=lr)
 
 

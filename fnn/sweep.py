@@ -96,7 +96,14 @@ def set_hyperparam(state: TrainState, name: str, values: jax.Array) -> TrainStat
             "build the optimizer with optax.inject_hyperparams"
         )
     hyper = dict(hyper)
-    hyper[name] = values.astype(jnp.asarray(hyper[name]).dtype)
+    held = jnp.asarray(hyper[name]).dtype
+    values = jnp.asarray(values)
+    if not jnp.issubdtype(held, jnp.inexact) and not np.array_equal(values, values.astype(held)):
+        raise ValueError(
+            f"the optimizer state holds {name!r} as {held} (its optimizer was given an int), so "
+            f"{values.tolist()} cannot be stored; give inject_hyperparams a float {name}"
+        )
+    hyper[name] = values.astype(held)
     return state._replace(opt_state=opt_state._replace(hyperparams=hyper))
 
 
@@ -114,7 +121,7 @@ def parse_grid(config: Any, specs: Sequence[str]) -> list[tuple[str, list]]:
         >>> parse_grid(Config(), ["train.momentum=0.5,0.9"])         # adam has no momentum
         Traceback (most recent call last):
             ...
-        fnn.config.ConfigError: --grid train.momentum: the adam optimizer has no momentum ...
+        fnn.config.ConfigError: train.momentum=0.5: adam has no momentum (sgd and rmsprop do); leave it unset
     """
     grid = []
     for spec in specs:
@@ -130,11 +137,12 @@ def parse_grid(config: Any, specs: Sequence[str]) -> list[tuple[str, list]]:
             raise config_lib.ConfigError(
                 f"--grid {key} is given twice; give all its values at once: {key}=V1,V2,..."
             )
-        values = [getattr_path(config_lib.override(config, [f"{key}={v}"]), key) for v in text.split(",")]
+        configs = [config_lib.override(config, [f"{key}={v}"]) for v in text.split(",")]
+        values = [getattr_path(c, key) for c in configs]
         if any(value is None for value in values):
             raise config_lib.ConfigError(f"--grid {key}: each value must be a number, got {text!r}")
         name = key.split(".")[-1]
-        train = getattr(config, "train", None)
+        train = getattr(configs[0], "train", None)
         if train is not None:  # checked here, before a sweep directory is made
             from fnn.pipeline import make_optimizer
 

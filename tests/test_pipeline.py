@@ -76,12 +76,29 @@ def test_bad_overrides_are_clear_errors(assignment, message):
     ("train.learning_rate=-0.1", "train.learning_rate must be positive, got -0.1"),
     ("train.momentum=1.5", r"train.momentum must be in \[0, 1\), got 1.5"),
     ("train.optimizer=lbfgs", "train.optimizer: 'lbfgs' is not one of 'adam', 'sgd', 'rmsprop'"),
+    ("train.momentum=0.5", "train.momentum=0.5: adam has no momentum"),
 ])
 def test_train_config_values_are_checked_when_overridden(assignment, message):
     from experiments import digits
 
     with pytest.raises(config.ConfigError, match=message):
         config.override(digits.Config(), [assignment])
+
+
+def test_momentum_is_sgds_and_rmsprops_and_each_uses_it():
+    sgd = pipeline.make_optimizer(pipeline.TrainConfig(optimizer="sgd")).init({}).hyperparams
+    assert float(sgd["momentum"]) == pytest.approx(0.9)  # sgd's default
+    assert "momentum" not in pipeline.make_optimizer(pipeline.TrainConfig(optimizer="rmsprop")).init({}).hyperparams
+    train = pipeline.TrainConfig(optimizer="rmsprop", learning_rate=0.1, momentum=0.5)
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.array([1.0, -2.0, 0.5])}
+    mine = pipeline.make_optimizer(train)
+    reference = optax.rmsprop(0.1, momentum=0.5)
+    ours, theirs = mine.init(params), reference.init(params)
+    for _ in range(3):
+        step, ours = mine.update(grads, ours, params)
+        expected, theirs = reference.update(grads, theirs, params)
+        np.testing.assert_allclose(step["w"], expected["w"], rtol=1e-6)
 
 
 def test_config_round_trips_through_json_with_checks():

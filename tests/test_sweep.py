@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -76,10 +77,30 @@ def test_a_grid_over_a_hyperparameter_the_optimizer_lacks_is_refused_before_anyt
     directory = tmp_path / "sweep"
     args = ["sweep", "digits", "--grid", "train.momentum=0.5,0.9", "--dir", str(directory), "-q"]
     assert fnn.cli.main(args) != 0  # digits trains with adam, which has b1 and b2, not momentum
-    assert "the adam optimizer has no momentum" in capsys.readouterr().err
+    assert "train.momentum=0.5: adam has no momentum" in capsys.readouterr().err
     assert not directory.exists()
     sgd = TINY.__class__(train=TrainConfig(optimizer="sgd"))
     assert sweep.parse_grid(sgd, ["train.momentum=0.5,0.9"]) == [("train.momentum", [0.5, 0.9])]
+    rmsprop = TINY.__class__(train=TrainConfig(optimizer="rmsprop"))  # momentum once given
+    assert sweep.parse_grid(rmsprop, ["train.momentum=0.5,0.9"]) == [("train.momentum", [0.5, 0.9])]
+
+
+def test_a_population_keeps_fractional_learning_rates_of_an_integer_config():
+    config = TINY.__class__(train=TrainConfig(optimizer="sgd", learning_rate=1, momentum=0))
+    hyper = fnn.pipeline.make_optimizer(config.train).init({}).hyperparams
+    assert all(jnp.issubdtype(v.dtype, jnp.floating) for v in hyper.values())
+    state = sweep.init_population(fnn.Dense(2), fnn.pipeline.make_optimizer(config.train), [0, 1],
+                                  np.zeros((1, 3), np.float32),
+                                  hyperparams={"learning_rate": [0.5, 0.25], "momentum": [0.9, 0.5]})
+    np.testing.assert_allclose(state.opt_state.hyperparams["learning_rate"], [0.5, 0.25])
+    np.testing.assert_allclose(state.opt_state.hyperparams["momentum"], [0.9, 0.5])
+    import optax
+
+    ints = optax.inject_hyperparams(optax.sgd)(learning_rate=1)  # an int-held rate cannot take 0.5
+    with pytest.raises(ValueError, match=r"holds 'learning_rate' as int32 .* cannot be stored; give "
+                                         "inject_hyperparams a float learning_rate"):
+        sweep.init_population(fnn.Dense(2), ints, [0, 1], np.zeros((1, 3), np.float32),
+                              hyperparams={"learning_rate": [0.5, 0.25]})
 
 
 def test_set_hyperparam_needs_an_injected_optimizer():
