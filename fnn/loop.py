@@ -220,6 +220,7 @@ def train_loop(
 
     def save() -> None:
         if run is not None:
+            window.check(at)  # a diverged state stops the run before it can replace a good checkpoint
             run.checkpoints.save(state, {"data": batches.state(), "pending": window.to_json()})
 
     batches = Prefetch(data, state=data_state or {"next_index": start},

@@ -347,49 +347,54 @@ class MetricsWindow:
         return len(self.pending) * self.steps_per_call >= self.log_every
 
     def flush(self, step: int) -> dict[str, Any]:
-        """The mean of the pending metrics as ``{"step", "split": "train", ...}``; raises
-        ``FloatingPointError`` on a non-finite loss, or a float16 step skipped at loss scale 1
-        (its gradients overflow unscaled), naming the first step that had one."""
+        """The mean of the pending metrics as ``{"step", "split": "train", ...}``; raises as
+        :meth:`check` does."""
         per_call, axis = self.steps_per_call, int(self.population)
 
         def mean(*values):
             calls = jnp.mean(jnp.stack(values), axis=0)
             return calls if per_call == 1 else jnp.mean(calls, axis=axis)
 
-        def each_step(values, reduce):  # a call's steps in order, reduced over a population's members
-            values = np.asarray(values)
-            if per_call == 1:
-                return [reduce(values)]
-            return reduce(np.moveaxis(values, axis, 0).reshape(per_call, -1), axis=1)
-
-        def first_step(flags: np.ndarray) -> int:
-            return step - count + 1 + int(np.argmax(flags))
-
-        pending, count = self.pending, len(self.pending) * per_call
-        self.pending = []
-        means = jax.device_get(jax.tree.map(mean, *pending))
+        means = jax.device_get(jax.tree.map(mean, *self.pending))
         record = {"step": step, "split": "train", **{k: _number(v) for k, v in means.items()}}
-        if "loss" in record and not np.all(np.isfinite(record["loss"])):
-            pending = jax.device_get(pending)
-            finite = np.concatenate([each_step(np.isfinite(m["loss"]), np.all) for m in pending])
-            raise FloatingPointError(
-                f"training loss became {record['loss']} at step {first_step(~finite)} (the first "
-                f"non-finite one of the {count} steps up to step {step}); lower the learning rate, check "
-                "the data for NaNs, check that token ids are within the embedding's range, or (float16) "
-                "lower the loss scale"
-            )
-        if "skipped" in record and "loss_scale" in record:
-            stuck = np.concatenate([
-                each_step((np.asarray(m["skipped"]) > 0) & (np.asarray(m["loss_scale"]) <= 1), np.any)
-                for m in jax.device_get(pending)
-            ])
-            if stuck.any():
-                raise FloatingPointError(
-                    f"the gradients of step {first_step(stuck)} overflowed float16 at loss scale 1, the "
-                    "smallest, so the step was skipped and the scale cannot fall further; lower the "
-                    "learning rate, check the data for outliers, or compute in bfloat16"
-                )
+        if ("loss" in record and not np.all(np.isfinite(record["loss"]))) or "loss_scale" in record:
+            self.check(step)  # look at each step only when one may be bad
+        self.pending = []
         return record
+
+    def check(self, step: int) -> None:
+        """Raise ``FloatingPointError`` when a pending step (the last of them ``step``) had a
+        non-finite loss, or was a float16 step skipped at loss scale 1 (its gradients overflow
+        unscaled), naming the first such step. ``train_loop`` calls it before it saves a
+        checkpoint, so a diverged state never takes a good checkpoint's place."""
+        pending = jax.device_get(self.pending)
+
+        def steps(name: str) -> list[np.ndarray]:  # one value per step (a population's: per member)
+            values = [np.asarray(m[name]) for m in pending if name in m]
+            if self.steps_per_call == 1:
+                return values
+            return [v for call in values for v in np.moveaxis(call, int(self.population), 0)]
+
+        losses = steps("loss")
+        first = step - len(losses) + 1  # every step has a loss, when one has
+        bad = [i for i, loss in enumerate(losses) if not np.all(np.isfinite(loss))]
+        if bad:
+            loss = losses[bad[0]]
+            members = f" (members {np.flatnonzero(~np.isfinite(loss)).tolist()})" if loss.ndim else ""
+            raise FloatingPointError(
+                f"training loss became {_number(loss)}{members} at step {first + bad[0]} (the first "
+                f"non-finite one of the {len(losses)} steps up to step {step}); lower the learning rate, "
+                "check the data for NaNs, check that token ids are within the embedding's range, or "
+                "(float16) lower the loss scale"
+            )
+        skipped, scales = steps("skipped"), steps("loss_scale")
+        stuck = [i for i, (k, s) in enumerate(zip(skipped, scales)) if np.any((k > 0) & (s <= 1))]
+        if stuck:
+            raise FloatingPointError(
+                f"the gradients of step {step - len(skipped) + 1 + stuck[0]} overflowed float16 at loss "
+                "scale 1, the smallest, so the step was skipped and the scale cannot fall further; lower "
+                "the learning rate, check the data for outliers, or compute in bfloat16"
+            )
 
     def to_json(self) -> list[dict[str, list]]:
         """The pending metrics as exact float lists (bit patterns kept), for a checkpoint."""

@@ -403,6 +403,34 @@ def test_nan_loss_stops_with_the_step(tmp_path):
         loop.train_loop(step, state, bad, log_every=4, progress=False)
 
 
+def test_a_diverged_state_is_never_checkpointed_over_good_ones(tmp_path):
+    _, state, _, _ = _problem()
+    x = np.ones((8, 5), np.float32)
+    batches = [(x * (np.nan if k >= 6 else 1.0), np.zeros(8, np.int32)) for k in range(20)]  # step 7 on: NaN
+    import grain
+
+    data = grain.MapDataset.source(batches)
+    model = fnn.serial(fnn.Dense(16), fnn.relu, fnn.Dropout(0.2), fnn.Dense(3))
+    step = fnn.make_train_step(model, optax.adam(1e-2), fnn.losses.softmax_cross_entropy)
+    run = _new_run(tmp_path / "run")  # logs every 20 steps, checkpoints every 2, keeps 3
+    with pytest.raises(FloatingPointError, match=r"training loss became nan at step 7 \(the first "
+                                                 r"non-finite one of the 8 steps up to step 8\)"):
+        loop.train_loop(step, state, data, run=run, log_every=20, checkpoint_every=2, progress=False)
+    run.close()
+    kept = runs.Run(tmp_path / "run").checkpoints
+    assert kept.steps() == [2, 4, 6]  # before, steps 8-18 saved NaN states and these three were deleted
+    restored, _ = kept.restore(state)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(restored.params))
+
+
+def test_a_populations_diverged_member_is_named():
+    window = fnn.train.MetricsWindow(log_every=2, population=True)
+    window.add({"loss": jnp.array([1.0, 2.0, 3.0])})
+    window.add({"loss": jnp.array([1.0, jnp.inf, 3.0])})
+    with pytest.raises(FloatingPointError, match=r"loss became \[1.0, inf, 3.0\] \(members \[1\]\) at step 2"):
+        window.flush(2)
+
+
 def test_loop_rejects_bad_intervals():
     step, state, data, _ = _problem()
     with pytest.raises(ValueError, match="log_every must be an int >= 1, got 0"):
