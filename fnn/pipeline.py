@@ -40,7 +40,7 @@ import optax
 from fnn import config as config_lib
 from fnn import precision as precision_lib
 from fnn.core import is_count
-from fnn.data import example_count, loader
+from fnn.data import check_dataset, example_count, loader
 from fnn.loop import Interrupted, train_loop
 from fnn.runs import Run
 from fnn.train import evaluate as evaluate_batches
@@ -603,6 +603,7 @@ def train_from(
     per_epoch = max(1, len(batches) // t.epochs)
     evaluate = None
     if eval_set is not None:
+        check_dataset("eval_set", jax.tree.leaves(eval_set))  # once, before training, as the loader does
         eval_step = make_eval_step(model, loss, metrics=metrics, population=population, policy=policy)
 
         def evaluate(state):
@@ -668,6 +669,7 @@ def test(model, loss, state, test_set, metrics=None, config: Any = None) -> dict
         >>> {k: round(float(v), 3) for k, v in sorted(made["test"].items())}
         {'accuracy': 1.0, 'loss': 0.693}
     """
+    check_dataset("test_set", jax.tree.leaves(test_set))
     population = jnp.ndim(state.step) > 0
     train_config = getattr(config, "train", None)
     policy = precision_lib.policy(getattr(train_config, "precision", "float32"))

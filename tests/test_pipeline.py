@@ -908,3 +908,20 @@ def test_resume_hints_quote_a_directory_for_the_shell(tmp_path):
     with pytest.raises(runs.RunError, match=re.escape(f"continue it with `fnn resume '{directory}'`")):
         runs.Run.create(directory, "demo", {})
     assert f"continue with `fnn resume '{directory}'`" in runs.show(directory)
+
+
+def test_nan_in_the_validation_or_test_set_is_refused_as_in_the_training_set():
+    _, state, data, _ = _problem()
+    model = fnn.serial(fnn.Dense(16), fnn.relu, fnn.Dropout(0.2), fnn.Dense(3))
+    x, y = np.ones((6, 5), np.float32), np.zeros(6, np.int32)
+    x[4, 2] = np.nan
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        train: pipeline.TrainConfig = pipeline.TrainConfig(epochs=1, batch_size=8)
+
+    with pytest.raises(ValueError, match=r"eval_set\[0\] holds 1 NaN or infinite values \(first at \(4, 2\)\)"):
+        pipeline.train_from(state, model, optax.adam(1e-2), data, fnn.losses.softmax_cross_entropy, Config(),
+                            eval_set=(x, y))
+    with pytest.raises(ValueError, match=r"test_set\[0\] holds 1 NaN or infinite values \(first at \(4, 2\)\)"):
+        pipeline.test(model, fnn.losses.softmax_cross_entropy, state, (x, y))
