@@ -70,6 +70,45 @@ def resume_command(directory: str | os.PathLike) -> str:
     return f"fnn resume {shlex.quote(str(directory))}"
 
 
+# JSON has no NaN or infinity: a run's metrics spell them as these strings (strict JSON, which
+# any reader parses), and fnn reads them back as the floats
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def dumps(value: Any, **options: Any) -> str:
+    """``json.dumps`` of a run's values as strict JSON: a NaN or infinite float is written as
+    the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``.
+
+    Example:
+        >>> dumps({"loss": float("nan"), "acc": [0.5, float("-inf")]})
+        '{"loss": "NaN", "acc": [0.5, "-Infinity"]}'
+        >>> _read_back(json.loads(_))
+        {'loss': nan, 'acc': [0.5, -inf]}
+    """
+    return json.dumps(_spelled(value), allow_nan=False, **options)
+
+
+def _spelled(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {key: _spelled(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_spelled(v) for v in value]
+    return value
+
+
+def _read_back(value: Any) -> Any:
+    """The inverse of ``dumps``'s spelling, for metrics read from a run's files."""
+    if isinstance(value, str):
+        return _NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {key: _read_back(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_read_back(v) for v in value]
+    return value
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -174,7 +213,7 @@ class Run:
         if not self._tail_checked:
             self._drop_torn_tail()
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps(record) + "\n")
         writer = self._tensorboard()
         split = record.get("split", "train")
         for key, value in record.items():
@@ -229,7 +268,7 @@ class Run:
             if not isinstance(record, dict) or not isinstance(record.get("step"), int):
                 raise RunError(f"{self.metrics_path}:{number} is not a record with a step: {line[:80]!r}")
             if split is None or record.get("split") == split:
-                out.append(record)
+                out.append(_read_back(record))
         return out
 
     def rewind(self, step: int) -> None:
@@ -237,7 +276,7 @@ class Run:
         is told to drop its events after ``step`` too."""
         kept = [r for r in self.records() if r.get("step", 0) <= step]
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.write_text("".join(dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.metrics_path)
         self._tensorboard(purge_step=step + 1)
 
@@ -263,7 +302,7 @@ class Run:
         final = {key: _jsonable(value) for key, value in final.items()}
         if seconds is not None:
             final["seconds"] = round(seconds, 2)
-        (self.directory / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+        (self.directory / "final.json").write_text(dumps(final, indent=2) + "\n")
         plots = self.plot()
         timing = [f"{name}: {secs:.1f} s" for name, secs in (stage_seconds or {}).items()]
         notes = [*notes, *(["time per stage: " + ", ".join(timing)] if timing else [])]
@@ -275,7 +314,7 @@ class Run:
         final = read_json(path) if path.exists() else {}
         if not isinstance(final, dict):
             raise RunError(f"{path} is not a mapping of metrics")
-        return final
+        return _read_back(final)
 
     def plot(self) -> list[str]:
         """Learning curves (one panel per metric, train and eval) as ``curves.png``."""

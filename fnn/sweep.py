@@ -37,7 +37,7 @@ from fnn import plots
 from fnn.data import loader
 from fnn.pipeline import PipelineError, check_population_devices, run_in, train_from
 from fnn.precision import policy as precision_policy
-from fnn.runs import Run, RunError, read_json
+from fnn.runs import Run, RunError, dumps, read_json
 from fnn.train import TrainState, init_train_state
 
 # what a population can vary inside one program: hyperparameters held in the optimizer state
@@ -323,7 +323,7 @@ def population_report(
     final = {f"{prefix}{n}_mean": float(np.mean(last[n])) for n in names}
     final.update({f"{prefix}{n}_std": float(np.std(last[n])) for n in names})
     if run is not None:
-        (Path(run.directory) / "members.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (Path(run.directory) / "members.json").write_text(dumps(rows, indent=2) + "\n")
         (Path(run.directory) / "members.md").write_text(table + "\n")
         curve_names = [k for k in evals[-1] if k not in ("step", "split")]
         panels = {

@@ -925,3 +925,23 @@ def test_nan_in_the_validation_or_test_set_is_refused_as_in_the_training_set():
                             eval_set=(x, y))
     with pytest.raises(ValueError, match=r"test_set\[0\] holds 1 NaN or infinite values \(first at \(4, 2\)\)"):
         pipeline.test(model, fnn.losses.softmax_cross_entropy, state, (x, y))
+
+
+def test_non_finite_metrics_are_written_as_strict_json_and_read_back(tmp_path):
+    run = _new_run(tmp_path / "run")
+    run.log({"step": 1, "split": "eval", "loss": float("nan"), "acc": [0.5, float("inf")]})
+    run.finish({"test_loss": float("-inf"), "accuracy": 0.25})
+
+    def strict(text):  # what a JSON parser that follows the standard does with NaN or Infinity
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"bare {token} in {text!r}"))
+
+    [line] = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert strict(line)["loss"] == "NaN"
+    assert strict((tmp_path / "run" / "final.json").read_text())["test_loss"] == "-Infinity"
+    again = runs.Run(tmp_path / "run")
+    [record] = again.records()
+    assert np.isnan(record["loss"]) and record["acc"] == [0.5, float("inf")]
+    assert again.final()["test_loss"] == float("-inf")
+    again.rewind(1)  # rewritten strictly too
+    strict((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "test_loss: -inf" in runs.show(tmp_path / "run")
