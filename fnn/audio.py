@@ -199,10 +199,11 @@ def normalize(features: jax.Array, mask: jax.Array, epsilon: float = 1e-5) -> ja
         >>> [round(float(v), 3) for v in out[0, :2, 0]]
         [-1.0, 1.0]
     """
-    m = mask[..., None].astype(features.dtype)
-    count = jnp.maximum(m.sum(1, keepdims=True), 1.0)
-    mean = (features * m).sum(1, keepdims=True) / count
-    var = (((features - mean) * m) ** 2).sum(1, keepdims=True) / count
+    m = mask[..., None]
+    count = jnp.maximum(m.sum(1, keepdims=True), 1).astype(features.dtype)
+    # where, not a product with the mask: a padded frame's NaN or infinity must not reach the sums
+    mean = jnp.where(m, features, 0).sum(1, keepdims=True) / count
+    var = (jnp.where(m, features - mean, 0) ** 2).sum(1, keepdims=True) / count
     return (features - mean) * jax.lax.rsqrt(var + epsilon)
 
 

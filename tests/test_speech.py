@@ -376,3 +376,19 @@ def test_edit_distance_alignment_and_error_rate():
     assert ctc.error_rate(["123", "45"], ["123", "4"]) == pytest.approx(1 / 5)
     with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
         ctc.error_rate(["1", "2"], ["1"])
+
+
+@pytest.mark.parametrize("pad", [np.nan, np.inf, 1e30])
+def test_what_the_padding_holds_does_not_reach_the_real_frames(pad):
+    rng = np.random.default_rng(0)
+    waves = rng.normal(size=(2, 4000)).astype(np.float32)
+    mask = np.ones((2, 4000), bool)
+    mask[1, 2500:] = False
+    clean = waves.copy()
+    clean[1, 2500:] = 0.0
+    waves[1, 2500:] = pad  # NaN, infinity or a huge value where the mask says padding
+    layer = audio.LogMel()
+    features, frame_mask = layer({}, (jnp.asarray(waves), jnp.asarray(mask)))
+    expected, _ = layer({}, (jnp.asarray(clean), jnp.asarray(mask)))
+    assert np.isfinite(np.asarray(features)).all()
+    np.testing.assert_allclose(np.asarray(features), np.asarray(expected), atol=1e-5)
