@@ -67,8 +67,13 @@ def _flat(tree: Any) -> dict[str, Any]:
     return {path_str(path): leaf for path, leaf in leaves}
 
 
-def to_saved(state: TrainState) -> TrainState:
-    """The state with its typed rng key as raw key data (what orbax can store).
+def _is_key(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def to_saved(state: Any) -> Any:
+    """The state with every typed rng key (``state.rng``, and any other, such as an agent's
+    in its memory) as raw key data, which is what orbax can store.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, fnn
@@ -80,18 +85,20 @@ def to_saved(state: TrainState) -> TrainState:
         >>> bool(jnp.all(jax.random.key_data(from_saved(saved, state).rng) == saved.rng))
         True
     """
-    rng = state.rng
-    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        if isinstance(rng, jax.ShapeDtypeStruct):  # a template made by jax.eval_shape
-            data = jax.eval_shape(jax.random.key_data, rng)
-            rng = jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=rng.sharding)
-        else:
-            rng = jax.random.key_data(rng)
-    return state._replace(rng=rng)
+
+    def raw(leaf):
+        if not _is_key(leaf):
+            return leaf
+        if isinstance(leaf, jax.ShapeDtypeStruct):  # a template made by jax.eval_shape
+            data = jax.eval_shape(jax.random.key_data, leaf)
+            return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=leaf.sharding)
+        return jax.random.key_data(leaf)
+
+    return jax.tree.map(raw, state)
 
 
-def from_saved(saved: TrainState, template: TrainState) -> TrainState:
-    """The inverse of :func:`to_saved`: the rng key data wrapped as a key of the
+def from_saved(saved: Any, template: Any) -> Any:
+    """The inverse of :func:`to_saved`: each key's data wrapped as a key of the
     ``template``'s implementation.
 
     Example:
@@ -104,10 +111,10 @@ def from_saved(saved: TrainState, template: TrainState) -> TrainState:
         >>> bool(jnp.all(jax.random.key_data(back.rng) == jax.random.key_data(state.rng)))
         True
     """
-    rng = saved.rng
-    if jax.dtypes.issubdtype(template.rng.dtype, jax.dtypes.prng_key):
-        rng = jax.random.wrap_key_data(rng, impl=_key_impl(template.rng))
-    return saved._replace(rng=rng)
+    return jax.tree.map(
+        lambda data, like: jax.random.wrap_key_data(data, impl=_key_impl(like)) if _is_key(like) else data,
+        saved, template,
+    )
 
 
 def _key_impl(key: Any) -> Any:
@@ -128,6 +135,47 @@ def _unreadable(where: str, error: Exception, others: list[int]) -> CheckpointEr
         message += (f"; the checkpoints of steps {others} are kept as they were: move this one aside "
                     "to resume from the latest of them")
     return CheckpointError(message)
+
+
+def _skeleton(tree: Any) -> Any:
+    """A state's structure as orbax records it: dicts and NamedTuples as mappings, tuples
+    as lists, an empty NamedTuple (optax's ``EmptyState``) as None, arrays as "array"."""
+    if tree is None or hasattr(tree, "shape"):
+        return None if tree is None else "array"
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return {field: _skeleton(getattr(tree, field)) for field in tree._fields} or None
+    if isinstance(tree, list | tuple):
+        return [_skeleton(item) for item in tree]
+    if isinstance(tree, Mapping):
+        return {key: _skeleton(item) for key, item in tree.items()}
+    return "array"
+
+
+def _first_difference(saved: Any, expected: Any, path: str = "") -> tuple[str, str, str] | None:
+    """The first place two skeletons differ: ``(path, what the checkpoint holds there, what
+    the model expects)``."""
+
+    def kind(node):
+        if isinstance(node, dict):
+            return f"a mapping of {len(node)} entries ({', '.join(map(str, node)) or 'none'})"
+        if isinstance(node, list):
+            return f"a sequence of {len(node)} parts"
+        return "an empty part" if node is None else "an array"
+
+    here = path.rstrip("/") or "the top"
+    if isinstance(saved, dict) and isinstance(expected, dict) and set(saved) == set(expected):
+        children = [(saved[key], expected[key], f"{path}{key}/") for key in expected]
+    elif isinstance(saved, list) and isinstance(expected, list) and len(saved) == len(expected):
+        children = [(a, b, f"{path}{i}/") for i, (a, b) in enumerate(zip(saved, expected))]
+    elif saved == expected or (saved is None and expected == {}) or (saved == {} and expected is None):
+        return None
+    else:
+        return here, kind(saved), kind(expected)
+    for a, b, where in children:
+        found = _first_difference(a, b, where)
+        if found:
+            return found
+    return None
 
 
 def _restore_target(leaf: Any) -> jax.ShapeDtypeStruct:
@@ -185,6 +233,26 @@ def check_fits(saved: Mapping[str, Any], expected: Mapping[str, Any], where: str
         )
 
 
+def check_savable(state: Any) -> None:
+    """Raise a ``CheckpointError`` naming the first array of ``state`` that a checkpoint
+    cannot hold: one with no elements (orbax stores none). ``train_loop`` calls it before
+    its first step, so a run learns of it before training, not at its first save.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> check_savable({"memory": {"buffer": jnp.zeros((0, 4))}})
+        Traceback (most recent call last):
+        ...
+        fnn.checkpoint.CheckpointError: a checkpoint cannot hold memory/buffer, float32[0, 4]: it has no ...
+    """
+    for path, leaf in _flat(to_saved(state)).items():
+        if 0 in tuple(leaf.shape):
+            raise CheckpointError(
+                f"a checkpoint cannot hold {path}, {np.dtype(leaf.dtype)}{list(leaf.shape)}: it has no "
+                "elements; give it at least one (a buffer of one row), or keep it out of the state"
+            )
+
+
 class Checkpoints:
     """The checkpoints of one run, in ``directory`` (one sub-directory per step).
 
@@ -238,11 +306,20 @@ class Checkpoints:
         return steps[-1] if steps else None
 
     def save(self, state: TrainState, extra: Mapping[str, Any] | None = None) -> int:
-        """Write ``state`` (at its own ``state.step``) and the JSON-able ``extra``; returns the step."""
+        """Write ``state`` (at its own ``state.step``) and the JSON-able ``extra``; returns the
+        step. A step already saved is left as it is; a step below the latest checkpoint, or a
+        state holding an empty array (which orbax cannot store), is a ``CheckpointError``."""
         ocp = self._ocp
         step = step_of(state)
-        if step in self._manager.all_steps():
+        steps = self.steps()
+        if step in steps:
             return step
+        if steps and step < steps[-1]:
+            raise CheckpointError(
+                f"cannot save step {step} in {self.directory}: it is below the latest checkpoint, "
+                f"step {steps[-1]} (checkpoints only move forward; save the run into another directory)"
+            )
+        check_savable(state)
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -306,6 +383,14 @@ class Checkpoints:
                 ),
             )
         except Exception as error:
+            # the same arrays in another arrangement (adam's state read into adamw's): not damage
+            difference = _first_difference(_skeleton(tree), _skeleton(saved_template))
+            if difference is not None:
+                at, held, expected = difference
+                raise CheckpointError(
+                    f"{where} does not fit this model at {at}: the checkpoint holds {held} there, the "
+                    f"model expects {expected} (was it trained with another optimizer?)"
+                ) from error
             raise _unreadable(where, error, [s for s in steps if s != step]) from error
         state = jax.tree.unflatten(jax.tree.structure(saved_template), jax.tree.leaves(restored["state"]))
         state = jax.tree.map(_placed_like, state, saved_template)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn.checkpoint import check_savable
 from fnn.data import Prefetch
 from fnn.runs import resume_command
 from fnn.train import Batch, MetricsWindow, TrainState, step_of
@@ -195,6 +196,8 @@ def train_loop(
             "or run the several-step one with fnn.fit"
         )
     total = len(data)
+    if run is not None:
+        check_savable(state)  # before training, not at the first save
     window = MetricsWindow(log_every, population=bool(getattr(step, "population", False)))
     data_state = None
     if run is not None and run.checkpoints.latest() is not None:

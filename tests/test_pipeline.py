@@ -502,6 +502,44 @@ def test_a_checkpoint_of_another_model_names_the_first_mismatching_path(tmp_path
         ckpts.restore(sgd)
 
 
+def test_a_checkpoint_of_another_optimizer_with_the_same_arrays_does_not_fit_and_is_not_called_damaged(tmp_path):
+    ckpts, _ = _saved(tmp_path)  # trained with adam
+    model = fnn.serial(fnn.Dense(16), fnn.relu, fnn.Dropout(0.2), fnn.Dense(3))
+    adamw = fnn.init_train_state(model, optax.adamw(1e-2), jax.random.key(0), jnp.zeros((8, 5)))
+    with pytest.raises(checkpoint.CheckpointError, match=r"does not fit this model at opt_state: the checkpoint "
+                       r"holds a sequence of 2 parts there, the model expects a sequence of 3 parts"):
+        ckpts.restore(adamw)  # was "is unreadable ... move this one aside", said of every checkpoint
+
+
+def test_typed_keys_anywhere_in_a_state_are_saved_and_restored(tmp_path):
+    _, state, _, _ = _problem()
+    state = state._replace(model_state={"noise": jax.random.key(7), "keys": jax.random.split(jax.random.key(1), 3)})
+    ckpts = checkpoint.Checkpoints(tmp_path / "ckpts")
+    ckpts.save(state)
+    restored, _ = ckpts.restore(jax.eval_shape(lambda: state))
+    for name in ("noise", "keys"):
+        assert jax.dtypes.issubdtype(restored.model_state[name].dtype, jax.dtypes.prng_key)
+        assert np.array_equal(jax.random.key_data(restored.model_state[name]),
+                              jax.random.key_data(state.model_state[name]))
+
+
+def test_checkpoints_refuse_a_step_below_the_latest_and_empty_arrays(tmp_path):
+    ckpts, state = _saved(tmp_path)
+    latest = ckpts.latest()
+    before = ckpts.steps()
+    with pytest.raises(checkpoint.CheckpointError, match=f"cannot save step 0 in .*: it is below the latest "
+                                                         f"checkpoint, step {latest}"):
+        ckpts.save(state._replace(step=jnp.array(0, jnp.int32)))  # orbax skipped it, and save said it saved
+    assert ckpts.steps() == before
+    step, fresh, data, _ = _problem()
+    empty = fresh._replace(model_state={"buffer": jnp.zeros((0, 4))})
+    run = _new_run(tmp_path / "run")
+    with pytest.raises(checkpoint.CheckpointError, match=r"cannot hold model_state/buffer, float32\[0, 4\]: "
+                                                         "it has no elements"):
+        loop.train_loop(step, empty, data, run=run, progress=False)  # before training, not at the end
+    assert run.records() == [] and run.checkpoints.steps() == []
+
+
 def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path):
     ckpts, _ = _saved(tmp_path)
     _, template, _, _ = _problem()
