@@ -153,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (config_lib.ConfigError, pipeline.PipelineError, runs.RunError, CheckpointError) as error:
         print(f"fnn {args.command}: {error}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:  # training diverged: the message names the step, and what to try
+        print(f"fnn {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 TRAINING_COMMANDS = ("run", "resume", "sweep")

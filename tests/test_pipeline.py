@@ -748,6 +748,12 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     assert fnn.cli.main(["run", "xor", "--set", "steps=30", "steps=20", "--dir", str(tmp_path / "y")]) == 2
     assert "steps is given as steps=20 and as --set steps=30; give it once" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+    # a run that diverges: one line naming the step (it was a traceback), and no checkpoint of it
+    diverge = ["model=mlp", "width=16", "train.optimizer=sgd", "train.learning_rate=1e30", "train.epochs=1"]
+    assert fnn.cli.main(["run", "digits", *diverge, "--dir", str(tmp_path / "z"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fnn run: training loss became nan at step 2") and "Traceback" not in err
+    assert runs.Run(tmp_path / "z").checkpoints.steps() == []
 
 
 def _wait_for_checkpoint(directory, proc, timeout=120):
