@@ -496,9 +496,23 @@ def batches(train_set: tuple, config: Any, augment: Callable | None = None) -> d
         >>> data = batches(train_set, Config())["batches"]
         >>> len(data), [a.shape for a in data[0]]                # 2 full batches an epoch, 2 epochs
         (4, [(4, 3), (4,)])
+        >>> batches(train_set, Config(train=TrainConfig(batch_size=16)))
+        Traceback (most recent call last):
+            ...
+        fnn.config.ConfigError: train.batch_size=16 is larger than the training set (10 examples)
     """
     t = config.train
+    check_batch_size(train_set, t)
     return {"batches": loader(train_set, t.batch_size, seed=t.seed, epochs=t.epochs, transform=augment)}
+
+
+def check_batch_size(train_set: Any, train: TrainConfig) -> None:
+    """A ``ConfigError`` naming ``train.batch_size`` when it is larger than the training set."""
+    examples = example_count("train_set", jax.tree.leaves(train_set))
+    if train.batch_size > examples:
+        raise config_lib.ConfigError(
+            f"train.batch_size={train.batch_size} is larger than the training set ({examples} examples)"
+        )
 
 
 def train(

@@ -35,7 +35,7 @@ import numpy as np
 from fnn import config as config_lib
 from fnn import plots
 from fnn.data import loader
-from fnn.pipeline import PipelineError, check_population_devices, run_in, train_from
+from fnn.pipeline import PipelineError, check_batch_size, check_population_devices, run_in, train_from
 from fnn.precision import policy as precision_policy
 from fnn.runs import Run, RunError, dumps, read_json
 from fnn.train import TrainState, init_train_state
@@ -228,6 +228,7 @@ def population_batches(train_set: tuple, config: Any, members: list[dict], augme
         True
     """
     t = config.train
+    check_batch_size(train_set, t)
     per_member = [
         loader(train_set, t.batch_size, seed=m["seed"], epochs=t.epochs, transform=augment) for m in members
     ]

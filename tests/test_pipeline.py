@@ -748,6 +748,8 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     assert fnn.cli.main(["run", "xor", "--set", "steps=30", "steps=20", "--dir", str(tmp_path / "y")]) == 2
     assert "steps is given as steps=20 and as --set steps=30; give it once" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+    assert fnn.cli.main(["run", "digits", "train.batch_size=5000", "--dir", str(tmp_path / "b"), "-q"]) == 2
+    assert "train.batch_size=5000 is larger than the training set (1293 examples)" in capsys.readouterr().err
     # a run that diverges: one line naming the step (it was a traceback), and no checkpoint of it
     diverge = ["model=mlp", "width=16", "train.optimizer=sgd", "train.learning_rate=1e30", "train.epochs=1"]
     assert fnn.cli.main(["run", "digits", *diverge, "--dir", str(tmp_path / "z"), "-q"]) == 1

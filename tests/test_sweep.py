@@ -46,6 +46,9 @@ def test_grid_accepts_only_what_a_population_can_vary():
                                           r"at most 10,000: run several sweeps"):  # before any list is made
         sweep.members(10**9, {"train.learning_rate": [1e-3, 3e-3]})
     assert len(sweep.members(5_000, {"train.learning_rate": [1e-3, 3e-3]})) == sweep.MAX_MEMBERS
+    train_set = (np.zeros((8, 3), np.float32), np.zeros(8, np.int32))
+    with pytest.raises(ConfigError, match=r"train.batch_size=64 is larger than the training set \(8 examples\)"):
+        sweep.population_batches(train_set, TINY.__class__(train=TrainConfig(batch_size=64)), sweep.members(2, {}))
     with pytest.raises(ConfigError, match="--grid train.learning_rate is given twice"):  # the first was dropped
         sweep.parse_grid(TINY, ["train.learning_rate=1e-3", "train.learning_rate=2e-3,3e-3"])
     with pytest.raises(ConfigError, match="--grid train.learning_rate: each value must be a number"):
