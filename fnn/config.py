@@ -346,17 +346,30 @@ def from_dict(config_class: type, values: Mapping[str, Any], prefix: str = "") -
         if dataclasses.is_dataclass(kind):
             kwargs[name] = from_dict(kind, value, f"{key}.")
             continue
-        if value is None and optional:
-            kwargs[name] = None
-            continue
-        if typing.get_origin(kind) is tuple and isinstance(value, list):
-            value = tuple(value)
-        expected = typing.get_origin(kind) or kind
-        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            raise ConfigError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+        value = _typed(value, hints[name], key)
         check_choice(key, value, fields[name].metadata.get("choices"))
         kwargs[name] = value
     return config_class(**kwargs)
+
+
+def _typed(value: Any, kind: Any, key: str) -> Any:
+    """A value read from JSON as type ``kind``, checked as :func:`parse_value` checks text:
+    a tuple's items too, finite floats, ints that fit in 64 bits."""
+    kind, optional = _split_optional(kind)
+    if value is None and optional:
+        return None
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item, *_rest) = typing.get_args(kind)
+        return tuple(_typed(part, item, key) for part in value)
+    expected = typing.get_origin(kind) or kind
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite float, got {value!r}")
+    if expected is int and not -(2**63) <= value < 2**63:
+        raise ConfigError(f"{key}: {value} does not fit in 64 bits")
+    return value

@@ -110,6 +110,15 @@ def test_config_round_trips_through_json_with_checks():
         config.from_dict(Config, {"train": {"epochs": "3"}})
     with pytest.raises(config.ConfigError, match="model: 'rnn' is not one of"):
         config.from_dict(Config, {"model": "rnn"})
+    # what the command line refuses, a run's config.json is refused too: a tuple's items, nan, 2**64
+    for values, message in (({"sizes": [8, "16"]}, "train.sizes: expected int, got '16'"),
+                            ({"sizes": [[8]]}, r"train.sizes: expected int, got \[8\]"),
+                            ({"sizes": 8}, "train.sizes: expected a list, got 8"),
+                            ({"learning_rate": float("nan")}, "train.learning_rate: expected a finite float"),
+                            ({"epochs": 2**64}, "train.epochs: 18446744073709551616 does not fit in 64 bits")):
+        with pytest.raises(config.ConfigError, match=message):
+            config.from_dict(Config, {"train": values})
+    assert config.from_dict(Config, {"train": {"learning_rate": None, "sizes": [8]}}).train == Train(None, sizes=(8,))
 
 
 # -- pipelines -----------------------------------------------------------------------------
