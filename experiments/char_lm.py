@@ -112,7 +112,8 @@ def unigram_bits(train: np.ndarray, valid: np.ndarray, vocab_size: int) -> float
 
 def eval_windows(ids: np.ndarray, length: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """``count`` windows spread evenly over ``ids`` (all of them if fewer fit), as ``(x, y)``
-    with ``y`` shifted by one: the same held-out characters at every evaluation."""
+    with ``y`` shifted by one: the same held-out characters at every evaluation. ``ids`` must
+    be longer than ``length`` (the data stage checks the held-out text is)."""
     starts = np.unique(np.linspace(0, len(ids) - length - 1, count).astype(int))
     window = ids[starts[:, None] + np.arange(length + 1)]
     return window[:, :-1], window[:, 1:]
@@ -158,6 +159,10 @@ def data(config: Config) -> dict:
     if unknown:  # found here, not after training, when the sample stage encodes the prompt
         raise fnn.config.ConfigError(f"prompt has characters the addresses never use: {unknown}")
     train, valid = vocab.encode(train_text), vocab.encode(valid_text)
+    for text, ids in (("training", train), ("held-out", valid)):  # a window is length + 1 characters
+        if config.length >= len(ids):
+            raise fnn.config.ConfigError(f"length must be less than the {len(ids):,} {text} characters "
+                                         f"(held_out_every={config.held_out_every}), got {config.length}")
     baseline = unigram_bits(train, valid, vocab.size)
     intro = [
         f"{len(kept)} addresses ({len(train):,} characters) to train on, {len(held_out)} held out "
@@ -173,8 +178,16 @@ def bits_per_char(outputs, targets) -> jax.Array:
 
 def schedule(config: Config) -> optax.Schedule:
     """The learning rate: a linear warm-up from 0 over 100 steps (half the run when it is
-    shorter: the cosine after the warm-up needs steps of its own), then a cosine decay to a
-    tenth of ``learning_rate`` at the last step."""
+    shorter: the cosine after the warm-up needs steps of its own), then a cosine decay that
+    reaches a tenth of ``learning_rate`` at step ``steps``, one after the last (steps count
+    from 0). At the last of the default 1,000 steps it is 0.100003 of ``learning_rate``; a
+    short run ends higher, at 0.186 of it when ``steps`` is 10.
+
+    Example:
+        >>> rate = schedule(Config(steps=10, learning_rate=1.0))
+        >>> [round(float(rate(step)), 3) for step in (0, 5, 9, 10)]
+        [0.0, 1.0, 0.186, 0.1]
+    """
     warmup = min(100, config.steps // 2)
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, config.steps,
                                               config.learning_rate / 10)

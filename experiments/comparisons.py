@@ -50,7 +50,9 @@ class Config:
         fnn.config.check_at_least(self, (("seeds", 1), ("epochs", 1), ("width", 1), ("batch_size", 1),
                                          ("data_seed", 0)))
         fnn.config.check_that(self, (("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
-                                     ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)")))
+                                     ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)"),
+                                     ("data_seed", self.data_seed < 2**32,
+                                      "below 2**32 (scikit-learn's random_state for the split)")))
 
 
 def variants(config: Config) -> dict[str, digits.Config]:

@@ -64,7 +64,9 @@ class Config:
         fnn.config.check_at_least(self, (("width", 1), ("data_seed", 0)))
         fnn.config.check_that(self, (("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
                                      ("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
-                                     ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)")))
+                                     ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)"),
+                                     ("data_seed", self.data_seed < 2**32,
+                                      "below 2**32 (scikit-learn's random_state for the split)")))
 
 
 NUM_CLASSES = 10
@@ -111,10 +113,20 @@ def load(config: Config) -> dict:
 
 
 def split(images, labels, config: Config) -> dict:
-    """Stratified train/validation/test sets; the test digits are used once, at the end."""
-    train, test = fnn.data.split(images, labels, test_fraction=config.test_fraction, seed=config.data_seed)
-    train, valid = fnn.data.split(*train, test_fraction=config.valid_fraction, seed=config.data_seed)
+    """Stratified train/validation/test sets; the test digits are used once, at the end. A
+    fraction that leaves a set with fewer digits than classes is a ``ConfigError`` naming it."""
+    train, test = stratified((images, labels), "test_fraction", config)
+    train, valid = stratified(train, "valid_fraction", config)
     return {"train_set": train, "eval_set": valid, "test_set": test}
+
+
+def stratified(data: tuple, key: str, config) -> tuple:
+    """``fnn.data.split`` of ``data`` holding out the fraction ``config.<key>``, seeded by
+    ``config.data_seed``; its refusal is a ``ConfigError`` naming the key."""
+    try:
+        return fnn.data.split(*data, test_fraction=getattr(config, key), seed=config.data_seed)
+    except ValueError as error:
+        raise fnn.config.ConfigError(f"{key}={getattr(config, key)}: {error}") from None
 
 
 def augmentation(config: Config) -> dict:

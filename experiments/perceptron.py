@@ -47,13 +47,17 @@ from fnn.pipeline import Experiment, Pipeline
 class Config:
     points: int = 200  # training examples
     margin: float = 0.1  # no point lies closer than this to the separating line
-    learning_rate: float = 1.0  # lr in the rule (from zero weights it only scales w)
+    learning_rate: float = 1.0  # lr in the rule (from zero weights it only scales w, up to 1e30)
     max_epochs: int = 1000  # give up after this many passes over the data
     seed: int = 0  # draws the line and the points
 
     def __post_init__(self):
         fnn.config.check_at_least(self, (("points", 2), ("max_epochs", 1), ("seed", 0), ("margin", 0)))
-        fnn.config.check_that(self, (("learning_rate", self.learning_rate > 0, "positive"),))
+        fnn.config.check_that(self, (
+            ("learning_rate", self.learning_rate > 0, "positive"),
+            # w is float32 (at most 3.4e38) and each mistake adds lr * x to it, with |x| <= sqrt(3)
+            ("learning_rate", self.learning_rate <= 1e30, "at most 1e30 (float32 weights would overflow)"),
+        ))
 
 
 def make_data(points: int, margin: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

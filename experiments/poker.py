@@ -112,7 +112,10 @@ class Config:
         check_that(self, (("learning_rate", self.learning_rate > 0, "positive"),
                           ("step_size", self.step_size > 0, "positive"),
                           ("explore", 0 <= self.explore < 1, "in [0, 1)"),
-                          ("temperature", self.temperature >= 0, ">= 0")))
+                          ("temperature", self.temperature >= 0, ">= 0"),
+                          # else the average head is fitted to each policy in turn, and the last is scored
+                          ("average_from", self.average_from < self.iterations,
+                           f"less than iterations ({self.iterations}) for any policy to be averaged")))
 
 
 @dataclasses.dataclass(frozen=True)

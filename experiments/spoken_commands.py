@@ -61,6 +61,9 @@ class Config:
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
             ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)"),
         ))
+        fnn.config.check_that(self.data, (
+            ("seed", self.data.seed < 2**32, "below 2**32 (scikit-learn's random_state for the split)"),
+        ), prefix="data.")
 
 
 def make_model(config: Config) -> fnn.Layer:
@@ -92,9 +95,11 @@ def data(config: Config) -> dict:
     """Synthesised utterances (cached), their features, and a validation split of the training voices."""
     train, test = config.data.datasets("commands", words=config.words)
     x, y = features(train, config)
-    (x_train, y_train), valid = fnn.data.split(
-        x, y, test_fraction=config.valid_fraction, seed=config.data.seed
-    )
+    try:
+        (x_train, y_train), valid = fnn.data.split(x, y, test_fraction=config.valid_fraction,
+                                                   seed=config.data.seed)
+    except ValueError as error:  # too few utterances held out or kept for every word
+        raise fnn.config.ConfigError(f"valid_fraction={config.valid_fraction}: {error}") from None
     intro = [f"{len(train):,} training utterances by {len(set(train.voices))} voices, {len(test):,} test "
              f"utterances by {len(set(test.voices))} unseen voices; {len(config.words)} words; "
              f"{x.shape[1]} frames x {x.shape[2]} mel bands each"]

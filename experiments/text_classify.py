@@ -81,10 +81,11 @@ def label_of(speech: corpus.Speech, label: str) -> int | None:
 
 
 def paragraphs(speeches: list[corpus.Speech], vocab: fnn.text.WordVocab, config: Config,
-               leave_out: frozenset = frozenset()):
+               leave_out: frozenset = frozenset(), least: int = 1, what: str = "paragraphs"):
     """``(ids int32[n, max_words], mask bool[n, max_words], labels int32[n])`` and the number
     of paragraphs left out because their words are those of one in ``leave_out`` (a set of
-    word tuples)."""
+    word tuples); a ``ConfigError`` naming ``min_words`` when fewer than ``least`` are left (``what``
+    says which and why)."""
     encoded, labels, left_out = [], [], 0
     for speech in speeches:
         for paragraph in speech.text.split("\n\n"):
@@ -96,6 +97,10 @@ def paragraphs(speeches: list[corpus.Speech], vocab: fnn.text.WordVocab, config:
                 continue
             encoded.append(ids)
             labels.append(label_of(speech, config.label))
+    if len(encoded) < least:
+        longest = max((len(vocab.encode(p)) for s in speeches for p in s.text.split("\n\n")), default=0)
+        raise fnn.config.ConfigError(f"min_words={config.min_words} leaves {len(encoded)} {what}; "
+                                     f"the longest has {longest:,} words")
     ids, mask = fnn.text.pad(encoded, config.max_words)
     return ids, mask, np.array(labels, np.int32), left_out
 
@@ -114,7 +119,8 @@ def make_model(config: Config, classes: int) -> fnn.Layer:
 
 def data(config: Config) -> dict:
     """Paragraphs of the addresses of each class, every n-th address held out, as padded
-    ``((ids, mask), labels)``."""
+    ``((ids, mask), labels)``; a ``ConfigError`` naming ``min_words`` when it leaves fewer
+    training paragraphs than a batch, or no held-out ones."""
     names = PARTIES if config.label == "party" else ERAS
     chosen = [s for s in corpus.speeches() if label_of(s, config.label) is not None]
     train_speeches, test_speeches = [], []
@@ -124,11 +130,15 @@ def data(config: Config) -> dict:
         train_speeches += kept
         test_speeches += held
     vocab = fnn.text.WordVocab.from_texts((s.text for s in train_speeches), max_size=config.vocab_size)
-    x_train, m_train, y_train, _ = paragraphs(train_speeches, vocab, config)
+    batch = config.train.batch_size
+    x_train, m_train, y_train, _ = paragraphs(
+        train_speeches, vocab, config, least=batch,
+        what=f"training paragraphs, fewer than a batch (train.batch_size={batch})")
     # a paragraph repeated word for word in a training address (a president's address
     # reprinting his previous one) is left out of the test: the model has read it
     seen = frozenset(tuple(fnn.text.words(p)) for s in train_speeches for p in s.text.split("\n\n"))
-    x_test, m_test, y_test, repeated = paragraphs(test_speeches, vocab, config, leave_out=seen)
+    x_test, m_test, y_test, repeated = paragraphs(test_speeches, vocab, config, leave_out=seen,
+                                                  what="held-out paragraphs")
     majority = float(np.bincount(y_test, minlength=len(names)).max() / len(y_test))
     intro = [
         f"{len(train_speeches)} addresses ({len(x_train):,} paragraphs) to train on, "

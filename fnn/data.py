@@ -110,7 +110,9 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 def split(
     inputs: np.ndarray, labels: np.ndarray, *, test_fraction: float, seed: int
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """A shuffled train/test split that keeps the class proportions of ``labels``.
+    """A shuffled train/test split that keeps the class proportions of ``labels``; each part
+    needs an example of every class, and ``seed`` (scikit-learn's ``random_state``) must be
+    below 2**32.
 
     Example:
         >>> import numpy as np
@@ -118,10 +120,22 @@ def split(
         ...                                test_fraction=0.2, seed=0)
         >>> len(xtr), len(xte)
         (8, 2)
+        >>> split(np.zeros((10, 2)), np.arange(10) % 2, test_fraction=0.1, seed=0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: split: holding out 0.1 of 10 examples leaves 1 held out and 9 kept, but each ...
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"split: test_fraction must be in (0, 1), got {test_fraction!r}")
+    if not (is_count(seed, least=0) and seed < 2**32):
+        raise ValueError(f"split: seed must be an int in [0, 2**32) (scikit-learn's random_state), "
+                         f"got {seed!r}")
     check_dataset("split", (inputs, labels))
+    n, classes = len(labels), len(np.unique(labels))
+    held_out = int(np.ceil(test_fraction * n))  # as scikit-learn rounds it
+    if min(held_out, n - held_out) < classes:
+        raise ValueError(f"split: holding out {test_fraction} of {n} examples leaves {held_out} held out and "
+                         f"{n - held_out} kept, but each part needs one of each of the {classes} classes")
     from sklearn.model_selection import train_test_split
 
     x_train, x_test, y_train, y_test = train_test_split(

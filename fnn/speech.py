@@ -152,6 +152,20 @@ class Synthesizer:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0  # go on
 
+    def has_voice(self, accent: str, variant: str = "") -> bool:
+        """Whether eSpeak NG has the accent ``accent`` (``"en-us"``) and the variant ``variant``
+        (``"m3"``; empty: any), as :meth:`say` would need them.
+
+        Example:
+            >>> with Synthesizer() as synth:
+            ...     synth.has_voice("en-us", "m3"), synth.has_voice("xx-nowhere"), synth.has_voice("en", "x")
+            (True, False, False)
+        """
+        if "+" in accent or (variant and variant not in self.variants):
+            return False
+        with self._lock:
+            return self.lib.espeak_SetVoiceByName(accent.encode()) == 0
+
     def say(self, text: str, voice: str, *, rate: int = 175, pitch: int = 50, seed: int = 0) -> np.ndarray:
         """``text`` spoken by ``voice`` (``"en-us+m3"``) at ``rate`` words/min and ``pitch`` (0-100),
         with the voice's breath noise (if it has any) drawn from ``seed``."""
@@ -393,6 +407,9 @@ def synthesize(spec: SpeechSpec) -> Utterances:
     rng = np.random.default_rng(spec.seed)
     clips, transcripts, voices = [], [], []
     with Synthesizer() as synth:
+        missing = [f"{a}+{v}" for a, v in spec.voices if not synth.has_voice(a, v)]
+        if missing:  # found before any utterance is made
+            raise SpeechError(f"eSpeak NG has no voice {missing[0]!r} (the accent or the variant is unknown)")
         for voice, transcript, text in _scripts(spec, rng):
             rate = int(rng.integers(spec.rate[0], spec.rate[1] + 1))
             pitch = int(rng.integers(spec.pitch[0], spec.pitch[1] + 1))
@@ -586,8 +603,29 @@ class VoiceSplit:
         if shared:
             raise ConfigError(f"data: the variants {shared} are both training and test voices")
 
+    def check_voices(self) -> None:
+        """A ``ConfigError`` naming the key of an accent or variant that eSpeak NG does not have.
+        It loads the library, so the config leaves it to :meth:`datasets`, which calls it first.
+
+        Example:
+            >>> VoiceSplit(test_variants=("m3", "nosuch")).check_voices()
+            Traceback (most recent call last):
+                ...
+            fnn.config.ConfigError: data.test_variants: eSpeak NG has no voice variant 'nosuch'
+        """
+        with Synthesizer() as synth:
+            unknown = {"accents": [a for a in self.accents if not synth.has_voice(a)],
+                       "train_variants": [v for v in self.train_variants if v not in synth.variants],
+                       "test_variants": [v for v in self.test_variants if v not in synth.variants]}
+        for key, names in unknown.items():
+            if names:
+                what = "accent" if key == "accents" else "voice variant"
+                raise ConfigError(f"data.{key}: eSpeak NG has no {what} {names[0]!r}")
+
     def datasets(self, task: str, **spec: Any) -> tuple[Utterances, Utterances]:
-        """``(train, test)`` utterances of ``task``; ``spec`` sets other :class:`SpeechSpec` fields."""
+        """``(train, test)`` utterances of ``task``; ``spec`` sets other :class:`SpeechSpec` fields.
+        Every voice is checked (:meth:`check_voices`) before any utterance is synthesised."""
+        self.check_voices()
         train = SpeechSpec(task=task, voices=voices(self.accents, self.train_variants), copies=self.copies,
                            snr_db=self.snr_db, seed=self.seed, **spec)
         test = dataclasses.replace(train, voices=voices(self.accents, self.test_variants),

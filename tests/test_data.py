@@ -29,6 +29,19 @@ def test_split_is_stratified_disjoint_and_seeded():
         fnn.data.split(x, y, test_fraction=1.5, seed=0)
 
 
+def test_split_refuses_a_part_without_every_class_and_a_seed_scikit_learn_refuses():
+    x = np.arange(100, dtype=np.float32)[:, None]
+    y = (np.arange(100) % 4).astype(np.int32)
+    for fraction, held_out in ((0.02, 2), (0.98, 98)):  # were scikit-learn's errors in its own words
+        with pytest.raises(ValueError, match=rf"split: holding out {fraction} of 100 examples leaves {held_out} "
+                                             rf"held out and {100 - held_out} kept, but each part needs one of "
+                                             rf"each of the 4 classes"):
+            fnn.data.split(x, y, test_fraction=fraction, seed=0)
+    assert len(fnn.data.split(x, y, test_fraction=0.04, seed=2**32 - 1)[1][1]) == 4
+    with pytest.raises(ValueError, match=r"split: seed must be an int in \[0, 2\*\*32\)"):
+        fnn.data.split(x, y, test_fraction=0.2, seed=2**32)
+
+
 def test_batches_cover_each_epoch_once_and_shuffle_by_seed():
     x = np.arange(10)
     epoch = [b[0] for b in fnn.data.batches((x,), 3, seed=0, drop_remainder=False)]

@@ -3,6 +3,7 @@ brute-force enumeration, decoding and scoring."""
 
 import itertools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -145,6 +146,27 @@ def test_every_voice_of_the_split_exists_and_no_test_variant_is_trained_on():
     for name in ("accents", "train_variants", "test_variants", "snr_db"):  # failed at synthesis, after the run began
         with pytest.raises(ConfigError, match=f"data.{name} must list at least one"):
             speech.VoiceSplit(**{name: ()})
+
+
+def test_unknown_voices_are_refused_before_anything_is_synthesised(monkeypatch):
+    """They were refused only when their first utterance was said: an unknown test variant
+    after the whole training set, with a SpeechError that the fnn command does not catch."""
+    def say(*args, **kwargs):
+        raise AssertionError("synthesised before the voices were checked")
+
+    monkeypatch.setattr(speech.Synthesizer, "say", say)
+    small = dict(accents=("en-us",), train_variants=("m1",), test_variants=("m3",), copies=1, cache="none")
+    for key, value, says in (("test_variants", ("m3", "nosuch"), "data.test_variants: eSpeak NG has no voice "
+                                                                 "variant 'nosuch'"),
+                             ("train_variants", ("bad",), "data.train_variants: eSpeak NG has no voice variant"),
+                             ("accents", ("en-us", "xx-nosuch"), "data.accents: eSpeak NG has no accent 'xx-nosuch'"),
+                             ("accents", ("en+m1",), "data.accents: eSpeak NG has no accent 'en+m1'")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            speech.VoiceSplit(**{**small, key: value}).datasets("commands", words=("yes", "no"))
+    spec = speech.SpeechSpec(voices=(("en-us", "m1"), ("en", "nosuch")), words=("yes",))
+    with pytest.raises(speech.SpeechError, match=re.escape("eSpeak NG has no voice 'en+nosuch'")):
+        speech.synthesize(spec)
+    speech.VoiceSplit().check_voices()  # the defaults all exist
 
 
 # -- the log-mel front end -----------------------------------------------------------------

@@ -34,6 +34,12 @@ from experiments import (
     (perceptron.Config(), "margin=-0.1", "margin must be at least 0, got -0.1"),
     (perceptron.Config(), "learning_rate=0", "learning_rate must be positive, got 0.0"),
     (perceptron.Config(), "max_epochs=0", "max_epochs must be at least 1, got 0"),
+    # the float32 weights overflowed to inf and NaN
+    (perceptron.Config(), "learning_rate=1e38", "learning_rate must be at most 1e30 (float32 weights would overflow)"),
+    # seeds that scikit-learn's train_test_split refused, in the data stage
+    (digits.Config(), "data_seed=4294967296", "data_seed must be below 2**32 (scikit-learn's random_state for"),
+    (comparisons.Config(), "data_seed=4294967296", "data_seed must be below 2**32"),
+    (spoken_commands.Config(), "data.seed=4294967296", "data.seed must be below 2**32"),
     (xor.Config(), "hidden=0", "hidden must be at least 1, got 0"),
     (xor.Config(), "steps=0", "steps must be at least 1, got 0"),
     (xor.Config(), "learning_rate=-0.5", "learning_rate must be positive, got -0.5"),

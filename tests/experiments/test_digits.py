@@ -1,10 +1,12 @@
 """The digits experiment meets its accuracy bars with the default budget (seconds on CPU)."""
 
+import re
+
 import numpy as np
 import pytest
 
 import fnn
-from experiments import digits
+from experiments import comparisons, digits
 from fnn.pipeline import TrainConfig
 
 
@@ -52,6 +54,22 @@ def test_bad_choices_are_clear_errors():
         fnn.pipeline.make_optimizer(TrainConfig(optimizer="lbfgs"))
     with pytest.raises(ValueError, match="train.learning_rate must be positive, got -1.0"):
         fnn.pipeline.make_optimizer(TrainConfig(learning_rate=-1.0))
+
+
+@pytest.mark.parametrize("key, fraction, leaves", [
+    ("test_fraction", 0.001, "of 1797 examples leaves 2 held out and 1795 kept"),
+    ("test_fraction", 0.999, "of 1797 examples leaves 1796 held out and 1 kept"),
+    ("valid_fraction", 0.001, "of 1437 examples leaves 2 held out and 1435 kept"),
+    ("valid_fraction", 0.995, "of 1437 examples leaves 1430 held out and 7 kept"),
+])
+def test_fractions_that_leave_a_set_without_every_digit_are_config_errors(key, fraction, leaves):
+    """In (0, 1), so the config takes them; the split stage refuses them by name (scikit-learn
+    refused them with its own parameter names)."""
+    images, labels = digits.load(digits.Config()).values()
+    says = f"{key}={fraction}: split: holding out {fraction} {leaves}, but each part needs one of each of the 10"
+    for experiment in (digits, comparisons):
+        with pytest.raises(fnn.config.ConfigError, match=re.escape(says)):
+            experiment.split(images, labels, experiment.Config(**{key: fraction}))
 
 
 def test_main_prints_accuracy_and_confusion_matrix(capsys, tmp_path, monkeypatch):

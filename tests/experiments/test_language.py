@@ -73,6 +73,16 @@ def test_char_lm_refuses_a_prompt_the_vocabulary_lacks_before_training():
         char_lm.data(char_lm.Config(prompt="Th~"))
 
 
+def test_char_lm_refuses_a_window_longer_than_the_held_out_text_before_training():
+    import fnn
+
+    # was an IndexError in eval_windows, in the train stage, after the model was made
+    config = char_lm.Config(model="lstm", held_out_every=200, length=31000)
+    with pytest.raises(fnn.config.ConfigError, match=re.escape("length must be less than the 30,913 held-out "
+                                                               "characters (held_out_every=200), got 31000")):
+        char_lm.data(config)
+
+
 def test_generate_rejects_a_prompt_longer_than_half_a_window():
     with pytest.raises(ValueError, match="the prompt must have 1 to 32 characters, got 40"):
         char_lm.generate(None, None, np.zeros(40, np.int32), char_lm.Config(length=64), None)
@@ -106,3 +116,18 @@ def test_text_classify_tests_no_paragraph_a_training_address_repeats_and_honours
     sgd = text_classify.optimizer(text_classify.Config(train=TrainConfig(optimizer="sgd", momentum=0.5)))
     assert "weight_decay" in adam.hyperparams
     assert float(sgd["optimizer"].init(params).hyperparams["momentum"]) == 0.5
+
+
+@pytest.mark.parametrize("min_words, left", [(1000, 3), (3000, 0)])
+def test_text_classify_refuses_a_min_words_that_leaves_fewer_paragraphs_than_a_batch(min_words, left):
+    import fnn
+
+    # 3 paragraphs failed in the loader, not naming min_words; none failed in fnn.text.pad
+    config = text_classify.Config(min_words=min_words, max_words=min_words)
+    with pytest.raises(fnn.config.ConfigError, match=re.escape(
+            f"min_words={min_words} leaves {left} training paragraphs, fewer than a batch (train.batch_size=64); "
+            "the longest has 1,345 words")):
+        text_classify.data(config)
+    vocab = fnn.text.WordVocab.from_texts(["a few words"], max_size=10)
+    with pytest.raises(fnn.config.ConfigError, match=re.escape("min_words=20 leaves 0 held-out paragraphs")):
+        text_classify.paragraphs([], vocab, text_classify.Config(), what="held-out paragraphs")

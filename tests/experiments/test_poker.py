@@ -94,7 +94,8 @@ def test_pgx_states_map_to_the_tree_infosets_and_payoffs():
 
 # -- the learner ---------------------------------------------------------------------------
 
-SMALL = poker.Config(iterations=40, games=512, updates=8, average_from=20, eval_every=20,
+# average_from below the 20 iterations of the run stopped halfway, which needs a policy to average
+SMALL = poker.Config(iterations=40, games=512, updates=8, average_from=19, eval_every=20,
                      checkpoint_every=20)
 
 
@@ -124,7 +125,7 @@ def test_kuhn_self_play_learns_and_resumes_exactly(tmp_path):
 
 
 def test_leduc_smoke():
-    config = poker.LeducConfig(iterations=4, games=64, updates=1, eval_every=2, eval_games=500)
+    config = poker.LeducConfig(iterations=4, games=64, updates=1, average_from=2, eval_every=2, eval_games=500)
     values = poker.run_leduc(config)
     final = values["final"]
     for position in ("first", "second", "both"):
@@ -155,6 +156,10 @@ def test_action_values_weight_the_outcome_by_later_importance_ratios():
         (lambda: poker.Config(explore=1.0), "explore"),
         (lambda: poker.Config(magnet_every=0), "magnet_every"),
         (lambda: poker.Config(average_from=-1), "average_from"),
+        # the scored policy would be the last one, not an average
+        (lambda: poker.Config(iterations=50, average_from=1000), r"average_from must be less than iterations \(50\)"),
+        (lambda: poker.Config(iterations=50, average_from=50), "average_from"),
+        (lambda: poker.LeducConfig(iterations=60), "average_from"),
         (lambda: poker.LeducConfig(eval_games=1), "eval_games"),
         (lambda: fnn.config.override(poker.Config(), ["updates=0"]), "updates"),
     ],

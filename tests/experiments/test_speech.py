@@ -1,10 +1,13 @@
 """The speech experiments on a reduced budget: unseen voices recognised well above chance."""
 
+import re
+
 import numpy as np
 import pytest
 
 from experiments import spoken_commands, spoken_digits
 from fnn import pipeline, speech
+from fnn.config import ConfigError
 from fnn.pipeline import TrainConfig
 
 ACCENTS = ("en", "en-us")
@@ -53,6 +56,17 @@ def test_transcripts_that_cannot_fit_the_model_are_refused_before_training(tmp_p
     # a validation split of no string: the run failed at its first evaluation, after training
     with pytest.raises(ValueError, match=r"valid_fraction: 0.001 of the \d+ training strings is none"):
         spoken_digits.data(digits_config(tmp_path, valid_fraction=0.001))
+
+
+def test_a_validation_split_without_every_word_is_a_config_error(tmp_path):
+    """It failed inside scikit-learn, in its own parameter names."""
+    data = speech.VoiceSplit(accents=("en-us",), train_variants=("m1", "f1"), test_variants=("m3",), copies=1,
+                             cache=str(tmp_path))
+    config = spoken_commands.Config(words=("yes", "no"), data=data, valid_fraction=0.25)
+    with pytest.raises(ConfigError, match=re.escape("valid_fraction=0.25: split: holding out 0.25 of 4 examples "
+                                                    "leaves 1 held out and 3 kept, but each part needs one of each "
+                                                    "of the 2 classes")):
+        spoken_commands.data(config)
 
 
 def test_labels_and_the_digit_confusion_matrix():
