@@ -527,8 +527,9 @@ class FanOut(Layer):
     n: int
 
     def __post_init__(self):
-        if not isinstance(self.n, int) or self.n < 1:
+        if not is_count(self.n):
             raise ValueError(f"FanOut: n must be a positive int, got {self.n!r}")
+        object.__setattr__(self, "n", int(self.n))  # a NumPy int as Python's, so the layer stays hashable
 
     def forward(self, params, x, *, key=None, train=False):
         return (x,) * self.n
@@ -552,19 +553,35 @@ class FanInConcat(Layer):
 
     axis: int = -1
 
-    def init_params(self, key, x):
+    def __post_init__(self):
+        if not isinstance(self.axis, numbers.Integral) or isinstance(self.axis, bool):
+            raise ValueError(f"FanInConcat: axis must be an int, got {self.axis!r}")
+        object.__setattr__(self, "axis", int(self.axis))
+
+    def _check(self, x: Any) -> None:
+        """A tuple of arrays of one rank, with ``axis``, equal in every other axis (at init and
+        again at apply)."""
         _check_tuple(self, x)
         ranks = {len(v.shape) for v in x}
-        axis = self.axis % max(ranks)
-        others = {tuple(d for i, d in enumerate(v.shape) if i != axis) for v in x}
-        if len(ranks) != 1 or len(others) != 1:
+        rank = max(ranks)
+        if len(ranks) != 1 or not -rank <= self.axis < rank:
+            raise ShapeError(
+                f"FanInConcat(axis={self.axis}) needs inputs of one rank with an axis {self.axis}, "
+                f"got {shape_str(x)}"
+            )
+        axis = self.axis % rank
+        if len({tuple(d for i, d in enumerate(v.shape) if i != axis) for v in x}) != 1:
             raise ShapeError(
                 f"FanInConcat(axis={self.axis}) needs inputs equal in all other axes, "
                 f"got {shape_str(x)}"
             )
+
+    def init_params(self, key, x):
+        self._check(x)
         return {}
 
     def forward(self, params, x, *, key=None, train=False):
+        self._check(x)
         return jnp.concatenate(x, axis=self.axis)
 
 
@@ -578,13 +595,17 @@ class FanInSum(Layer):
         [3.0, 3.0, 3.0]
     """
 
-    def init_params(self, key, x):
+    def _check(self, x: Any) -> None:
         _check_tuple(self, x)
         if len({tuple(v.shape) for v in x}) != 1:
             raise ShapeError(f"FanInSum needs inputs of one shape, got {shape_str(x)}")
+
+    def init_params(self, key, x):
+        self._check(x)
         return {}
 
     def forward(self, params, x, *, key=None, train=False):
+        self._check(x)
         total = x[0]
         for v in x[1:]:
             total = total + v
@@ -639,20 +660,32 @@ class Residual(Layer):
 
     body: Layer
 
-    def init(self, key, x):
+    def _check_input(self, x: Any) -> None:
         if not hasattr(_values(x), "shape"):
             raise ShapeError(f"residual takes an array or a masked sequence (x, mask), got {shape_str(x)}")
-        params, state = self.body.init(key, x)
-        y = self.body.output_spec(params, state, x)
-        if not _same_spec(_values(x), _values(y)) or _is_masked(x) != _is_masked(y):
+
+    def _check_output(self, x: Any, y: Any, dtype: bool = True) -> None:
+        """The body's output against its input: the shape and mask, and at init the dtype too
+        (at apply a precision policy may keep the body's last layer in float32, and the sum
+        takes the wider dtype)."""
+        xv, yv = _values(x), _values(y)
+        same = hasattr(yv, "shape") and tuple(yv.shape) == tuple(xv.shape)
+        if not same or (dtype and yv.dtype != xv.dtype) or _is_masked(x) != _is_masked(y):
             raise ShapeError(
-                f"residual body must keep its input's shape and dtype: "
+                f"residual body must keep its input's shape{' and dtype' if dtype else ''}: "
                 f"expected {shape_str(x)}, got {shape_str(y)}"
             )
+
+    def init(self, key, x):
+        self._check_input(x)
+        params, state = self.body.init(key, x)
+        self._check_output(x, self.body.output_spec(params, state, x))
         return params, state
 
     def apply(self, params, state, x, *, key=None, train=False):
+        self._check_input(x)
         y, state = self.body.apply(params, state, x, key=key, train=train)
+        self._check_output(x, y, dtype=False)
         if _is_masked(x):  # a masked sequence: add the values, keep the input's mask
             return (x[0] + y[0], x[1]), state
         return x + y, state
@@ -671,10 +704,6 @@ def _is_masked(x: Any) -> bool:
 def _values(x: Any) -> Any:
     """The values of a masked sequence ``(values, mask)``; ``x`` itself otherwise."""
     return x[0] if _is_masked(x) else x
-
-
-def _same_spec(x: Any, y: Any) -> bool:
-    return hasattr(y, "shape") and (tuple(y.shape), y.dtype) == (tuple(x.shape), x.dtype)
 
 
 def residual(*layers: Layer | Callable) -> Residual:

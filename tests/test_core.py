@@ -257,3 +257,35 @@ def test_initializers_are_selectable_per_layer():
     np.testing.assert_allclose(orthogonal["w"].T @ orthogonal["w"], jnp.eye(8), atol=1e-5)
     with pytest.raises(ValueError, match="unknown initializer 'nope'.*glorot_uniform"):
         fnn.Dense(2, w_init="nope").init(KEY, spec(1, 3))
+
+
+def test_combinators_check_shapes_again_at_apply():
+    squash = fnn.Fn(lambda v: v.mean(-1, keepdims=True), label="squash")  # [b, f] -> [b, 1]
+    x, wider = jnp.ones((2, 1)), jnp.ones((2, 3))
+    cases = [
+        (fnn.serial(block=fnn.residual(squash)), r"block: residual body must keep its input's shape"),
+        (fnn.serial(fnn.fan_out(2), fnn.parallel(fnn.identity, squash), fnn.fan_in_sum()),
+         r"fan_in_sum_0: FanInSum needs inputs of one shape, got \(float32\[2,3\], float32\[2,1\]\)"),
+        (fnn.serial(fnn.fan_out(2), fnn.parallel(fnn.identity, squash), fnn.fan_in_concat(axis=0)),
+         r"fan_in_concat_0: FanInConcat\(axis=0\) needs inputs equal in all other axes"),
+    ]
+    for model, message in cases:  # broadcast silently to [2, 3] (or raised a raw TypeError)
+        params, _ = model.init(KEY, x)
+        with pytest.raises(fnn.ShapeError, match=message):
+            model(params, wider)
+
+
+def test_fan_in_concat_refuses_scalars_and_a_non_int_axis():
+    with pytest.raises(fnn.ShapeError, match=r"fan_in_concat_0: FanInConcat\(axis=-1\) needs inputs of one rank"):
+        fnn.serial(fnn.fan_out(2), fnn.fan_in_concat()).init(KEY, jnp.ones(()))  # was ZeroDivisionError
+    with pytest.raises(fnn.ShapeError, match=r"FanInConcat\(axis=2\) needs inputs of one rank with an axis 2"):
+        fnn.fan_in_concat(axis=2)({}, (jnp.ones((2, 3)), jnp.ones((2, 3))))
+    for axis in (1.0, "0", True):
+        with pytest.raises(ValueError, match="FanInConcat: axis must be an int"):
+            fnn.fan_in_concat(axis)
+    assert fnn.fan_in_concat(np.int64(0)) == fnn.fan_in_concat(0)
+
+
+def test_fan_out_takes_a_numpy_int():
+    layer = fnn.fan_out(np.int64(2))
+    assert layer == fnn.fan_out(2) and type(layer.n) is int and hash(layer) == hash(fnn.fan_out(2))

@@ -123,6 +123,20 @@ def test_a_policy_may_be_named_and_a_keep_pattern_must_match_a_parameter():
             Policy("bfloat16", keep=keep).cast_params(state.params)
 
 
+def test_a_kept_float32_layer_may_end_a_residual_body():
+    """The body's output is float32 and its input bfloat16: their sum is float32, as before
+    residual checked its output at apply (it checks the shape there, not the dtype)."""
+    x, y = data()
+    model = fnn.serial(fnn.Dense(8), fnn.residual(fnn.LayerNorm(), fnn.Dense(8)), fnn.Dense(2))
+    state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), x)
+    policy = Policy("bfloat16", keep=("residual_0/dense_0/*",))
+    out, _ = fnn.precision.apply(policy, model, state.params, state.model_state, x)
+    assert out.dtype == jnp.float32
+    step = fnn.make_train_step(model, optax.sgd(0.1), fnn.losses.softmax_cross_entropy, policy=policy)
+    _, metrics = step(state, (x, y))
+    assert np.isfinite(metrics["loss"])
+
+
 def saved(state):
     """The state with its key as raw data, to compare leaf by leaf."""
     return fnn.checkpoint.to_saved(state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 import jax
@@ -44,19 +45,25 @@ def positive_int(layer: Any, field: str, value: Any) -> None:
         raise ValueError(f"{type(layer).__name__}: {field} must be a positive int, got {value!r}")
 
 
-def _positive(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer of any sign (Python's or NumPy's, not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number (Python's or NumPy's, not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def int_tuple(layer: Any, field: str, value: Any, n: int) -> tuple[int, ...]:
-    """``value`` as a tuple of ``n`` positive ints (an int is repeated ``n`` times)."""
-    items = (value,) * n if isinstance(value, int) else value
-    if not isinstance(items, tuple | list) or len(items) != n or not all(_positive(v) for v in items):
+    """``value`` as a tuple of ``n`` positive Python ints (an int is repeated ``n`` times)."""
+    items = (value,) * n if isinstance(value, numbers.Integral) else value
+    if not isinstance(items, tuple | list) or len(items) != n or not all(is_count(v) for v in items):
         raise ValueError(
             f"{type(layer).__name__}: {field} must be a positive int or {n} positive ints, "
             f"got {value!r}"
         )
-    return tuple(items)
+    return tuple(int(v) for v in items)
 
 
 def freeze(layer: Any, field: str, value: Any) -> None:

@@ -21,6 +21,9 @@ from fnn.core import Layer, LayerError, ShapeError, shape_str
 from fnn.layers._common import (
     WeightOptions,
     compute_dtype,
+    float_dtype,
+    freeze,
+    is_real,
     positive_int,
     require_features,
     require_float,
@@ -197,7 +200,7 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Arr
 def check_rate(layer: Any, rate: Any, name: str = "dropout") -> None:
     """A ``ValueError`` naming ``layer`` (or the function named ``layer``) unless the dropout
     ``rate`` is in [0, 1)."""
-    if not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
+    if not is_real(rate) or not 0.0 <= rate < 1.0:
         where = layer if isinstance(layer, str) else type(layer).__name__
         raise ValueError(f"{where}: {name} must be in [0, 1), got {rate!r}")
 
@@ -248,7 +251,13 @@ class MultiHeadAttention(WeightOptions, Layer):
             if getattr(self, field) is not None:
                 positive_int(self, field, getattr(self, field))
         check_rate(self, self.dropout)
+        freeze(self, "dropout", float(self.dropout))  # a NumPy float as Python's: it must not promote x
         check_implementation(type(self).__name__, self.implementation, self.dropout)
+        if not is_real(self.rotary_base) or not 0 < self.rotary_base < float("inf"):
+            raise ValueError(
+                f"MultiHeadAttention: rotary_base must be > 0 and finite, got {self.rotary_base!r}"
+            )
+        freeze(self, "rotary_base", float(self.rotary_base))
 
     def _head_dim(self, d_model: int) -> int:
         if self.head_dim is not None:
@@ -272,13 +281,14 @@ class MultiHeadAttention(WeightOptions, Layer):
         shape = (self.num_heads, self._head_dim(d))
         out = self.out_features or d
         w_init, b_init = initializers.get(self.w_init), initializers.get(self.b_init)
+        dtype = float_dtype(self, "param_dtype", self.param_dtype)
         keys = jax.random.split(key, 4)
 
         def projection(k, fan_in, fan_out, w_shape, b_shape):
             # initialised as the [fan_in, fan_out] matrix it acts as, then split into heads
-            params = {"w": w_init(k, (fan_in, fan_out), self.param_dtype).reshape(w_shape)}
+            params = {"w": w_init(k, (fan_in, fan_out), dtype).reshape(w_shape)}
             if self.use_bias:
-                params["b"] = b_init(k, b_shape, self.param_dtype)
+                params["b"] = b_init(k, b_shape, dtype)
             return params
 
         width = shape[0] * shape[1]
@@ -305,9 +315,25 @@ class MultiHeadAttention(WeightOptions, Layer):
         return y + p["b"].astype(dtype) if "b" in p else y
 
     def _check_features(self, params, x):
-        expected = params["query"]["w"].shape[0]
-        if x.shape[-1] != expected:
-            raise ShapeError(f"MultiHeadAttention expected d_model {expected}, got {shape_str(x)}")
+        """Float input of the params' d_model, and the params ``init`` makes for it: query, key,
+        value and out of this layer's heads, head_dim and out_features, with biases if it uses them."""
+        require_float(self, x)
+        d = params["query"]["w"].shape[0]
+        if x.shape[-1] != d:
+            raise ShapeError(f"MultiHeadAttention expected d_model {d}, got {shape_str(x)}")
+        heads = (self.num_heads, self._head_dim(d))
+        out = self.out_features or d
+        made = {name: {"w": (d, *heads), "b": heads} for name in ("query", "key", "value")}
+        made["out"] = {"w": (*heads, out), "b": (out,)}
+        for name, shapes in made.items():
+            expected = shapes if self.use_bias else {"w": shapes["w"]}
+            got = {k: tuple(v.shape) for k, v in params[name].items()}
+            if got != expected:
+                raise ShapeError(
+                    f"MultiHeadAttention with {self.num_heads} heads of {heads[1]} and {out} output features "
+                    f"expects {name} {_dims(expected)}, got {_dims(got)}: were the parameters made by this "
+                    "layer's init?"
+                )
 
     def forward(self, params, x, *, key=None, train=False):
         x, mask = split_mask(self, x)
@@ -365,6 +391,11 @@ class MultiHeadAttention(WeightOptions, Layer):
         heads = dot_product_attention(q, keys.astype(dtype), values.astype(dtype), mask=seen)
         out = jnp.where(index < max_len, self._output(params, heads, dtype), jnp.nan)
         return out, {"key": keys, "value": values, "index": index + 1}
+
+
+def _dims(shapes: dict[str, tuple[int, ...]]) -> str:
+    """``{"w": (8, 2, 4), "b": (2, 4)}`` as ``w[8, 2, 4], b[2, 4]``."""
+    return ", ".join(f"{name}{list(shape)}" for name, shape in shapes.items()) or "nothing"
 
 
 def check_length(layer: Any, time: int, max_len: int) -> None:

@@ -14,7 +14,7 @@ import jax
 from jax import lax
 
 from fnn import autodiff
-from fnn.core import Layer, ShapeError, shape_str
+from fnn.core import Layer, ShapeError, is_count, shape_str
 from fnn.layers._common import (
     WeightOptions,
     compute_dtype,
@@ -40,8 +40,8 @@ def spatial_dims(layer: Any, field: str, value: Any) -> tuple[int, ...]:
 
 
 def _natural(v: Any) -> bool:
-    """An int >= 0 (and not a bool)."""
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    """An int >= 0 (Python's or NumPy's, and not a bool)."""
+    return is_count(v, least=0)
 
 
 def padding_spec(layer: Any, padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
@@ -49,11 +49,11 @@ def padding_spec(layer: Any, padding: Any, n: int) -> str | tuple[tuple[int, int
     if isinstance(padding, str) and padding.upper() in ("SAME", "VALID"):
         return padding.upper()
     if _natural(padding):
-        return ((padding, padding),) * n
+        return ((int(padding), int(padding)),) * n
     if isinstance(padding, tuple | list) and len(padding) == n:
         pairs = tuple((p, p) if _natural(p) else p for p in padding)
         if all(isinstance(p, tuple | list) and len(p) == 2 and all(map(_natural, p)) for p in pairs):
-            return tuple(tuple(p) for p in pairs)
+            return tuple((int(low), int(high)) for low, high in pairs)
     raise ValueError(
         f"{type(layer).__name__}: padding must be 'SAME', 'VALID', an int, {n} ints or "
         f"{n} (low, high) pairs, got {padding!r}"
@@ -68,6 +68,15 @@ def layout(n: int) -> str:
         'batch, height, width, channels'
     """
     return "batch, " + ", ".join(("depth", "height", "width")[3 - n :]) + ", channels"
+
+
+def require_positions(layer: Layer, x: Any) -> None:
+    """Raise when a spatial axis of ``x`` is empty: there is nothing to slide a window over."""
+    if any(d < 1 for d in x.shape[1:-1]):
+        raise ShapeError(
+            f"{type(layer).__name__} got an input empty on a spatial axis, {shape_str(x)}: every "
+            "spatial axis needs at least one position"
+        )
 
 
 def require_nonempty(layer: Layer, x: Any, y: Any) -> None:
@@ -99,20 +108,25 @@ class _ConvBase(WeightOptions, Layer):
         freeze(self, "padding", padding_spec(self, self.padding, n))
 
     def _check(self, x: Any, params: dict | None = None, groups: int = 1) -> None:
-        """Float input of the right rank with at least one channel; with ``params``, the
-        channels and the kernel they were made for."""
+        """Float input of the right rank with at least one position and one channel; with
+        ``params``, the channels, the kernel and the bias they were made for."""
         n = len(self.kernel_size)
         require_float(self, x)
         require_rank(self, x, n + 2, layout(n))
+        require_positions(self, x)
         if x.shape[-1] < 1:
             raise ShapeError(f"{type(self).__name__} needs at least one input channel, got {shape_str(x)}")
         if params is None:
             return
         w = params["w"].shape
-        if tuple(w[:-2]) != self.kernel_size or w[-1] != self.features:
+        bias = (tuple(params["b"].shape),) if self.use_bias else ()
+        if len(w) != n + 2 or tuple(w[:-2]) != self.kernel_size or w[-1] != self.features or (
+            bias not in ((), ((self.features,),))
+        ):
+            made = "".join(f", b{list(b)}" for b in bias)
             raise ShapeError(
                 f"{type(self).__name__} with kernel {self.kernel_size} and {self.features} features got "
-                f"parameters w{list(w)}: were they made by this layer's init?"
+                f"parameters w{list(w)}{made}: were they made by this layer's init?"
             )
         if x.shape[-1] != w[-2] * groups:
             raise ShapeError(

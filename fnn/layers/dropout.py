@@ -11,6 +11,7 @@ import numpy as np
 from jax import lax
 
 from fnn.core import Layer, LayerError
+from fnn.layers._common import freeze, is_real
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
@@ -80,8 +81,9 @@ class Dropout(Layer):
     rate: float
 
     def __post_init__(self):
-        if not isinstance(self.rate, int | float) or not 0.0 <= self.rate < 1.0:
+        if not is_real(self.rate) or not 0.0 <= self.rate < 1.0:
             raise ValueError(f"Dropout: rate must be in [0, 1), got {self.rate!r}")
+        freeze(self, "rate", float(self.rate))  # a NumPy float as Python's: it must not promote x
 
     def forward(self, params, x, *, key=None, train=False):
         if not train or self.rate == 0.0:

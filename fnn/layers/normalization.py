@@ -13,30 +13,50 @@ import jax
 import jax.numpy as jnp
 
 from fnn.core import Layer, LayerError, ShapeError, shape_str
-from fnn.layers._common import positive_int, require_features, require_float
+from fnn.layers._common import freeze, is_int, is_real, positive_int, require_features, require_float
 
 
 def _check_epsilon(layer: Any) -> None:
     eps = layer.epsilon
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < float("inf"):
+    if not is_real(eps) or not 0 < eps < float("inf"):
         raise ValueError(f"{type(layer).__name__}: epsilon must be > 0 and finite, got {eps!r}")
+    freeze(layer, "epsilon", float(eps))  # a NumPy float as Python's: it must not promote x
+
+
+def _check_vector(layer: Any, what: str, name: str, value: Any) -> None:
+    """A ShapeError unless the parameter or state entry ``name`` is a vector ``[features]``."""
+    if len(value.shape) != 1:
+        raise ShapeError(
+            f"{type(layer).__name__} expects {what} {name} of shape [features], got {shape_str(value)}: "
+            f"were they made by this layer's init?"
+        )
 
 
 def _check_features(layer: Any, params: dict, x: Any, axis: int = -1) -> None:
-    """Float input, as at ``init``; params made for one feature size, applied to another: a
-    ShapeError, not a reshape error."""
+    """Float input, as at ``init``, and the params ``init`` makes (``scale`` and ``bias`` as the
+    layer learns them, each ``[features]``); params made for one feature size, applied to
+    another: a ShapeError, not a reshape error or a silently dropped bias."""
     require_float(layer, x)
-    for value in params.values():
+    learned = sorted(_learned(layer))
+    if sorted(params) != learned:
+        raise ShapeError(
+            f"{type(layer).__name__} learns parameters {{{', '.join(learned)}}}, got "
+            f"{{{', '.join(sorted(params))}}}: were they made by this layer's init?"
+        )
+    for name, value in params.items():
+        _check_vector(layer, "parameter", name, value)
         require_features(layer, x, value.shape[0], axis)
 
 
+def _learned(layer: Any) -> list[str]:
+    """The parameters the layer learns: ``scale`` and ``bias``, each if it uses it."""
+    return [name for name, used in (("scale", layer.use_scale), ("bias", getattr(layer, "use_bias", False)))
+            if used]
+
+
 def _scale_and_bias(layer: Any, features: int) -> dict[str, jax.Array]:
-    params = {}
-    if layer.use_scale:
-        params["scale"] = jnp.ones((features,), jnp.float32)
-    if getattr(layer, "use_bias", False):
-        params["bias"] = jnp.zeros((features,), jnp.float32)
-    return params
+    made = {"scale": jnp.ones, "bias": jnp.zeros}
+    return {name: made[name]((features,), jnp.float32) for name in _learned(layer)}
 
 
 def _affine(params: dict, y: jax.Array, axis: int = -1) -> jax.Array:
@@ -81,7 +101,8 @@ class BatchNorm(Layer):
         axis: the feature axis (default: last, for channels-last layouts).
         use_scale, use_bias: learn a per-feature scale and bias.
 
-    Params ``scale, bias: [features]``; state ``mean, var: [features]``.
+    Params ``scale, bias: [features]``; state ``mean, var: [features]``. A training step on
+    an empty batch leaves the running statistics as they are (its output is empty too).
 
     Example:
         >>> import jax, jax.numpy as jnp, fnn
@@ -100,8 +121,12 @@ class BatchNorm(Layer):
 
     def __post_init__(self):
         _check_epsilon(self)
-        if not isinstance(self.momentum, int | float) or not 0.0 <= self.momentum <= 1.0:
+        if not is_real(self.momentum) or not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {self.momentum!r}")
+        freeze(self, "momentum", float(self.momentum))
+        if not is_int(self.axis):
+            raise ValueError(f"BatchNorm: axis must be an int (the feature axis), got {self.axis!r}")
+        freeze(self, "axis", int(self.axis))
 
     def _check_axis(self, x: Any) -> None:
         if len(x.shape) < 2:
@@ -128,14 +153,21 @@ class BatchNorm(Layer):
         require_float(self, x)
         self._check_axis(x)
         axis = self.axis % x.ndim
-        if x.shape[axis] != state["mean"].shape[0]:
+        running_mean, running_var = state["mean"], state["var"]
+        _check_vector(self, "state", "mean", running_mean)
+        if tuple(running_var.shape) != tuple(running_mean.shape):
             raise ShapeError(
-                f"BatchNorm expected {state['mean'].shape[0]} features on axis {self.axis}, "
-                f"got {shape_str(x)}"
+                f"BatchNorm expects state mean and var of one shape [features], got mean "
+                f"{shape_str(running_mean)} and var {shape_str(running_var)}: "
+                "were they made by this layer's init?"
+            )
+        if x.shape[axis] != running_mean.shape[0]:
+            raise ShapeError(
+                f"BatchNorm expected {running_mean.shape[0]} features on axis {self.axis}, got {shape_str(x)}"
             )
         _check_features(self, params, x, self.axis)
-        if not train:
-            return _normalize(self, params, x, state["mean"], state["var"], axis), state
+        if not train or x.size == 0:  # an empty batch (static) leaves the running statistics as they are
+            return _normalize(self, params, x, running_mean, running_var, axis), state
         reduce = tuple(i for i in range(x.ndim) if i != axis)
         x32 = x.astype(_stats_dtype(x))
         mean, var = jnp.mean(x32, reduce), jnp.var(x32, reduce)

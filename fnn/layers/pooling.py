@@ -23,7 +23,7 @@ from jax import lax
 
 from fnn.core import Layer, ShapeError, shape_str
 from fnn.layers._common import freeze, int_tuple, require_rank
-from fnn.layers.conv import layout, padding_spec, require_nonempty, spatial_dims
+from fnn.layers.conv import layout, padding_spec, require_nonempty, require_positions, spatial_dims
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +69,7 @@ class _Pool(Layer):
 
     def forward(self, params, x, *, key=None, train=False):
         require_rank(self, x, len(self.window) + 2, layout(len(self.window)))
+        require_positions(self, x)
         y = self._pool(x)
         require_nonempty(self, x, y)  # static shapes: an input smaller than the window
         return y
@@ -153,12 +154,13 @@ class _GlobalPool(Layer):
         return {}
 
     def _check(self, x: Any) -> tuple[int, ...]:
-        """The spatial axes of ``x``, which must have at least one."""
+        """The spatial axes of ``x``, which must have at least one, none of them empty."""
         if len(x.shape) < 3:
             raise ShapeError(
                 f"{type(self).__name__} expects [batch, *spatial, channels] with at least one "
                 f"spatial axis, got {shape_str(x)}"
             )
+        require_positions(self, x)
         return tuple(range(1, len(x.shape) - 1))
 
 

@@ -26,8 +26,8 @@ from jax import lax
 
 from fnn import initializers
 from fnn.autodiff import matmul, reverse_only
-from fnn.core import Layer, LayerError, ShapeError, init_child, shape_str
-from fnn.layers._common import compute_dtype, positive_int, require_float, require_rank
+from fnn.core import Layer, LayerError, ShapeError, init_child, path_str, shape_str
+from fnn.layers._common import compute_dtype, float_dtype, positive_int, require_float, require_rank
 from fnn.layers.sequence import join_mask, split_mask
 
 Carry = Any
@@ -114,7 +114,8 @@ class Cell(_CellOptions, Layer):
         _, x_t = self._split(x)
         k_in, k_hidden, k_b = jax.random.split(key, 3)
         width = self.gates * self.hidden
-        make = lambda init, k, shape: initializers.get(init)(k, shape, self.param_dtype)  # noqa: E731
+        dtype = float_dtype(self, "param_dtype", self.param_dtype)
+        make = lambda init, k, shape: initializers.get(init)(k, shape, dtype)  # noqa: E731
         blocks = jax.random.split(k_hidden, self.gates)  # orthogonal per gate: each its own map
         recurrent = jnp.concatenate([make(self.recurrent_init, k, (self.hidden,) * 2) for k in blocks], 1)
         return {
@@ -123,15 +124,36 @@ class Cell(_CellOptions, Layer):
         }
 
     def initial_bias(self, key: jax.Array) -> jax.Array:
-        return initializers.get(self.b_init)(key, (self.gates * self.hidden,), self.param_dtype)
+        dtype = float_dtype(self, "param_dtype", self.param_dtype)
+        return initializers.get(self.b_init)(key, (self.gates * self.hidden,), dtype)
 
-    def project(self, params, x: jax.Array) -> jax.Array:
-        """The input-to-hidden part ``x @ W + b`` for any number of leading axes."""
+    def _check_width(self, params, x: Any) -> None:
         w = params["input"]["w"]
         if x.shape[-1] != w.shape[0]:
             raise ShapeError(
                 f"{type(self).__name__} expected {w.shape[0]} input features, got {shape_str(x)}"
             )
+
+    def check_params(self, params, x_t: Any) -> None:
+        """A ShapeError naming the first parameter whose shape is not the one ``init`` makes for
+        the step input ``x_t`` (e.g. another cell's or another size's); at apply, trace-time only."""
+        self._check_width(params, x_t)
+        got = {path_str(path): tuple(a.shape) for path, a in jax.tree_util.tree_leaves_with_path(params)}
+        made = _made_shapes(self, x_t.shape[-1])
+        for name in sorted(made.keys() | got.keys()):
+            if got.get(name) != made.get(name):
+                expected = f"no parameter {name}" if name not in made else (
+                    f"parameter {name} of shape {_dims(made[name])}"
+                )
+                raise ShapeError(
+                    f"{type(self).__name__}({self.hidden}) expects {expected}, got {_dims(got.get(name))}: "
+                    "were the parameters made by this cell's init?"
+                )
+
+    def project(self, params, x: jax.Array) -> jax.Array:
+        """The input-to-hidden part ``x @ W + b`` for any number of leading axes."""
+        self._check_width(params, x)
+        w = params["input"]["w"]
         dtype = compute_dtype(self, x, w)
         return matmul(x.astype(dtype), w.astype(dtype)) + params["input"]["b"].astype(dtype)
 
@@ -154,7 +176,20 @@ class Cell(_CellOptions, Layer):
 
     def forward(self, params, x, *, key=None, train=False):
         carry, x_t = self._split(x)
+        self.check_params(params, x_t)
         return self.recur(params, carry, self.project(params, x_t))
+
+
+def _dims(shape: tuple[int, ...] | None) -> str:
+    return "none" if shape is None else f"[{', '.join(map(str, shape))}]"
+
+
+@functools.lru_cache(maxsize=256)
+def _made_shapes(cell: Cell, features: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each parameter ``cell.init`` makes for ``features`` input features, by path."""
+    step = jax.ShapeDtypeStruct((1, features), jnp.float32)
+    made = jax.eval_shape(lambda: cell.init_params(jax.random.key(0), (cell.initial_carry((1,)), step)))
+    return {path_str(path): tuple(a.shape) for path, a in jax.tree_util.tree_leaves_with_path(made)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +287,8 @@ class GRU(Cell):
     def init_params(self, key, x):
         params = super().init_params(key, x)
         b_init = initializers.get(self.b_init)
-        params["hidden"]["b"] = b_init(jax.random.fold_in(key, 1), (self.hidden,), self.param_dtype)
+        dtype = float_dtype(self, "param_dtype", self.param_dtype)
+        params["hidden"]["b"] = b_init(jax.random.fold_in(key, 1), (self.hidden,), dtype)
         return params
 
     def activate(self, params, carry, projected, hidden):
@@ -342,7 +378,9 @@ class Recurrent(Layer):
 
     def _carry_dtype(self, x: Any) -> Any:
         """The dtype the cell computes in, and so the carry's: as ``compute_dtype``."""
-        return self.cell.dtype or jnp.result_type(x.dtype, self.cell.param_dtype)
+        if self.cell.dtype is not None:
+            return float_dtype(self.cell, "dtype", self.cell.dtype)
+        return jnp.result_type(x.dtype, float_dtype(self.cell, "param_dtype", self.cell.param_dtype))
 
     def init(self, key, x):
         x, _ = self._check(x)
@@ -363,9 +401,11 @@ class Recurrent(Layer):
         cell = self.cell
         if carry is None:
             carry = cell.initial_carry(x.shape[:1], self._carry_dtype(x))
+        step = jax.ShapeDtypeStruct((x.shape[0], x.shape[2]), x.dtype)  # a spec: no op in the program
         try:
-            cell._check_carry(carry, x[:, 0])
-            dtype = jax.eval_shape(cell.project, params, x[:, 0]).dtype
+            cell._check_carry(carry, step)
+            cell.check_params(params, step)
+            dtype = jax.eval_shape(cell.project, params, step).dtype
         except LayerError as error:
             raise error.within(cell.name) from None
         carry = jax.tree.map(lambda c: c.astype(dtype), carry)

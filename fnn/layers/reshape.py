@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from fnn.core import Layer, ShapeError, shape_str
-from fnn.layers._common import freeze
+from fnn.core import Layer, ShapeError, is_count, shape_str
+from fnn.layers._common import freeze, is_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +44,14 @@ class Reshape(Layer):
 
     def __post_init__(self):
         shape = tuple(self.shape) if isinstance(self.shape, tuple | list) else (self.shape,)
-        if not all(isinstance(d, int) and (d >= 1 or d == -1) for d in shape) or shape.count(-1) > 1:
+        if not all(is_count(d) or (is_int(d) and d == -1) for d in shape) or shape.count(-1) > 1:
             raise ValueError(f"Reshape: shape must be positive ints and at most one -1, got {self.shape!r}")
-        freeze(self, "shape", shape)
+        freeze(self, "shape", tuple(int(d) for d in shape))
 
-    def init_params(self, key, x):
+    def _check(self, x):
+        """Examples whose size fits ``shape`` (at init and again at apply)."""
+        if len(x.shape) < 1:
+            raise ShapeError(f"Reshape expects a batch axis, got {shape_str(x)}")
         size = math.prod(x.shape[1:])
         known = math.prod(d for d in self.shape if d != -1)
         if (-1 in self.shape and size % known) or (-1 not in self.shape and size != known):
@@ -56,7 +59,11 @@ class Reshape(Layer):
                 f"Reshape cannot reshape examples of {shape_str(x)} ({size} values each) "
                 f"to {self.shape}"
             )
+
+    def init_params(self, key, x):
+        self._check(x)
         return {}
 
     def forward(self, params, x, *, key=None, train=False):
+        self._check(x)
         return x.reshape(x.shape[0], *self.shape)

@@ -382,10 +382,15 @@ def sample(
 
 
 def _pick(logits, key, i, temperature):
-    """Token ``i``: the argmax when ``temperature`` is 0, else a draw with ``fold_in(key, i)``."""
+    """Token ``i``: the argmax when ``temperature`` is 0, else a draw with ``fold_in(key, i)``.
+
+    The draw is ``jax.random.categorical(key, logits / temperature)``'s Gumbel-max trick,
+    ``argmax(logits / temperature + gumbel)``, taken as ``argmax(logits + temperature * gumbel)``
+    (the same token): dividing by a tiny temperature would overflow to infinities."""
     if temperature == 0:
         return jnp.argmax(logits, -1)
-    return jax.random.categorical(jax.random.fold_in(key, i), logits / temperature)
+    gumbel = jax.random.gumbel(jax.random.fold_in(key, i), logits.shape, logits.dtype)
+    return jnp.argmax(logits + temperature * gumbel, -1)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))

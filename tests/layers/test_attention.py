@@ -393,3 +393,31 @@ def test_a_language_model_trains_with_cudnn_attention_as_with_its_own(fake_gpu):
     (s0, m0), (s1, m1) = results[None], results["cudnn"]
     assert float(m1["loss"]) == pytest.approx(float(m0["loss"]), rel=1e-2)
     chex.assert_trees_all_close(s1.params, s0.params, atol=2e-3)
+
+
+def test_multi_head_attention_checks_its_params_and_input():
+    x = jnp.ones((2, 5, 8))
+    mha = fnn.serial(att=fnn.MultiHeadAttention(2))
+    cases = [  # each ran silently with the other layer's shapes
+        (fnn.MultiHeadAttention(4), r"expects query w\[8, 2, 4\], b\[2, 4\], got w\[8, 4, 2\]"),
+        (fnn.MultiHeadAttention(2, head_dim=3), r"expects query w\[8, 2, 4\], b\[2, 4\], got w\[8, 2, 3\]"),
+        (fnn.MultiHeadAttention(2, out_features=5), r"expects out w\[2, 4, 8\], b\[8\], got w\[2, 4, 5\]"),
+        (fnn.MultiHeadAttention(2, use_bias=False), r"expects query w\[8, 2, 4\], b\[2, 4\], got w\[8, 2, 4\]:"),
+    ]
+    for other, message in cases:
+        params, _ = fnn.serial(att=other).init(KEY, x)
+        with pytest.raises(fnn.ShapeError, match=r"^att: MultiHeadAttention with 2 heads of 4 .*" + message):
+            mha(params, x)
+    params, _ = mha.init(KEY, x)
+    with pytest.raises(fnn.ShapeError, match=r"att: MultiHeadAttention expects floating-point input, got int32"):
+        mha(params, jnp.ones((2, 5, 8), jnp.int32))  # ran, as init refuses it
+
+
+def test_multi_head_attention_hyperparameters_are_checked():
+    for base in (0.0, -10000.0, float("nan"), float("inf"), "1e4", True):  # the output was all NaN
+        with pytest.raises(ValueError, match="MultiHeadAttention: rotary_base must be > 0 and finite"):
+            fnn.MultiHeadAttention(2, rotary=True, rotary_base=base)
+    assert type(fnn.MultiHeadAttention(2, rotary_base=np.float32(500.0)).rotary_base) is float
+    for param_dtype in (jnp.int32, "foo"):  # a raw initializer error, blamed on the input in serial
+        with pytest.raises(fnn.LayerError, match=r"^att: MultiHeadAttention: param_dtype must be a floating-point"):
+            fnn.serial(att=fnn.MultiHeadAttention(2, param_dtype=param_dtype)).init(KEY, jnp.ones((2, 5, 8)))

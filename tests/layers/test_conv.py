@@ -628,3 +628,32 @@ def test_a_window_larger_than_the_input_is_reported_at_init():
     padded = fnn.Conv(4, (3, 3), padding=((1, 0), (0, 0)))
     params, state = jax.eval_shape(padded.init, KEY, spec(1, 2, 5, 1))
     assert padded.output_spec(params, state, spec(1, 2, 5, 1)).shape == (1, 1, 3, 4)
+
+
+def test_conv_checks_the_bias_against_the_layer():
+    x = jnp.ones((2, 8, 8, 3))
+    for layer in (fnn.Conv(4, (3, 3)), fnn.ConvTranspose(4, (3, 3))):
+        params, _ = layer.init(KEY, x)
+        for b in (jnp.ones(1), jnp.ones((8, 1, 4)), jnp.ones(7)):  # broadcast silently (or a raw error)
+            with pytest.raises(fnn.ShapeError) as info:
+                layer({"w": params["w"], "b": b}, x)
+            assert f"got parameters w[3, 3, 3, 4], b{list(b.shape)}: were they made by this layer's init?" in str(
+                info.value
+            )
+
+
+def test_an_input_empty_on_a_spatial_axis_is_refused():
+    x = jnp.ones((1, 0, 2, 3))
+    for layer in (fnn.ConvTranspose(4, (2, 2), strides=2), fnn.ConvTranspose(4, (3, 3), padding="VALID"),
+                  fnn.Conv(4, (3, 3))):  # ConvTranspose made output positions from nothing
+        with pytest.raises(fnn.ShapeError, match=r"got an input empty on a spatial axis, float32\[1,0,2,3\]"):
+            fnn.serial(layer).init(KEY, x)
+    with pytest.raises(fnn.ShapeError) as info:  # advised "a smaller window or 'SAME' padding"
+        fnn.serial(fnn.Conv(4, (3, 3), padding="SAME")).init(KEY, x)
+    assert "'SAME'" not in str(info.value) and str(info.value).startswith("conv_0: Conv got an input empty")
+
+
+def test_conv_sizes_take_numpy_ints():
+    conv = fnn.Conv(4, (np.int64(3), 3), strides=np.int64(2), dilation=(1, np.int32(1)), padding=np.int64(1))
+    assert conv == fnn.Conv(4, (3, 3), strides=2, padding=1) and hash(conv) == hash(fnn.Conv(4, (3, 3), strides=2, padding=1))
+    assert all(type(v) is int for v in (*conv.kernel_size, *conv.strides, *conv.dilation, *conv.padding[0]))

@@ -424,3 +424,22 @@ def test_sequence_helpers_check_their_input():
     params, _ = attention.init(KEY, jnp.ones((1, 3, 8)))
     with pytest.raises(fnn.ShapeError, match=r"MultiHeadAttention expects input of rank 3"):
         attention(params, jnp.ones((3, 8)))
+
+
+def test_reshape_checks_the_size_again_at_apply():
+    model = fnn.serial(fnn.Reshape((2, 2)))
+    with pytest.raises(fnn.ShapeError, match=r"reshape_0: Reshape cannot reshape examples of float32\[2,6\]"):
+        model({}, jnp.ones((2, 6)))  # was a raw TypeError without the layer's path
+    with pytest.raises(fnn.ShapeError, match="Reshape expects a batch axis"):
+        fnn.Reshape((1,))({}, jnp.ones(()))
+
+
+def test_numpy_scalars_are_accepted_as_hyperparameters():
+    assert fnn.Reshape((np.int64(2), -1)).shape == (2, -1)
+    assert all(type(d) is int for d in fnn.Reshape((np.int64(2), -1)).shape)
+    drop = fnn.Dropout(np.float32(0.5))
+    assert type(drop.rate) is float and hash(drop) == hash(fnn.Dropout(float(np.float32(0.5))))
+    y = drop({}, jnp.ones(8, jnp.bfloat16), key=KEY, train=True)
+    assert y.dtype == jnp.bfloat16  # a NumPy float32 rate would have promoted it
+    with pytest.raises(ValueError, match=r"Dropout: rate must be in \[0, 1\)"):
+        fnn.Dropout(True)

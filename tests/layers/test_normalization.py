@@ -530,3 +530,40 @@ def test_batch_norm_without_state_says_how_to_call_it():
     with pytest.raises(fnn.LayerError, match=r"^batch_norm_0: BatchNorm keeps running statistics as state: "
                                              r"call model.apply\(params, state, x, train=...\)"):
         model(params, jnp.ones((4, 2)))
+
+
+def test_batch_norm_on_an_empty_batch_leaves_the_running_statistics():
+    bn = fnn.BatchNorm()
+    params, state = bn.init(KEY, jnp.ones((4, 5)))
+    for x in (jnp.ones((0, 5)), jnp.ones((2, 0, 5))):  # set the statistics to NaN
+        y, new_state = jax.jit(lambda p, s, v: bn.apply(p, s, v, train=True))(params, state, x)
+        assert y.shape == x.shape
+        chex.assert_trees_all_equal(new_state, state)
+
+
+def test_batch_norm_axis_must_be_an_int():
+    for axis in (1.0, "x", True, (1,)):
+        with pytest.raises(ValueError, match="BatchNorm: axis must be an int"):
+            fnn.BatchNorm(axis=axis)
+    assert type(fnn.BatchNorm(axis=np.int64(1)).axis) is int
+
+
+def test_norm_hyperparameters_take_numpy_scalars():
+    bn = fnn.BatchNorm(momentum=np.float32(0.9), epsilon=np.float32(1e-5))
+    assert type(bn.momentum) is float and type(bn.epsilon) is float and hash(bn) is not None
+    assert type(fnn.LayerNorm(epsilon=np.float32(1e-5)).epsilon) is float
+
+
+def test_norm_params_and_state_are_checked_against_the_layer():
+    x = jnp.ones((4, 5))
+    rms, _ = fnn.RMSNorm().init(KEY, x)
+    with pytest.raises(fnn.ShapeError, match=r"LayerNorm learns parameters \{bias, scale\}, got \{scale\}"):
+        fnn.LayerNorm()(rms, x)  # dropped the bias silently
+    model = fnn.serial(bn=fnn.BatchNorm())
+    params, state = model.init(KEY, x)
+    bad_var = {"bn": {**state["bn"], "var": jnp.ones(6)}}
+    with pytest.raises(fnn.ShapeError, match=r"bn: BatchNorm expects state mean and var of one shape"):
+        model.apply(params, bad_var, x)  # a raw reshape TypeError
+    bad_scale = {"bn": {**params["bn"], "scale": jnp.ones((5, 5))}}
+    with pytest.raises(fnn.ShapeError, match=r"bn: BatchNorm expects parameter scale of shape \[features\]"):
+        model.apply(bad_scale, state, x)

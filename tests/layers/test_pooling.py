@@ -357,3 +357,20 @@ def test_default_pool_names_in_the_path():
     model = fnn.serial(fnn.MaxPool((2, 2)), fnn.MaxPool((2, 2)))
     with pytest.raises(fnn.ShapeError, match=r"^max_pool_1: MaxPool leaves no output positions"):
         model.init(KEY, spec(1, 3, 3, 1))
+
+
+def test_pools_refuse_an_input_empty_on_a_spatial_axis():
+    x = jnp.ones((2, 0, 3))
+    for pool in (fnn.GlobalMaxPool(), fnn.GlobalAvgPool()):  # a raw NumPy ValueError, or NaN
+        for run in (lambda p: fnn.serial(head=p)({}, x), lambda p: fnn.serial(head=p).init(KEY, x)):
+            with pytest.raises(fnn.ShapeError, match=r"^head: Global\w+Pool got an input empty on a spatial axis"):
+                run(pool)
+    with pytest.raises(fnn.ShapeError) as info:  # advised "a smaller window or 'SAME' padding"
+        fnn.MaxPool((2, 2), padding="SAME")({}, jnp.ones((2, 0, 4, 3)))
+    assert "MaxPool got an input empty on a spatial axis, float32[2,0,4,3]" in str(info.value)
+    assert "'SAME'" not in str(info.value)
+
+
+def test_pool_window_takes_numpy_ints():
+    pool = fnn.MaxPool((np.int64(2), 2))
+    assert pool == fnn.MaxPool((2, 2)) and all(type(w) is int for w in pool.window)

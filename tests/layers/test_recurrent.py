@@ -536,3 +536,31 @@ def test_stateful_layer_rejects_another_batch_size():
     params, state = rnn.init(KEY, sequence())
     with pytest.raises(fnn.ShapeError, match="holds a carry for batch 3, got input float32"):
         rnn.apply(params, state, sequence(batch=5))
+
+
+def test_recurrent_checks_the_cell_params_against_the_cell():
+    x = jnp.ones((2, 5, 3))
+    lstm = fnn.serial(rnn=fnn.Recurrent(fnn.LSTM(4)))
+    cases = [  # the first ran silently (the gates broadcast), the others raised raw lax errors
+        (fnn.SimpleRNN(4), r"LSTM\(4\) expects parameter hidden/w of shape \[4, 16\], got \[4, 4\]"),
+        (fnn.GRU(4), r"LSTM\(4\) expects no parameter hidden/b, got \[4\]"),
+        (fnn.LSTM(5), r"LSTM\(4\) expects parameter hidden/w of shape \[4, 16\], got \[5, 20\]"),
+    ]
+    for other, message in cases:
+        foreign, _ = fnn.serial(rnn=fnn.Recurrent(other)).init(KEY, x)
+        with pytest.raises(fnn.ShapeError, match=r"^rnn/lstm: " + message):
+            lstm(foreign, x)
+    cell = fnn.LSTM(4)
+    carry, x_t = cell.initial_carry((2,)), jnp.ones((2, 3))
+    params, _ = cell.init(KEY, (carry, x_t))
+    bad = {**params, "input": {**params["input"], "b": jnp.ones(4)}}
+    with pytest.raises(fnn.ShapeError, match=r"expects parameter input/b of shape \[16\], got \[4\]"):
+        cell(bad, (carry, x_t))
+
+
+def test_cell_param_dtype_is_checked():
+    x = jnp.ones((2, 5, 3))
+    for param_dtype in (jnp.int32, "foo"):  # a raw initializer error, blamed on the input in serial
+        for cell in (fnn.SimpleRNN(4, param_dtype=param_dtype), fnn.GRU(4, param_dtype=param_dtype)):
+            with pytest.raises(fnn.LayerError, match=r"^\w+: \w+: param_dtype must be a floating-point dtype"):
+                fnn.serial(fnn.Recurrent(cell)).init(KEY, x)

@@ -194,6 +194,25 @@ def test_sampling_with_and_without_the_cache_gives_the_same_tokens(temperature):
         np.testing.assert_array_equal(fast[:, 3:], jnp.argmax(logits[:, 2:-1], -1))
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_sampling_at_a_tiny_temperature_is_greedy(use_cache):
+    # logits / 1e-50 overflowed float32 to infinities, and the draw was token 0 every time
+    model = lm()
+    params, _ = model.init(KEY, jnp.zeros((1, 4), jnp.int32))
+    prompt = jnp.array([[1, 2, 3], [4, 5, 6]])
+    sample = lambda t: fnn.sample(model, params, prompt, 6, key=KEY, temperature=t, use_cache=use_cache)  # noqa: E731
+    np.testing.assert_array_equal(sample(1e-50), sample(0.0))
+
+
+def test_a_draw_is_jax_categorical_of_the_tempered_logits():
+    from fnn.layers.transformer import _pick
+
+    logits = jax.random.normal(KEY, (64, 13))
+    for temperature in (0.5, 1.0, 3.0):
+        expected = jax.random.categorical(jax.random.fold_in(KEY, 7), logits / temperature)
+        np.testing.assert_array_equal(_pick(logits, KEY, 7, temperature), expected)
+
+
 def test_sampling_works_for_a_recurrent_model_without_a_cache():
     model = fnn.serial(fnn.Embedding(9, 8), fnn.Recurrent(fnn.LSTM(8)), fnn.Dense(9))
     params, _ = model.init(KEY, jnp.zeros((1, 3), jnp.int32))
