@@ -131,7 +131,8 @@ def split(
         raise ValueError(f"split: seed must be an int in [0, 2**32) (scikit-learn's random_state), "
                          f"got {seed!r}")
     check_dataset("split", (inputs, labels))
-    n, classes = len(labels), len(np.unique(labels))
+    n = len(labels)
+    classes = len(np.unique(labels, axis=0 if np.ndim(labels) > 1 else None))  # rows, as scikit-learn counts
     held_out = int(np.ceil(test_fraction * n))  # as scikit-learn rounds it
     if min(held_out, n - held_out) < classes:
         raise ValueError(f"split: holding out {test_fraction} of {n} examples leaves {held_out} held out and "

@@ -312,7 +312,7 @@ def resume(
     elif experiment.name != run.experiment:
         raise PipelineError(f"{run.directory} is a run of {run.experiment!r}, not of {experiment.name!r}")
     try:
-        config = config_lib.from_dict(type(experiment.config), run.config)
+        config = config_lib.from_dict(type(experiment.config), recorded_config(run))
     except config_lib.ConfigError as error:
         raise config_lib.ConfigError(f"{run.directory / 'config.json'}: {error}") from None
     members = sweep.resume_members(directory)
@@ -321,6 +321,31 @@ def resume(
             experiment, config, run, progress, sweep.population_pipeline(experiment), members=members
         )
     return run, run_in(experiment, config, run, progress)
+
+
+def recorded_config(run: Run) -> dict:
+    """The configuration ``run`` recorded, as this version reads it. Before format 2 a
+    ``TrainConfig`` recorded ``momentum: 0.9`` whatever its optimizer, and only sgd used it;
+    such a run's adam or rmsprop momentum is read as none, as it trained.
+
+    Example:
+        >>> import types
+        >>> old = types.SimpleNamespace(format=1, config={"train": {"optimizer": "adam", "momentum": 0.9}})
+        >>> recorded_config(old)
+        {'train': {'optimizer': 'adam', 'momentum': None}}
+    """
+    if run.format >= 2:
+        return run.config
+
+    def as_trained(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        node = {key: as_trained(value) for key, value in node.items()}
+        if node.get("optimizer", "sgd") != "sgd" and "momentum" in node:
+            node["momentum"] = None
+        return node
+
+    return as_trained(run.config)
 
 
 def run_in(

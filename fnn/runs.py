@@ -36,6 +36,9 @@ except ImportError:  # Windows
 from fnn import plots
 from fnn.checkpoint import Checkpoints
 
+# config.json's format: 2 since TrainConfig.momentum is None unless given (fnn.pipeline.recorded_config)
+FORMAT = 2
+
 # What a run writes besides config.json: a directory holding any of them holds a run's work.
 _RUN_FILES = ("checkpoints", "metrics.jsonl", "final.json", "sweep.json")
 
@@ -159,6 +162,7 @@ class Run:
             raise RunError(f"{self.directory / 'config.json'}: its 'config' is not a mapping of settings")
         self.experiment: str = meta["experiment"]
         self.config: dict = meta["config"]
+        self.format: int = meta.get("format", 1)  # 1: written before config.json said its format
         self._writer = None
         self._tail_checked = False
         self._checkpoints: Checkpoints | None = None
@@ -188,6 +192,7 @@ class Run:
             "experiment": experiment,
             "config": dict(config),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "format": FORMAT,
         }
         try:
             directory.mkdir(parents=True, exist_ok=True)

@@ -137,12 +137,11 @@ def parse_grid(config: Any, specs: Sequence[str]) -> list[tuple[str, list]]:
             raise config_lib.ConfigError(
                 f"--grid {key} is given twice; give all its values at once: {key}=V1,V2,..."
             )
-        configs = [config_lib.override(config, [f"{key}={v}"]) for v in text.split(",")]
-        values = [getattr_path(c, key) for c in configs]
+        values = [getattr_path(config_lib.override(config, [f"{key}={v}"]), key) for v in text.split(",")]
         if any(value is None for value in values):
             raise config_lib.ConfigError(f"--grid {key}: each value must be a number, got {text!r}")
         name = key.split(".")[-1]
-        train = getattr(configs[0], "train", None)
+        train = getattr(config, "train", None)  # the population's optimizer is made from it
         if train is not None:  # checked here, before a sweep directory is made
             from fnn.pipeline import make_optimizer
 
@@ -151,6 +150,7 @@ def parse_grid(config: Any, specs: Sequence[str]) -> list[tuple[str, list]]:
                 raise config_lib.ConfigError(
                     f"--grid {key}: the {train.optimizer} optimizer has no {name} (its "
                     f"hyperparameters are {', '.join(sorted(held))}); choose train.optimizer=sgd"
+                    + (f", or give rmsprop one ({key}=0.9)" if train.optimizer == "rmsprop" else "")
                 )
         grid.append((key, values))
     return grid

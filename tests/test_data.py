@@ -38,6 +38,8 @@ def test_split_refuses_a_part_without_every_class_and_a_seed_scikit_learn_refuse
                                              rf"each of the 4 classes"):
             fnn.data.split(x, y, test_fraction=fraction, seed=0)
     assert len(fnn.data.split(x, y, test_fraction=0.04, seed=2**32 - 1)[1][1]) == 4
+    rows = np.array([[0, 1], [2, 3]] * 4)  # two classes, counted by rows as scikit-learn does
+    assert len(fnn.data.split(np.zeros((8, 1)), rows, test_fraction=0.25, seed=0)[1][1]) == 2
     with pytest.raises(ValueError, match=r"split: seed must be an int in \[0, 2\*\*32\)"):
         fnn.data.split(x, y, test_fraction=0.2, seed=2**32)
 

@@ -1000,3 +1000,16 @@ def test_non_finite_metrics_are_written_as_strict_json_and_read_back(tmp_path):
     again.rewind(1)  # rewritten strictly too
     strict((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert "test_loss: -inf" in runs.show(tmp_path / "run")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_a_run_recorded_before_momentum_was_optional_resumes_as_it_trained(tmp_path, optimizer):
+    directory = tmp_path / "run"
+    assert fnn.cli.main(["run", "digits", *TINY, "train.epochs=1", f"train.optimizer={optimizer}",
+                         "--dir", str(directory), "-q"]) == 0
+    meta = json.loads((directory / "config.json").read_text())
+    assert meta.pop("format") == runs.FORMAT == 2
+    meta["config"]["train"]["momentum"] = 0.9  # what format 1 recorded whatever the optimizer
+    (directory / "config.json").write_text(json.dumps(meta))
+    run, values = pipeline.resume(str(directory), progress=False)  # was refused, or did not fit (rmsprop)
+    assert values["config"].train.momentum is None and run.format == 1

@@ -85,6 +85,10 @@ def test_a_grid_over_a_hyperparameter_the_optimizer_lacks_is_refused_before_anyt
     sgd = TINY.__class__(train=TrainConfig(optimizer="sgd"))
     assert sweep.parse_grid(sgd, ["train.momentum=0.5,0.9"]) == [("train.momentum", [0.5, 0.9])]
     rmsprop = TINY.__class__(train=TrainConfig(optimizer="rmsprop"))  # momentum once given
+    with pytest.raises(ConfigError, match=r"the rmsprop optimizer has no momentum .* or give rmsprop one "
+                                          r"\(train.momentum=0.9\)"):  # was a traceback after the dir was made
+        sweep.parse_grid(rmsprop, ["train.momentum=0.5,0.9"])
+    rmsprop = TINY.__class__(train=TrainConfig(optimizer="rmsprop", momentum=0.9))
     assert sweep.parse_grid(rmsprop, ["train.momentum=0.5,0.9"]) == [("train.momentum", [0.5, 0.9])]
 
 
