@@ -407,3 +407,10 @@ def test_the_work_of_a_program_with_a_loop_is_left_out():
     whole = jax.jit(lambda x, g: jnp.einsum("oni,noj->oij", x, jnp.swapaxes(g, 0, 1))).lower(x, g).compile()
     assert math.isnan(suite.plan_and_work(looped)[1])
     assert suite.plan_and_work(whole)[1] == pytest.approx(2 * 25 * 64 * 6 * 16 / 1e9, rel=0.1)
+
+
+def test_program_fingerprints_are_stable_and_tell_programs_apart():
+    from benchmarks import programs
+
+    once, again = programs.fingerprint("mlp-small"), programs.fingerprint("mlp-small")
+    assert once == again and once != programs.fingerprint("mlp-small", 2)
