@@ -332,7 +332,7 @@ def sample(
     temperature: float = 1.0,
     use_cache: bool = True,
 ) -> jax.Array:
-    """Continue ``prompt: int[batch, p]`` by ``num_steps`` tokens: ``int[batch, p + num_steps]``.
+    """Continue ``prompt: int[batch, p]`` by ``num_steps`` tokens: ``int32[batch, p + num_steps]``.
 
     ``model`` maps ids ``[batch, time]`` to logits ``[batch, time, vocab]`` causally (any
     such model: a transformer, a recurrent network). With ``use_cache`` (models with
@@ -362,7 +362,9 @@ def sample(
                                             or key.dtype == jnp.uint32)):
         raise ValueError(f"sample: key must be a jax.random key, got {shape_str(key)}")
     vocab_size = getattr(model, "vocab_size", None)
-    if vocab_size is not None and not isinstance(prompt, jax.core.Tracer):
+    if not isinstance(prompt, jax.core.Tracer):  # a model without vocab_size: its logits' width
+        if vocab_size is None:
+            vocab_size = jax.eval_shape(model, params, prompt).shape[-1]
         if int(prompt.min()) < 0 or int(prompt.max()) >= vocab_size:
             raise ValueError(
                 f"sample: prompt ids must be in [0, {vocab_size}) (the model's vocab_size), "
@@ -376,7 +378,7 @@ def sample(
     if use_cache and not hasattr(model, "decode"):
         raise ValueError(f"sample: {type(model).__name__} has no key/value cache; pass use_cache=False")
 
-    tokens = jnp.zeros((batch, total), prompt.dtype).at[:, :p].set(prompt)
+    tokens = jnp.zeros((batch, total), jnp.int32).at[:, :p].set(prompt)  # a narrow dtype's ids would wrap
     run = _sample_cached if use_cache else _sample_recomputed
     return run(model, params, tokens, key, float(temperature), p)
 

@@ -220,6 +220,20 @@ def test_sampling_works_for_a_recurrent_model_without_a_cache():
     np.testing.assert_array_equal(out[:, 2:], jnp.argmax(model(params, out)[:, 1:-1], -1))
     with pytest.raises(ValueError, match="Serial has no key/value cache; pass use_cache=False"):
         fnn.sample(model, params, jnp.array([[1, 2]]), 6, key=KEY)
+    # its vocabulary is its logits' width: an id outside it was continued with zeros (NaN logits)
+    with pytest.raises(ValueError, match=r"prompt ids must be in \[0, 9\) .* got ids from 1 to 20"):
+        fnn.sample(model, params, jnp.array([[1, 20]]), 4, key=KEY, use_cache=False)
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int8, jnp.int16])
+def test_a_narrow_prompt_dtype_does_not_wrap_the_ids_drawn(dtype):
+    model = fnn.TransformerLM(vocab_size=300, d_model=8, num_heads=2, num_layers=1, max_len=16)
+    params, _ = model.init(KEY, jnp.zeros((1, 4), jnp.int32))
+    wide = fnn.sample(model, params, jnp.array([[1, 2, 3]], jnp.int32), 12, key=KEY, temperature=2.0)
+    assert int(wide.max()) > 127  # ids a narrow prompt's dtype cannot hold
+    narrow = fnn.sample(model, params, jnp.array([[1, 2, 3]], dtype), 12, key=KEY, temperature=2.0)
+    assert narrow.dtype == jnp.int32
+    np.testing.assert_array_equal(narrow, wide)
 
 
 # ---- gradients, jit, learning ----------------------------------------------------------------
