@@ -213,7 +213,8 @@ class StackFrames(Layer):
 
     A cheap way to shorten a sequence before a recurrent layer: the step count drops
     ``n``-fold and no information is lost. The time axis is zero-padded to a multiple
-    of ``n``; with a mask, a joined frame is real when any of its frames is.
+    of ``n``; with a mask, a joined frame is real when any of its frames is, and holds
+    zeros where its padded frames were (whatever the padding held).
 
     Example:
         >>> import jax.numpy as jnp, fnn
@@ -234,6 +235,8 @@ class StackFrames(Layer):
             raise ShapeError(f"StackFrames expects [batch, time, features], got {shape_str(x)}")
         batch, time, features = x.shape
         pad = -time % self.n
+        if mask is not None:  # a real joined frame holds zeros where its padding was, as alone
+            x = jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
         x = jnp.pad(x, ((0, 0), (0, pad), (0, 0))).reshape(batch, (time + pad) // self.n, self.n * features)
         if mask is not None:
             mask = jnp.pad(mask, ((0, 0), (0, pad))).reshape(batch, -1, self.n).any(-1)

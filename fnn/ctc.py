@@ -107,7 +107,8 @@ def ctc_loss(outputs: Any, targets: Any, *, blank: int = 0) -> jax.Array:
 
     Shapes: ``outputs``: ``logits [batch, frames, labels]`` or ``(logits, mask bool[batch,
     frames])``; ``targets``: ``labels int[batch, max_labels]`` or ``(labels, label_mask
-    bool[batch, max_labels])``. Masks are True at real entries. Called outside ``jit``
+    bool[batch, max_labels])``. Masks are True at real entries, anywhere in a row (a
+    transcript is its real labels in order). Called outside ``jit``
     (on concrete arrays), it also runs :func:`check_targets`; under ``jit`` an utterance
     whose real labels include one outside ``[0, labels)`` or the blank has a NaN loss.
 
@@ -137,6 +138,9 @@ def ctc_loss(outputs: Any, targets: Any, *, blank: int = 0) -> jax.Array:
             raise ValueError(
                 f"ctc_loss: the {name}' mask must be bool[{','.join(map(str, like))}], got {shape_str(m)}"
             )
+    # the real labels in order at the front (a mask with holes, or left-padded), as optax reads them
+    order = jnp.argsort(~label_mask, axis=1, stable=True)
+    labels, label_mask = (jnp.take_along_axis(a, order, axis=1) for a in (labels, label_mask))
     if not any(isinstance(a, jax.core.Tracer) for a in (mask, labels, label_mask)):
         check_targets(np.asarray(mask).sum(1), labels, np.asarray(label_mask).sum(1), where="ctc_loss",
                       num_classes=num_classes, blank=blank)

@@ -414,3 +414,22 @@ def test_what_the_padding_holds_does_not_reach_the_real_frames(pad):
     expected, _ = layer({}, (jnp.asarray(clean), jnp.asarray(mask)))
     assert np.isfinite(np.asarray(features)).all()
     np.testing.assert_allclose(np.asarray(features), np.asarray(expected), atol=1e-5)
+
+
+def test_stack_frames_joins_zeros_where_the_padding_was():
+    x = jnp.array([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])
+    alone = audio.StackFrames(2)({}, x)
+    padded = jnp.concatenate([x, jnp.full((1, 1, 2), 9.0)], 1)  # a padded frame that is not zero
+    joined, mask = audio.StackFrames(2)({}, (padded, jnp.array([[True, True, True, False]])))
+    np.testing.assert_array_equal(joined, alone)  # it held [5, 6, 9, 9]
+    assert mask.tolist() == [[True, True]]
+
+
+def test_ctc_label_mask_may_have_holes():
+    logits = jax.random.normal(jax.random.key(0), (1, 6, 4))
+    expected = ctc.ctc_loss(logits, jnp.array([[1, 2]]))
+    holed = (jnp.array([[1, 3, 2]]), jnp.array([[True, False, True]]))  # the transcript [1, 2]
+    np.testing.assert_allclose(ctc.ctc_loss(logits, holed), expected, rtol=1e-6)  # was [1, 3]'s loss
+    np.testing.assert_allclose(jax.jit(ctc.ctc_loss)(logits, holed), expected, rtol=1e-6)
+    left = (jnp.array([[0, 1, 2]]), jnp.array([[False, True, True]]))
+    np.testing.assert_allclose(ctc.ctc_loss(logits, left), expected, rtol=1e-6)
