@@ -156,7 +156,8 @@ def batches(
     """Batches of ``arrays`` (sliced together along their first axis) for ``epochs`` epochs.
 
     Args:
-        arrays: equally long arrays, e.g. ``(images, labels)``.
+        arrays: equally long arrays, e.g. ``(images, labels)``, or pytrees of them
+            (``((images, masks), labels)``); each batch has their structure.
         batch_size: examples per batch.
         seed: shuffle each epoch with this seed; ``None`` keeps the order.
         epochs: passes over the data.
@@ -175,8 +176,9 @@ def batches(
     if seed is not None and not is_count(seed, least=0):
         raise ValueError(f"batches: seed must be None or a non-negative int, got {seed!r}")
     batch_size, epochs = int(batch_size), int(epochs)
-    check_dataset("batches", arrays)
-    n = len(arrays[0])
+    leaves, structure = jax.tree.flatten(tuple(arrays))  # an entry may be a pytree: ((x1, x2), y)
+    check_dataset("batches", leaves)
+    n = len(leaves[0])
     if drop_remainder and batch_size > n:
         raise ValueError(f"batches: batch_size {batch_size} is larger than the data set ({n} examples)")
     rng = np.random.default_rng(seed)
@@ -185,7 +187,7 @@ def batches(
         order = rng.permutation(n) if seed is not None else np.arange(n)
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
-            yield tuple(a[index] for a in arrays)
+            yield jax.tree.unflatten(structure, [a[index] for a in leaves])
 
 
 def stack_batches(batches: Iterable[Any], k: int, *, device: bool = True) -> Iterator[Any]:

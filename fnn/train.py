@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from fnn.autodiff import reverse_mode_only
-from fnn.core import Layer, Params, State, path_str
+from fnn.core import Layer, Params, State, is_count, path_str, shape_str
 from fnn.precision import Policy, as_policy
 from fnn.precision import apply as apply_in
 
@@ -95,13 +95,33 @@ def init_train_state(
     return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32), rng, loss_scale)
 
 
+def pair(batch: Any, where: str) -> tuple[Any, Any]:
+    """``batch`` as ``(inputs, targets)``; a ``ValueError`` naming ``where`` for anything else.
+
+    Example:
+        >>> pair({"image": 1, "label": 2}, "the train step")
+        Traceback (most recent call last):
+        ...
+        ValueError: the train step takes a batch as a pair (inputs, targets), got a dict with keys ...
+    """
+    if isinstance(batch, tuple | list) and len(batch) == 2:
+        return batch[0], batch[1]
+    got = (f"a dict with keys {sorted(batch, key=str)}" if isinstance(batch, dict)
+           else f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, tuple | list)
+           else f"a {type(batch).__name__}")
+    raise ValueError(
+        f"{where} takes a batch as a pair (inputs, targets), got {got}; several inputs or targets go "
+        "in a pytree inside it: ({'image': x}, labels), (x, (y, weights))"
+    )
+
+
 def _objective(model: Layer, loss: LossFn, policy: Policy | None = None, train: bool = True) -> Callable:
     """``(params, model_state, batch, key) -> (loss, (model_state, outputs))`` in train mode
     (or evaluation mode, ``train=False``), computed in the dtypes of ``policy`` (if given;
     the model state keeps its own dtypes)."""
 
     def objective(params, model_state, batch, key):
-        x, y = batch
+        x, y = pair(batch, "the train step")
         outputs, model_state = apply_in(policy, model, params, model_state, x, key=key, train=train)
         return loss(outputs, y), (model_state, outputs)
 
@@ -228,6 +248,12 @@ def make_train_step(
         return TrainState(params, model_state, opt_state, state.step + 1, state.rng, loss_scale), logged
 
     def steps(state: TrainState, stacked: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        if any(a.ndim < 2 for a in jax.tree.leaves(stacked)):  # a batch of K examples, not stacked
+            raise ValueError(
+                f"train step with steps_per_call={steps_per_call}: expected {steps_per_call} batches "
+                f"stacked on a leading axis (fnn.data.stack_batches), each leaf [steps, batch, ...]; "
+                f"got {shape_str(stacked)}"
+            )
         leading = {a.shape[0] for a in jax.tree.leaves(stacked)}
         if leading != {steps_per_call}:
             raise ValueError(
@@ -269,7 +295,7 @@ def make_eval_step(
     metric_fns = dict(metrics or {})
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        x, y = batch
+        x, y = pair(batch, "the eval step")
         outputs, _ = apply_in(policy, model, state.params, state.model_state, x, train=False)
         return {"loss": loss(outputs, y), **{name: f(outputs, y) for name, f in metric_fns.items()}}
 
@@ -295,7 +321,7 @@ def evaluate(
     totals: dict[str, jax.Array] | None = None
     count = 0
     for batch in batches:
-        size = jax.tree.leaves(batch[0])[0].shape[0]  # x may be a pytree, e.g. (ids, mask)
+        size = jax.tree.leaves(pair(batch, "evaluate")[0])[0].shape[0]  # x may be a pytree, e.g. (ids, mask)
         weighted = {name: value * size for name, value in eval_step(state, batch).items()}
         totals = weighted if totals is None else jax.tree.map(jnp.add, totals, weighted)
         count += size
@@ -434,6 +460,8 @@ def fit(
         ([2, 4, 5], True)
     """
     history: list[dict[str, float]] = []
+    if not is_count(log_every):
+        raise ValueError(f"fit: log_every must be an int >= 1, got {log_every!r}")
     window = MetricsWindow(log_every, getattr(step, "steps_per_call", 1), getattr(step, "population", False))
 
     def flush() -> None:

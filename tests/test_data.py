@@ -44,6 +44,13 @@ def test_split_refuses_a_part_without_every_class_and_a_seed_scikit_learn_refuse
         fnn.data.split(x, y, test_fraction=0.2, seed=2**32)
 
 
+def test_batches_keep_the_structure_of_a_nested_data_set():
+    x1, x2, y = np.arange(8)[:, None], np.arange(16).reshape(8, 2), np.arange(8) % 2
+    first = next(fnn.data.batches(((x1, x2), y), 4))  # was "arrays differ in length: [2, 8]"
+    assert [a.shape for a in jax.tree.leaves(first)] == [(4, 1), (4, 2), (4,)]
+    assert isinstance(first, tuple) and isinstance(first[0], tuple)
+
+
 def test_batches_cover_each_epoch_once_and_shuffle_by_seed():
     x = np.arange(10)
     epoch = [b[0] for b in fnn.data.batches((x,), 3, seed=0, drop_remainder=False)]

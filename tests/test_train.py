@@ -298,3 +298,39 @@ def test_unrolled_steps_per_call_equal_the_loop_and_have_no_loop_when_fully_unro
     assert bool(step_loops) == (unroll is not True)
     with pytest.raises(ValueError, match="unroll must be a positive int or a bool, got 0"):
         fnn.make_train_step(model, opt, fnn.losses.softmax_cross_entropy, steps_per_call=4, unroll=0)
+
+
+def test_a_batch_that_is_not_an_inputs_targets_pair_is_named_clearly():
+    model = fnn.Dense(3)
+    x, y = jnp.ones((4, 5)), jnp.zeros(4, jnp.int32)
+    state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), x)
+    step = fnn.make_train_step(model, optax.sgd(0.1), fnn.losses.softmax_cross_entropy, donate=False)
+    eval_step = fnn.make_eval_step(model, fnn.losses.softmax_cross_entropy)
+    for where, call in (("the train step", lambda b: step(state, b)), ("the eval step", lambda b: eval_step(state, b)),
+                        ("evaluate", lambda b: fnn.evaluate(eval_step, state, [b]))):
+        # a dict fed its key strings to the model (AttributeError: 'str' object has no attribute 'dtype')
+        with pytest.raises(ValueError, match=f"{where} takes a batch as a pair \\(inputs, targets\\), got a "
+                                             r"dict with keys \['image', 'label'\]"):
+            call({"image": x, "label": y})
+        with pytest.raises(ValueError, match=f"{where} takes a batch as a pair .* got a tuple of 3"):
+            call((x, y, y))
+
+
+def test_an_unstacked_batch_is_refused_when_its_size_equals_steps_per_call():
+    model = fnn.Dense(3)
+    x, y = jnp.ones((8, 5)), jnp.zeros(8, jnp.int32)
+    state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), x)
+    step = fnn.make_train_step(model, optax.sgd(0.1), fnn.losses.softmax_cross_entropy, steps_per_call=8)
+    # it trained 8 steps on single examples, x[5] and a scalar label
+    with pytest.raises(ValueError, match=r"expected 8 batches stacked on a leading axis \(fnn.data.stack_batches\)"):
+        step(state, (x, y))
+
+
+def test_fit_checks_log_every():
+    model = fnn.Dense(3)
+    x, y = jnp.ones((4, 5)), jnp.zeros(4, jnp.int32)
+    state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), x)
+    step = fnn.make_train_step(model, optax.sgd(0.1), fnn.losses.softmax_cross_entropy)
+    for bad in (0, -5, 2.5, None):
+        with pytest.raises(ValueError, match="fit: log_every must be an int >= 1"):
+            fnn.fit(step, state, [(x, y)], log_every=bad)
