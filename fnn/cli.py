@@ -28,6 +28,7 @@ from fnn import config as config_lib
 from fnn import data, hostmem, pipeline, runs
 from fnn.checkpoint import CheckpointError
 from fnn.loop import Interrupted
+from fnn.speech import SpeechError
 
 
 def _default_dir(name: str) -> str:
@@ -150,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as stop:
         print(f"\n{stop}", file=sys.stderr)
         return 128 + stop.signum
-    except (config_lib.ConfigError, pipeline.PipelineError, runs.RunError, CheckpointError) as error:
+    except (config_lib.ConfigError, pipeline.PipelineError, runs.RunError, CheckpointError,
+            SpeechError) as error:
         print(f"fnn {args.command}: {error}", file=sys.stderr)
         return 2
     except FloatingPointError as error:  # training diverged: the message names the step, and what to try

@@ -759,6 +759,13 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "y").exists()
     assert fnn.cli.main(["run", "digits", "train.batch_size=5000", "--dir", str(tmp_path / "b"), "-q"]) == 2
     assert "train.batch_size=5000 is larger than the training set (1293 examples)" in capsys.readouterr().err
+    def synthesis_fails(args):  # eSpeak failing on an utterance: one line, not a traceback
+        raise fnn.speech.SpeechError("eSpeak NG could not say utterance 7")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fnn.cli, "_dispatch", synthesis_fails)
+        assert fnn.cli.main(["run", "spoken-commands"]) == 2
+    assert capsys.readouterr().err == "fnn run: eSpeak NG could not say utterance 7\n"
     # a run that diverges: one line naming the step (it was a traceback), and no checkpoint of it
     diverge = ["model=mlp", "width=16", "train.optimizer=sgd", "train.learning_rate=1e30", "train.epochs=1"]
     assert fnn.cli.main(["run", "digits", *diverge, "--dir", str(tmp_path / "z"), "-q"]) == 1
