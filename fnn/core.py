@@ -107,6 +107,16 @@ def snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer of any sign (Python's or NumPy's, not a bool)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number (Python's or NumPy's, not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def is_count(value: Any, least: int = 1) -> bool:
     """Whether ``value`` is an integer (Python's or NumPy's, not a bool) of at least ``least``.
 
@@ -115,7 +125,7 @@ def is_count(value: Any, least: int = 1) -> bool:
         >>> is_count(3), is_count(np.int64(3)), is_count(0), is_count(0, least=0), is_count(True)
         (True, True, False, True, False)
     """
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and bool(value >= least)
+    return is_int(value) and bool(value >= least)
 
 
 def path_str(path: Sequence[Any]) -> str:
@@ -554,7 +564,7 @@ class FanInConcat(Layer):
     axis: int = -1
 
     def __post_init__(self):
-        if not isinstance(self.axis, numbers.Integral) or isinstance(self.axis, bool):
+        if not is_int(self.axis):
             raise ValueError(f"FanInConcat: axis must be an int, got {self.axis!r}")
         object.__setattr__(self, "axis", int(self.axis))
 

@@ -45,16 +45,6 @@ def positive_int(layer: Any, field: str, value: Any) -> None:
         raise ValueError(f"{type(layer).__name__}: {field} must be a positive int, got {value!r}")
 
 
-def is_int(value: Any) -> bool:
-    """Whether ``value`` is an integer of any sign (Python's or NumPy's, not a bool)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_real(value: Any) -> bool:
-    """Whether ``value`` is a real number (Python's or NumPy's, not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def int_tuple(layer: Any, field: str, value: Any, n: int) -> tuple[int, ...]:
     """``value`` as a tuple of ``n`` positive Python ints (an int is repeated ``n`` times)."""
     items = (value,) * n if isinstance(value, numbers.Integral) else value

@@ -17,13 +17,12 @@ from jax import lax
 
 from fnn import initializers
 from fnn.autodiff import attention, matmul
-from fnn.core import Layer, LayerError, ShapeError, shape_str
+from fnn.core import Layer, LayerError, ShapeError, is_real, shape_str
 from fnn.layers._common import (
     WeightOptions,
     compute_dtype,
     float_dtype,
     freeze,
-    is_real,
     positive_int,
     require_features,
     require_float,

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fnn.core import Layer, LayerError
-from fnn.layers._common import freeze, is_real
+from fnn.core import Layer, LayerError, is_real
+from fnn.layers._common import freeze
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 

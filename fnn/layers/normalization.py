@@ -12,8 +12,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fnn.core import Layer, LayerError, ShapeError, shape_str
-from fnn.layers._common import freeze, is_int, is_real, positive_int, require_features, require_float
+from fnn.core import Layer, LayerError, ShapeError, is_int, is_real, shape_str
+from fnn.layers._common import freeze, positive_int, require_features, require_float
 
 
 def _check_epsilon(layer: Any) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from fnn.core import Layer, ShapeError, is_count, shape_str
-from fnn.layers._common import freeze, is_int
+from fnn.core import Layer, ShapeError, is_count, is_int, shape_str
+from fnn.layers._common import freeze
 
 
 @dataclasses.dataclass(frozen=True)
