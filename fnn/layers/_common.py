@@ -100,6 +100,14 @@ class WeightOptions:
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _bias_fits(self, params: dict) -> bool:
+        """Whether ``params`` hold the bias this layer makes: ``b[features]``, if it uses one."""
+        return not self.use_bias or tuple(params["b"].shape) == (self.features,)
+
+    def _param_shapes(self, params: dict) -> str:
+        """``w[3, 4], b[4]``: the shapes of the parameters this layer uses, for a message."""
+        return f"w{list(params['w'].shape)}" + (f", b{list(params['b'].shape)}" if self.use_bias else "")
+
 
 def weight_and_bias(layer: Any, key: jax.Array, w_shape: tuple[int, ...]) -> dict[str, jax.Array]:
     """``{"w": w_init(w_shape)}`` plus ``"b": b_init([features])`` when the layer uses a bias."""

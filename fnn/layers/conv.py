@@ -119,14 +119,12 @@ class _ConvBase(WeightOptions, Layer):
         if params is None:
             return
         w = params["w"].shape
-        bias = (tuple(params["b"].shape),) if self.use_bias else ()
         if len(w) != n + 2 or tuple(w[:-2]) != self.kernel_size or w[-1] != self.features or (
-            bias not in ((), ((self.features,),))
+            not self._bias_fits(params)
         ):
-            made = "".join(f", b{list(b)}" for b in bias)
             raise ShapeError(
                 f"{type(self).__name__} with kernel {self.kernel_size} and {self.features} features got "
-                f"parameters w{list(w)}{made}: were they made by this layer's init?"
+                f"parameters {self._param_shapes(params)}: were they made by this layer's init?"
             )
         if x.shape[-1] != w[-2] * groups:
             raise ShapeError(

@@ -55,11 +55,9 @@ class Dense(WeightOptions, Layer):
 
     def forward(self, params, x, *, key=None, train=False):
         w = params["w"]
-        bias = (params["b"].shape,) if self.use_bias else ()
-        if len(w.shape) != 2 or w.shape[1] != self.features or bias not in ((), ((self.features,),)):
-            made = "".join(f", b{list(b)}" for b in bias)
+        if len(w.shape) != 2 or w.shape[1] != self.features or not self._bias_fits(params):
             raise ShapeError(
-                f"Dense with {self.features} features got parameters w{list(w.shape)}{made}: were they "
+                f"Dense with {self.features} features got parameters {self._param_shapes(params)}: were they "
                 f"made by this layer's init? (w is [in, out]: [n, {self.features}])"
             )
         require_float(self, x)
