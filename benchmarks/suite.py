@@ -70,7 +70,6 @@ from fnn import hostmem
 from fnn.summary import has_loop
 
 REFERENCE = "raw jax"
-SCAN_ROW = "fnn K=10"
 MiB = 2.0**20
 
 

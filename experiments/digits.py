@@ -107,7 +107,7 @@ def random_shifts(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # -- the stages ------------------------------------------------------------------------
 
 
-def load(config: Config) -> dict:
+def load() -> dict:
     images, labels = fnn.data.load_digits()
     return {"images": images, "labels": labels}
 

@@ -402,7 +402,7 @@ def train(model, state, iterate, config: Config, game: Game, env, run=None, prog
     return {"state": state, "history": history}
 
 
-def kuhn_report(model, state, history, config: Config, run=None) -> dict:
+def kuhn_report(model, state, history, run=None) -> dict:
     """Stage: the learned strategy next to Kuhn's equilibrium family, its exploitability and value
     (and, in a run, ``exploitability.png``)."""
     scores = kuhn_scores(model, state.params)

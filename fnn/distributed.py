@@ -152,10 +152,6 @@ class DataParallel:
                 return P(*([None] * dim), self.axis)
         return P()
 
-    def state_shardings(self, tree: Any) -> Any:
-        """The ``NamedSharding`` of every leaf of a state (parameters, optimizer state, step, keys)."""
-        return jax.tree.map(lambda leaf: NamedSharding(self.mesh, self.spec(np.shape(leaf))), tree)
-
     def batch_sharding(self, stacked: bool = False) -> NamedSharding:
         """Batches split along their first axis (the second, for ``steps_per_call`` stacks)."""
         return NamedSharding(self.mesh, P(None, self.axis) if stacked else P(self.axis))

@@ -65,7 +65,7 @@ def test_bad_choices_are_clear_errors():
 def test_fractions_that_leave_a_set_without_every_digit_are_config_errors(key, fraction, leaves):
     """In (0, 1), so the config takes them; the split stage refuses them by name (scikit-learn
     refused them with its own parameter names)."""
-    images, labels = digits.load(digits.Config()).values()
+    images, labels = digits.load().values()
     says = f"{key}={fraction}: split: holding out {fraction} {leaves}, but each part needs one of each of the 10"
     for experiment in (digits, comparisons):
         with pytest.raises(fnn.config.ConfigError, match=re.escape(says)):
