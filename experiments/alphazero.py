@@ -87,7 +87,7 @@ import pgx
 
 import fnn
 from experiments import board_search
-from fnn.config import ConfigError, check_at_least, check_that
+from fnn.config import ConfigError, check_at_least, check_seeds, check_that
 from fnn.pipeline import Experiment, Pipeline
 
 GAMES = ("tic_tac_toe", "connect_four", "go_9x9")
@@ -127,8 +127,9 @@ class Config:
             ("considered", 1), ("random_moves", 0), ("buffer", 1), ("batch_size", 1), ("sgd_steps", 1),
             ("iterations", 1), ("anneal", 0), ("eval_simulations", 0), ("eval_games", 2),
             ("baseline_games", 0), ("pass_from", 0),
-            ("log_every", 1), ("eval_every", 0), ("checkpoint_every", 0), ("seed", 0),
+            ("log_every", 1), ("eval_every", 0), ("checkpoint_every", 0),
         ))
+        check_seeds(self, ["seed"])
         if self.baseline_games == 1:  # the baseline plays half its games in each seat
             raise ConfigError("baseline_games must be 0 or at least 2 (a game in each seat), got 1")
         if self.game not in GAMES:

@@ -74,8 +74,9 @@ class Config:
         # held_out_every 1 would hold every address out and leave nothing to train on
         fnn.config.check_at_least(self, (
             ("steps", 1), ("batch_size", 1), ("length", 1), ("width", 1), ("layers", 1), ("heads", 1),
-            ("held_out_every", 2), ("eval_every", 1), ("eval_windows", 1), ("sample_length", 0), ("seed", 0),
+            ("held_out_every", 2), ("eval_every", 1), ("eval_windows", 1), ("sample_length", 0),
         ))
+        fnn.config.check_seeds(self, ["seed"])
         fnn.config.check_that(self, (
             ("learning_rate", self.learning_rate > 0, "positive"),
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),

@@ -47,12 +47,10 @@ class Config:
     data_seed: int = 0
 
     def __post_init__(self):
-        fnn.config.check_at_least(self, (("seeds", 1), ("epochs", 1), ("width", 1), ("batch_size", 1),
-                                         ("data_seed", 0)))
+        fnn.config.check_at_least(self, (("seeds", 1), ("epochs", 1), ("width", 1), ("batch_size", 1)))
+        fnn.config.check_seeds(self, ["data_seed"])
         fnn.config.check_that(self, (("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
-                                     ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)"),
-                                     ("data_seed", self.data_seed < 2**32,
-                                      "below 2**32 (scikit-learn's random_state for the split)")))
+                                     ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)")))
 
 
 def variants(config: Config) -> dict[str, digits.Config]:

@@ -61,12 +61,11 @@ class Config:
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self):
-        fnn.config.check_at_least(self, (("width", 1), ("data_seed", 0)))
+        fnn.config.check_at_least(self, (("width", 1),))
+        fnn.config.check_seeds(self, ["data_seed"])
         fnn.config.check_that(self, (("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
                                      ("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
-                                     ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)"),
-                                     ("data_seed", self.data_seed < 2**32,
-                                      "below 2**32 (scikit-learn's random_state for the split)")))
+                                     ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)")))
 
 
 NUM_CLASSES = 10

@@ -52,7 +52,8 @@ class Config:
     seed: int = 0  # draws the line and the points
 
     def __post_init__(self):
-        fnn.config.check_at_least(self, (("points", 2), ("max_epochs", 1), ("seed", 0), ("margin", 0)))
+        fnn.config.check_at_least(self, (("points", 2), ("max_epochs", 1), ("margin", 0)))
+        fnn.config.check_seeds(self, ["seed"])
         fnn.config.check_that(self, (
             ("learning_rate", self.learning_rate > 0, "positive"),
             # w is float32 (at most 3.4e38) and each mistake adds lr * x to it, with |x| <= sqrt(3)

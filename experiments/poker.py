@@ -81,7 +81,7 @@ import pgx
 
 import fnn
 from experiments import poker_tree
-from fnn.config import ConfigError, check_that
+from fnn.config import ConfigError, check_seeds, check_that
 from fnn.pipeline import Experiment, Pipeline
 
 
@@ -109,6 +109,7 @@ class Config:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{key} must be an int >= {low}, got {value!r}")
+        check_seeds(self, ["seed"])
         check_that(self, (("learning_rate", self.learning_rate > 0, "positive"),
                           ("step_size", self.step_size > 0, "positive"),
                           ("explore", 0 <= self.explore < 1, "in [0, 1)"),

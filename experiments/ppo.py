@@ -75,7 +75,7 @@ import numpy as np
 import optax
 
 import fnn
-from fnn.config import ConfigError, check_at_least, check_that
+from fnn.config import ConfigError, check_at_least, check_seeds, check_that
 from fnn.pipeline import Experiment, Pipeline
 
 CLASSIC_CONTROL = ("CartPole-v1", "Acrobot-v1")  # gymnax's discrete-action tasks with vector observations
@@ -121,7 +121,8 @@ class PPOConfig:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(choices[key])}")
         check_at_least(self, (("num_envs", 1), ("rollout_steps", 1), ("iterations", 1), ("epochs", 1),
                               ("minibatches", 1), ("hidden", 1), ("eval_episodes", 1), ("eval_every", 0),
-                              ("log_every", 1), ("checkpoint_every", 0), ("seed", 0)))
+                              ("log_every", 1), ("checkpoint_every", 0)))
+        check_seeds(self, ["seed"])
         if (self.num_envs * self.rollout_steps) % self.minibatches:
             raise ConfigError(f"minibatches ({self.minibatches}) must divide num_envs * rollout_steps "
                               f"({self.num_envs * self.rollout_steps})")

@@ -61,9 +61,6 @@ class Config:
             ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
             ("valid_fraction", 0 < self.valid_fraction < 1, "in (0, 1)"),
         ))
-        fnn.config.check_that(self.data, (
-            ("seed", self.data.seed < 2**32, "below 2**32 (scikit-learn's random_state for the split)"),
-        ), prefix="data.")
 
 
 def make_model(config: Config) -> fnn.Layer:

@@ -45,7 +45,8 @@ class Config:
     seed: int = 0  # initial weights
 
     def __post_init__(self):
-        fnn.config.check_at_least(self, (("hidden", 1), ("steps", 1), ("seed", 0)))
+        fnn.config.check_at_least(self, (("hidden", 1), ("steps", 1)))
+        fnn.config.check_seeds(self, ["seed"])
         fnn.config.check_that(self, (("learning_rate", self.learning_rate > 0, "positive"),
                                      ("momentum", 0 <= self.momentum < 1, "in [0, 1)")))
 

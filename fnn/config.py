@@ -31,6 +31,8 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from fnn.core import is_seed
+
 
 class ConfigError(ValueError):
     """A configuration key or value that is not valid; the message says what is.
@@ -196,6 +198,25 @@ def check_that(config: Any, checks: Iterable[tuple[str, bool, str]], prefix: str
     for key, ok, says in checks:
         if not ok:
             raise ConfigError(f"{prefix}{key} must be {says}, got {getattr(config, key)}")
+
+
+def check_seeds(config: Any, names: Iterable[str], prefix: str = "") -> None:
+    """A ``ConfigError`` naming the first of the fields ``names`` of ``config`` that is not
+    a seed, an int in ``[0, 2**32)`` (:func:`fnn.core.is_seed`); ``prefix`` as for
+    :func:`check_at_least`.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class Run:
+        ...     seed: int = 2**32
+        >>> check_seeds(Run(), ["seed"], prefix="train.")
+        Traceback (most recent call last):
+        ...
+        fnn.config.ConfigError: train.seed must be an int in [0, 2**32), got 4294967296
+    """
+    check_that(config, [(name, is_seed(getattr(config, name)), "an int in [0, 2**32)") for name in names],
+               prefix)
 
 
 def check_choices(config: Any, prefix: str = "") -> None:

@@ -128,6 +128,19 @@ def is_count(value: Any, least: int = 1) -> bool:
     return is_int(value) and bool(value >= least)
 
 
+def is_seed(value: Any) -> bool:
+    """Whether ``value`` is a seed: an integer in ``[0, 2**32)``. Generators keep 32 bits of
+    a seed or read it in 32-bit words (``jax.random.key(2**32)`` is ``jax.random.key(0)``,
+    and NumPy's ``default_rng([2**32, 0])`` is ``default_rng([0, 1])``), so larger seeds would
+    repeat smaller ones.
+
+    Example:
+        >>> is_seed(0), is_seed(2**32 - 1), is_seed(2**32), is_seed(-1)
+        (True, True, False, False)
+    """
+    return is_count(value, least=0) and bool(value < 2**32)
+
+
 def path_str(path: Sequence[Any]) -> str:
     """A pytree path as fnn names it: ``"params/block_0/attention/query/w"``.
 

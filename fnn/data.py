@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fnn.core import is_count
+from fnn.core import is_count, is_seed
 
 
 def cache_dir(name: str, environ: Mapping[str, str] = os.environ) -> Path:
@@ -127,21 +127,34 @@ def split(
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"split: test_fraction must be in (0, 1), got {test_fraction!r}")
-    if not (is_count(seed, least=0) and seed < 2**32):
+    if not is_seed(seed):
         raise ValueError(f"split: seed must be an int in [0, 2**32) (scikit-learn's random_state), "
                          f"got {seed!r}")
     check_dataset("split", (inputs, labels))
     n = len(labels)
-    classes = len(np.unique(labels, axis=0 if np.ndim(labels) > 1 else None))  # rows, as scikit-learn counts
+    axis = 0 if np.ndim(labels) > 1 else None  # one-hot labels: a class is a row, as scikit-learn counts
+    classes = np.unique(labels, axis=axis)
     held_out = int(np.ceil(test_fraction * n))  # as scikit-learn rounds it
-    if min(held_out, n - held_out) < classes:
+    needs = f"each part needs one of each of the {len(classes)} classes"
+    if min(held_out, n - held_out) < len(classes):
         raise ValueError(f"split: holding out {test_fraction} of {n} examples leaves {held_out} held out and "
-                         f"{n - held_out} kept, but each part needs one of each of the {classes} classes")
+                         f"{n - held_out} kept, but {needs}")
     from sklearn.model_selection import train_test_split
 
     x_train, x_test, y_train, y_test = train_test_split(
         inputs, labels, test_size=test_fraction, random_state=seed, stratify=labels
     )
+    # scikit-learn rounds each class's share down, so a rare class can miss a part
+    for part, y in (("held-out", y_test), ("kept", y_train)):
+        present = {np.asarray(c).tobytes() for c in np.unique(y, axis=axis)}
+        for c in classes:
+            if np.asarray(c).tobytes() not in present:
+                count = int(np.all(np.reshape(labels == c, (n, -1)), axis=1).sum())
+                raise ValueError(
+                    f"split: holding out {test_fraction} of {n} examples leaves the {part} part without "
+                    f"class {c.tolist()} ({count} of the {n} examples); {needs}: hold out "
+                    f"{'more' if part == 'held-out' else 'less'}, or gather more examples of that class"
+                )
     return (x_train, y_train), (x_test, y_test)
 
 
@@ -173,8 +186,8 @@ def batches(
         raise ValueError(f"batches: batch_size must be a positive int, got {batch_size!r}")
     if not is_count(epochs):
         raise ValueError(f"batches: epochs must be a positive int, got {epochs!r}")
-    if seed is not None and not is_count(seed, least=0):
-        raise ValueError(f"batches: seed must be None or a non-negative int, got {seed!r}")
+    if seed is not None and not is_seed(seed):
+        raise ValueError(f"batches: seed must be None or an int in [0, 2**32), got {seed!r}")
     batch_size, epochs = int(batch_size), int(epochs)
     leaves, structure = jax.tree.flatten(tuple(arrays))  # an entry may be a pytree: ((x1, x2), y)
     check_dataset("batches", leaves)
@@ -252,8 +265,8 @@ def loader(
         raise ValueError(f"loader: batch_size must be a positive int, got {batch_size!r}")
     if not is_count(epochs):
         raise ValueError(f"loader: epochs must be a positive int, got {epochs!r}")
-    if not is_count(seed, least=0):
-        raise ValueError(f"loader: seed must be a non-negative int, got {seed!r}")
+    if not is_seed(seed):
+        raise ValueError(f"loader: seed must be an int in [0, 2**32), got {seed!r}")
     batch_size, epochs, seed = int(batch_size), int(epochs), int(seed)
     leaves = jax.tree.leaves(arrays)
     check_dataset("loader", leaves)

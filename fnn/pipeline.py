@@ -443,9 +443,9 @@ class TrainConfig:
     def __post_init__(self):
         config_lib.check_choices(self, prefix="train.")
         config_lib.check_at_least(self, (("batch_size", 1), ("epochs", 1), ("keep_checkpoints", 1),
-                                         ("log_every", 0), ("eval_every", 0), ("checkpoint_every", 0),
-                                         ("seed", 0)),
+                                         ("log_every", 0), ("eval_every", 0), ("checkpoint_every", 0)),
                                   prefix="train.")
+        config_lib.check_seeds(self, ["seed"], prefix="train.")
         config_lib.check_that(self, (("learning_rate", self.learning_rate is None or self.learning_rate > 0,
                                       "positive"),
                                      ("momentum", self.momentum is None or 0 <= self.momentum < 1,

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from fnn import audio, data
-from fnn.config import ConfigError, check_at_least
+from fnn.config import ConfigError, check_at_least, check_seeds
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -595,7 +595,8 @@ class VoiceSplit:
     cache: str = "default"
 
     def __post_init__(self):
-        check_at_least(self, (("copies", 1), ("test_copies", 1), ("seed", 0)), prefix="data.")
+        check_at_least(self, (("copies", 1), ("test_copies", 1)), prefix="data.")
+        check_seeds(self, ["seed"], prefix="data.")
         for name in ("accents", "train_variants", "test_variants", "snr_db"):
             if not getattr(self, name):
                 raise ConfigError(f"data.{name} must list at least one, got none")

@@ -1,5 +1,7 @@
 """Loading, splitting and batching."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -42,6 +44,32 @@ def test_split_refuses_a_part_without_every_class_and_a_seed_scikit_learn_refuse
     assert len(fnn.data.split(np.zeros((8, 1)), rows, test_fraction=0.25, seed=0)[1][1]) == 2
     with pytest.raises(ValueError, match=r"split: seed must be an int in \[0, 2\*\*32\)"):
         fnn.data.split(x, y, test_fraction=0.2, seed=2**32)
+
+
+def test_split_refuses_a_part_that_misses_a_rare_class():
+    """scikit-learn rounds each class's held-out share down: a class of 4 in 1000 examples got
+    no held-out example, and the split returned without a word."""
+    y = np.repeat(np.arange(5), [400, 300, 200, 96, 4])
+    with pytest.raises(ValueError, match=re.escape(
+            "split: holding out 0.1 of 1000 examples leaves the held-out part without class 4 (4 of the "
+            "1000 examples); each part needs one of each of the 5 classes")):
+        fnn.data.split(np.zeros((1000, 3)), y, test_fraction=0.1, seed=0)
+    rows = np.eye(5)[y]  # one-hot labels: a class is a row
+    with pytest.raises(ValueError, match=re.escape("without class [0.0, 0.0, 0.0, 0.0, 1.0] (4 of the")):
+        fnn.data.split(np.zeros((1000, 3)), rows, test_fraction=0.1, seed=0)
+    (_, y_train), (_, y_test) = fnn.data.split(np.zeros((1000, 3)), y, test_fraction=0.25, seed=0)
+    assert set(y_train) == set(y_test) == set(range(5))
+
+
+def test_seeds_of_2_to_the_32_are_refused():
+    """NumPy reads ``[seed, epoch]`` in 32-bit words, dropping a trailing zero: seed 2**32's
+    first epoch was seed 0's second."""
+    data = (np.arange(10),)
+    with pytest.raises(ValueError, match=re.escape("loader: seed must be an int in [0, 2**32), got 4294967296")):
+        fnn.data.loader(data, 2, seed=2**32)
+    with pytest.raises(ValueError, match=re.escape("batches: seed must be None or an int in [0, 2**32)")):
+        next(fnn.data.batches(data, 2, seed=2**32))
+    assert len(fnn.data.loader(data, 2, seed=2**32 - 1)) == 5
 
 
 def test_batches_keep_the_structure_of_a_nested_data_set():
@@ -166,11 +194,11 @@ def test_prefetch_leaves_batches_on_the_host_for_a_cpu_device_and_puts_them_othe
 
 def test_loader_and_batches_refuse_a_missing_seed_and_no_epochs():
     x = np.zeros((8, 2), np.float32)
-    with pytest.raises(ValueError, match="loader: seed must be a non-negative int, got None"):
+    with pytest.raises(ValueError, match=r"loader: seed must be an int in \[0, 2\*\*32\), got None"):
         fnn.data.loader((x,), 2, seed=None)
-    with pytest.raises(ValueError, match="loader: seed must be a non-negative int, got -1"):
+    with pytest.raises(ValueError, match=r"loader: seed must be an int in \[0, 2\*\*32\), got -1"):
         fnn.data.loader((x,), 2, seed=-1)  # numpy's generator refused it at the first batch
-    with pytest.raises(ValueError, match="batches: seed must be None or a non-negative int, got -1"):
+    with pytest.raises(ValueError, match=r"batches: seed must be None or an int in \[0, 2\*\*32\), got -1"):
         list(fnn.data.batches((x,), 2, seed=-1))
     with pytest.raises(ValueError, match="batches: batch_size must be a positive int, got True"):
         list(fnn.data.batches((x,), True))

@@ -25,11 +25,16 @@ from experiments import (
     (comparisons.Config(), "width=0", "width must be at least 1, got 0"),
     (comparisons.Config(), "test_fraction=1", "test_fraction must be in (0, 1), got 1.0"),
     (comparisons.Config(), "valid_fraction=0", "valid_fraction must be in (0, 1), got 0.0"),
-    (comparisons.Config(), "data_seed=-1", "data_seed must be at least 0, got -1"),
+    (comparisons.Config(), "data_seed=-1", "data_seed must be an int in [0, 2**32), got -1"),
     (digits.Config(), "width=0", "width must be at least 1, got 0"),
     (digits.Config(), "dropout=1", "dropout must be in [0, 1), got 1.0"),
     (digits.Config(), "test_fraction=0", "test_fraction must be in (0, 1), got 0.0"),
-    (digits.Config(), "train.seed=-3", "train.seed must be at least 0, got -3"),
+    (digits.Config(), "train.seed=-3", "train.seed must be an int in [0, 2**32), got -3"),
+    # jax.random.key(2**32) is jax.random.key(0): the run would repeat seed 0's
+    (digits.Config(), "train.seed=4294967296", "train.seed must be an int in [0, 2**32), got 4294967296"),
+    (xor.Config(), "seed=4294967296", "seed must be an int in [0, 2**32), got 4294967296"),
+    (char_lm.Config(), "seed=4294967296", "seed must be an int in [0, 2**32), got 4294967296"),
+    (perceptron.Config(), "seed=4294967296", "seed must be an int in [0, 2**32), got 4294967296"),
     (perceptron.Config(), "points=1", "points must be at least 2, got 1"),
     (perceptron.Config(), "margin=-0.1", "margin must be at least 0, got -0.1"),
     (perceptron.Config(), "learning_rate=0", "learning_rate must be positive, got 0.0"),
@@ -37,9 +42,9 @@ from experiments import (
     # the float32 weights overflowed to inf and NaN
     (perceptron.Config(), "learning_rate=1e38", "learning_rate must be at most 1e30 (float32 weights would overflow)"),
     # seeds that scikit-learn's train_test_split refused, in the data stage
-    (digits.Config(), "data_seed=4294967296", "data_seed must be below 2**32 (scikit-learn's random_state for"),
-    (comparisons.Config(), "data_seed=4294967296", "data_seed must be below 2**32"),
-    (spoken_commands.Config(), "data.seed=4294967296", "data.seed must be below 2**32"),
+    (digits.Config(), "data_seed=4294967296", "data_seed must be an int in [0, 2**32), got 4294967296"),
+    (comparisons.Config(), "data_seed=4294967296", "data_seed must be an int in [0, 2**32)"),
+    (spoken_commands.Config(), "data.seed=4294967296", "data.seed must be an int in [0, 2**32)"),
     (xor.Config(), "hidden=0", "hidden must be at least 1, got 0"),
     (xor.Config(), "steps=0", "steps must be at least 1, got 0"),
     (xor.Config(), "learning_rate=-0.5", "learning_rate must be positive, got -0.5"),
@@ -58,7 +63,7 @@ from experiments import (
     (spoken_digits.Config(), "beam_width=0", "beam_width must be at least 1, got 0"),
     (spoken_digits.Config(), "stack=0", "stack must be at least 1, got 0"),
     (spoken_digits.Config(), "data.test_copies=0", "data.test_copies must be at least 1, got 0"),
-    (spoken_digits.Config(), "data.seed=-1", "data.seed must be at least 0, got -1"),
+    (spoken_digits.Config(), "data.seed=-1", "data.seed must be an int in [0, 2**32), got -1"),
     (spoken_digits.Config(), "data.accents=", "data.accents must list at least one"),
     (spoken_digits.Config(), "n_mels=128", "n_mels=128: mel_filterbank: 128 mel filters over 257 FFT bins"),
     (spoken_commands.Config(), "n_mels=200", "n_mels=200: mel_filterbank: 200 mel filters"),
@@ -108,6 +113,19 @@ def test_no_experiment_takes_nan_or_a_negative_count(name):
             checked += 1
     assert checked >= 5, f"{name}: only {checked} numeric keys"
     assert not any(isinstance(v, float) and math.isnan(v) for _, v in _numeric_keys(config))
+
+
+@pytest.mark.parametrize("name", sorted(fnn.pipeline.experiments()))
+def test_every_seed_is_below_2_to_the_32(name):
+    """Generators read 32 bits of a seed (``jax.random.key(2**32)`` is ``jax.random.key(0)``),
+    so a larger seed would repeat a smaller one's run: every experiment's seeds refuse it."""
+    config = fnn.pipeline.experiments()[name].config
+    seeds = [key for key, _ in _numeric_keys(config) if key.split(".")[-1].endswith("seed")]
+    assert seeds, f"{name} has no seed"
+    for key in seeds:
+        fnn.config.override(config, [f"{key}={2**32 - 1}"])
+        with pytest.raises(fnn.config.ConfigError, match=re.escape(f"{key} must be an int in [0, 2**32)")):
+            fnn.config.override(config, [f"{key}={2**32}"])
 
 
 def test_nan_given_in_code_is_refused_too():
