@@ -16,12 +16,14 @@ import collections
 import dataclasses
 import functools
 import re
+import sys
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from fnn.core import is_count
+from fnn.core import is_count, is_seed
 
 
 def _check_ids(ids: Iterable[int], size: int, what: str) -> np.ndarray:
@@ -56,6 +58,8 @@ class CharVocab:
     unknown: str | None = None
 
     def __post_init__(self):
+        if not self.chars:
+            raise ValueError("CharVocab: chars is empty")
         if len(set(self.chars)) != len(self.chars):
             raise ValueError("CharVocab: chars must not repeat")
         if self.unknown is not None and (len(self.unknown) != 1 or self.unknown not in self.chars):
@@ -83,7 +87,8 @@ class CharVocab:
 
     def encode(self, text: str) -> np.ndarray:
         """``int32[len(text)]``."""
-        codes = np.frombuffer(text.encode("utf-32-le"), np.uint32).astype(np.int64)
+        # surrogatepass: a lone surrogate (from JSON's escapes) is a character like any other
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32).astype(np.int64)
         sorted_codes, ids = self._table
         slot = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
         known = sorted_codes[slot] == codes
@@ -102,7 +107,9 @@ class CharVocab:
 
 @dataclasses.dataclass(frozen=True)
 class ByteVocab:
-    """The 256 byte values of a UTF-8 encoding: every text encodes, nothing is unknown.
+    """The 256 byte values of a UTF-8 encoding: every text encodes, nothing is unknown (a
+    lone surrogate, which UTF-8 cannot hold, is encoded as its three bytes all the same and
+    decodes as replacement characters).
 
     Example:
         >>> ByteVocab().encode("é").tolist(), ByteVocab().decode([195, 169])
@@ -112,27 +119,50 @@ class ByteVocab:
     size: int = 256
 
     def encode(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+        return np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8).astype(np.int32)
 
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(_check_ids(ids, 256, "ByteVocab").astype(np.uint8)).decode("utf-8", errors="replace")
 
 
-# Words: runs of letters and digits in any script (an inner apostrophe kept); every other
-# character but white space is a mark of its own.
-WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[^\s]", re.UNICODE)
+@functools.cache
+def _word_pattern() -> re.Pattern:
+    """Words: runs of letters and digits in any script, with the combining marks that follow
+    them (a Devanagari vowel sign, a decomposed accent) and inner apostrophes; every other
+    character but white space is a token of its own. Python's ``\\w`` leaves the marks out,
+    so their class is built from the Unicode database (once, on first use)."""
+    spans: list[list[int]] = []
+    for code in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(code)).startswith("M"):
+            if spans and spans[-1][1] == code - 1:
+                spans[-1][1] = code
+            else:
+                spans.append([code, code])
+
+    def chars(spans: list[list[int]]) -> str:
+        return "[" + "".join(f"\\U{low:08x}-\\U{high:08x}" for low, high in spans) + "]"
+
+    # the marks beyond the first 2**16 code points only where such a character is (twice as fast)
+    marks = (f"(?:{chars([s for s in spans if s[1] < 2**16])}"
+             f"|(?=[\\U00010000-\\U0010ffff]){chars([s for s in spans if s[0] >= 2**16])})")
+    word = rf"[^\W_]+(?:{marks}+[^\W_]*)*"  # marks and letters are disjoint: no backtracking
+    return re.compile(rf"{word}(?:'{word})*|[^\s]")
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words (with inner apostrophes) and punctuation marks, in order.
+    """Lower-cased words (with inner apostrophes and combining marks) and punctuation marks,
+    in order. The text is put in Unicode's composed form (NFC) first, so an accent typed as
+    a letter plus a combining mark reads as the accented letter.
 
     Example:
         >>> words("Don't panic, Arthur!")
         ["don't", 'panic', ',', 'arthur', '!']
-        >>> words("Café naïve")
-        ['café', 'naïve']
+        >>> words("Café naïve") == words("Cafe\\u0301 nai\\u0308ve") == ['café', 'naïve']
+        True
+        >>> words("नमस्ते दुनिया")
+        ['नमस्ते', 'दुनिया']
     """
-    return WORD.findall(text.lower())
+    return _word_pattern().findall(unicodedata.normalize("NFC", text.lower()))
 
 
 PAD, UNKNOWN = "<pad>", "<unk>"
@@ -199,6 +229,8 @@ def pad(
     lengths = np.array([len(s) for s in sequences])
     if (lengths == 0).any():
         raise ValueError(f"pad: sequence {int(np.argmin(lengths))} is empty")
+    for row, s in enumerate(sequences):
+        _check_int32(f"pad: sequence {row}", s)
     length = int(lengths.max()) if length is None else length
     ids = np.full((len(sequences), length), pad_id, np.int32)
     for row, s in enumerate(sequences):
@@ -215,7 +247,19 @@ def _check_stream(what: str, ids: Any, batch_size: Any, length: Any) -> np.ndarr
     ids = np.asarray(ids)
     if ids.ndim != 1 or len(ids) < length + 1:
         raise ValueError(f"{what}: need a 1-d stream of at least {length + 1} ids, got shape {ids.shape}")
+    _check_int32(f"{what}: the stream", ids)
     return ids
+
+
+def _check_int32(what: str, ids: Any) -> None:
+    """A ``TypeError`` unless ``ids`` are integers, a ``ValueError`` unless they fit the int32
+    batches made of them."""
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{what}: ids must be integers, got {ids.dtype}")
+    low, high = (ids.min(), ids.max()) if ids.size else (0, 0)
+    if low < -(2**31) or high >= 2**31:
+        raise ValueError(f"{what}: ids must fit int32, got {low if low < -(2**31) else high}")
 
 
 def lm_windows(
@@ -233,6 +277,8 @@ def lm_windows(
         ([[13, 14, 15, 16], [10, 11, 12, 13]], [[14, 15, 16, 17], [11, 12, 13, 14]])
     """
     ids = _check_stream("lm_windows", ids, batch_size, length)
+    if not is_seed(seed):
+        raise ValueError(f"lm_windows: seed must be an int in [0, 2**32), got {seed!r}")
     rng = np.random.default_rng(seed)
     offsets = np.arange(length + 1)
     count = 0
@@ -257,6 +303,8 @@ def lm_loader(ids: np.ndarray, batch_size: int, length: int, *, seed: int, steps
     import grain
 
     ids = _check_stream("lm_loader", ids, batch_size, length)
+    if not is_seed(seed):
+        raise ValueError(f"lm_loader: seed must be an int in [0, 2**32), got {seed!r}")
     if not is_count(steps):
         raise ValueError(f"lm_loader: steps must be a positive int, got {steps!r}")
     steps = int(steps)

@@ -57,6 +57,28 @@ def test_words_and_word_vocab():
         text.WordVocab.from_texts(["a"], max_size=2)
 
 
+def test_words_keep_combining_marks_and_every_inner_apostrophe():
+    """Python's ``\\w`` leaves out combining marks: Devanagari and Thai words fell apart at
+    their vowel signs, and a decomposed accent cut its word in two."""
+    assert text.words("नमस्ते दुनिया") == ["नमस्ते", "दुनिया"]  # was ['नमस', '्', 'त', 'े', ...]
+    assert text.words("สวัสดีครับ") == ["สวัสดีครับ"]
+    assert text.words("Cafe\u0301 nai\u0308ve") == text.words("Café naïve") == ["café", "naïve"]
+    assert text.words("İstanbul") == ["i\u0307stanbul"]  # 'İ'.lower() is i + a combining dot
+    assert text.words("rock'n'roll, o'clock'") == ["rock'n'roll", ",", "o'clock", "'"]
+    assert text.words("\u0301a") == ["\u0301", "a"]  # a mark with no letter before it is a token
+
+
+def test_vocabularies_take_lone_surrogates_and_refuse_no_characters():
+    odd = "a\ud800b"  # what json.loads('"a\\ud800b"') gives
+    chars = text.CharVocab.from_text(odd)
+    assert chars.decode(chars.encode(odd)) == odd  # was a UnicodeEncodeError
+    with_unknown = text.CharVocab("ab?", unknown="?")
+    assert with_unknown.decode(with_unknown.encode(odd)) == "a?b"
+    assert text.ByteVocab().encode(odd).tolist() == [97, 0xED, 0xA0, 0x80, 98]
+    with pytest.raises(ValueError, match="CharVocab: chars is empty"):
+        text.CharVocab("")
+
+
 def test_pad_makes_ids_and_mask():
     ids, mask = text.pad([np.array([1, 2, 3]), np.array([4]), np.array([5, 6])])
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0], [5, 6, 0]]
@@ -65,6 +87,24 @@ def test_pad_makes_ids_and_mask():
     assert cut.tolist() == [[1, 2]] and cut_mask.all()
     with pytest.raises(ValueError, match="sequence 1 is empty"):
         text.pad([np.array([1]), np.array([], np.int32)])
+    # were cut to [[1, 2]] and wrapped to [[0]] in silence
+    with pytest.raises(TypeError, match="pad: sequence 1: ids must be integers, got float64"):
+        text.pad([np.array([1]), np.array([1.7, 2.2])])
+    with pytest.raises(ValueError, match="pad: sequence 0: ids must fit int32, got 1099511627776"):
+        text.pad([np.array([2**40])])
+
+
+def test_language_model_streams_are_integers_and_seeds_are_checked_when_made():
+    with pytest.raises(TypeError, match="lm_windows: the stream: ids must be integers, got float64"):
+        next(text.lm_windows(np.arange(20.0), 2, 4))
+    with pytest.raises(ValueError, match="lm_loader: the stream: ids must fit int32, got 2147483657"):
+        text.lm_loader(np.arange(20) + 2**31 - 10, 2, 4, seed=0, steps=2)
+    # None, -1 and 1.5 failed in NumPy at the first batch read; 2**32 repeated seed 0's batches
+    for seed in (None, -1, 1.5, 2**32):
+        with pytest.raises(ValueError, match=rf"lm_loader: seed must be an int in \[0, 2\*\*32\), got {seed}"):
+            text.lm_loader(np.arange(20), 2, 4, seed=seed, steps=2)
+        with pytest.raises(ValueError, match=rf"lm_windows: seed must be an int in \[0, 2\*\*32\), got {seed}"):
+            next(text.lm_windows(np.arange(20), 2, 4, seed=seed))
 
 
 def test_lm_windows_are_shifted_by_one_and_seeded():
