@@ -130,6 +130,7 @@ def split(
     if not is_seed(seed):
         raise ValueError(f"split: seed must be an int in [0, 2**32) (scikit-learn's random_state), "
                          f"got {seed!r}")
+    inputs, labels = np.asarray(inputs), np.asarray(labels)  # lists too, as scikit-learn takes them
     check_dataset("split", (inputs, labels))
     n = len(labels)
     axis = 0 if np.ndim(labels) > 1 else None  # one-hot labels: a class is a row, as scikit-learn counts

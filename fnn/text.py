@@ -108,8 +108,8 @@ class CharVocab:
 @dataclasses.dataclass(frozen=True)
 class ByteVocab:
     """The 256 byte values of a UTF-8 encoding: every text encodes, nothing is unknown (a
-    lone surrogate, which UTF-8 cannot hold, is encoded as its three bytes all the same and
-    decodes as replacement characters).
+    lone surrogate, which UTF-8 cannot hold, is encoded as the three bytes of its code point
+    all the same, and decodes as replacement characters).
 
     Example:
         >>> ByteVocab().encode("é").tolist(), ByteVocab().decode([195, 169])

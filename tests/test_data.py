@@ -59,6 +59,8 @@ def test_split_refuses_a_part_that_misses_a_rare_class():
         fnn.data.split(np.zeros((1000, 3)), rows, test_fraction=0.1, seed=0)
     (_, y_train), (_, y_test) = fnn.data.split(np.zeros((1000, 3)), y, test_fraction=0.25, seed=0)
     assert set(y_train) == set(y_test) == set(range(5))
+    with pytest.raises(ValueError, match="without class 4"):  # lists, as scikit-learn takes them
+        fnn.data.split(np.zeros((1000, 3)).tolist(), y.tolist(), test_fraction=0.1, seed=0)
 
 
 def test_seeds_of_2_to_the_32_are_refused():
