@@ -7,7 +7,7 @@ A run directory holds::
     tensorboard/      the same metrics as TensorBoard event files
     checkpoints/      orbax checkpoints (see fnn.checkpoint)
     final.json        the final metrics, once the run has finished
-    curves.png        learning curves, one panel per metric
+    curves.png        learning curves, one panel per metric (when a number was logged)
     summary.md        a short report: configuration, final metrics, plots
 
 Every record of ``metrics.jsonl`` has ``step`` and ``split`` (``"train"`` for the mean
@@ -137,7 +137,7 @@ class Run:
 
     ``log`` appends a record to ``metrics.jsonl`` (and TensorBoard), ``checkpoints`` is the
     run's :class:`fnn.checkpoint.Checkpoints`, and ``finish`` writes ``final.json``,
-    ``curves.png`` and ``summary.md``.
+    ``summary.md`` and, when a numeric metric was logged, ``curves.png``.
 
     Example:
         >>> import tempfile, os
@@ -261,14 +261,14 @@ class Run:
         out = []
         text = self.metrics_path.read_text()
         lines = text.splitlines()
+        if not text.endswith("\n"):  # cut short, even where what is there parses: the next log drops it
+            lines = lines[:-1]
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                if number == len(lines) and not text.endswith("\n"):
-                    break
                 raise RunError(f"{self.metrics_path}:{number} is not valid JSON: {line[:80]!r}") from None
             if not isinstance(record, dict) or not isinstance(record.get("step"), int):
                 raise RunError(f"{self.metrics_path}:{number} is not a record with a step: {line[:80]!r}")

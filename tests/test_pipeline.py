@@ -446,6 +446,9 @@ def test_loop_rejects_bad_intervals():
         loop.train_loop(step, state, data, log_every=0, progress=False)
     with pytest.raises(ValueError, match="checkpoint_every must be an int >= 0, got -1"):
         loop.train_loop(step, state, data, checkpoint_every=-1, progress=False)
+    # no batches: it returned with nothing trained, evaluated ("at the end") or saved
+    with pytest.raises(ValueError, match="train_loop: the data hold no batches"):
+        loop.train_loop(step, state, data[:0], evaluate=lambda s: {"loss": 0.0}, progress=False)
 
 
 # -- checkpoints: bad files are clear errors --------------------------------------------------
@@ -650,6 +653,13 @@ def test_a_last_metrics_line_cut_short_is_left_out_and_logged_again(tmp_path):
     assert reopened.records() == []
     reopened.log({"step": 1, "split": "train", "loss": 1.0})
     assert reopened.records() == [{"step": 1, "split": "train", "loss": 1.0}]
+    # a last line whole but for its newline is left out as well, since the next log cuts it:
+    # records() returned it and the next log() deleted it
+    run.metrics_path.write_text(text[:-1])
+    reopened = runs.Run(run.directory)
+    assert [r["step"] for r in reopened.records()] == [1]
+    reopened.log({"step": 3, "split": "train", "loss": 0.25})
+    assert [r["step"] for r in reopened.records()] == [1, 3]
 
 
 def test_default_run_directories_started_in_one_second_get_their_own(tmp_path, monkeypatch):
