@@ -7,7 +7,7 @@ repeated labels and dropping blanks, so the loss sums over every alignment of th
 transcript to the frames, and no frame-level labels are needed. A transcript fits in
 ``T`` frames only if ``T >= L + (number of adjacent repeated labels)``, since a blank must
 separate each repeat; :func:`check_targets` says which utterance breaks that before
-training starts, instead of a loss of ``1e5``.
+training starts, instead of a loss of about ``1e5`` divided by the transcript's length.
 
 Decoding: :func:`greedy_decode` takes the best label of each frame; :func:`beam_search`
 is the prefix beam search, which sums the probabilities of all frame sequences that

@@ -81,8 +81,9 @@ def exec_with_huge_pages(execve: Callable = os.execve) -> None:
     """Re-executes the running program (``sys.orig_argv``) with ``glibc.malloc.hugetlb=1``
     added to ``GLIBC_TUNABLES``, so that ``malloc`` backs large blocks with huge pages
     (see the module docstring); returns without doing anything when ``why_not()`` gives a
-    reason. The process keeps its id, its open files and its arguments; whatever it did
-    before is done again, so call this first thing.
+    reason. The process keeps its id, its arguments and its standard streams (Python opens
+    other files not to be inherited, so they close); whatever it did before is done again,
+    so call this first thing.
     """
     if why_not() is not None:
         return

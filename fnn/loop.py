@@ -196,6 +196,8 @@ def train_loop(
             "or run the several-step one with fnn.fit"
         )
     total = len(data)
+    if total == 0:  # nothing would be trained, evaluated or saved
+        raise ValueError("train_loop: the data hold no batches")
     if run is not None:
         check_savable(state)  # before training, not at the first save
     window = MetricsWindow(log_every, population=bool(getattr(step, "population", False)))

@@ -391,7 +391,7 @@ def _scripts(spec: SpeechSpec, rng: np.random.Generator) -> list[tuple[str, str,
 
 
 def synthesize(spec: SpeechSpec) -> Utterances:
-    """Generate the dataset of ``spec`` (a few hundred utterances a second), with a fresh
+    """Generate the dataset of ``spec``, with a fresh
     :class:`Synthesizer` and each utterance's noise seeded from ``spec.seed``, so the same
     spec always gives the same audio.
 
@@ -569,7 +569,8 @@ class VoiceSplit:
         copies, test_copies: utterances per word or strings per voice, train and test.
         snr_db: noise levels drawn from per utterance (``none``: clean).
         seed: the seed of the synthesis and augmentation (the test set uses ``seed + 1``).
-        cache: a directory, ``default`` (``$FNN_CACHE`` or ``~/.cache/fnn``) or ``none``.
+        cache: a directory, ``default`` (the ``speech`` folder of ``$FNN_CACHE`` or
+            ``~/.cache/fnn``) or ``none``.
 
     Example:
         >>> split = VoiceSplit(accents=("en-us",), train_variants=("m1", "f1"), test_variants=("m3",),

@@ -298,8 +298,9 @@ def population_train(
 def population_report(
     history: list[dict], members: list[dict], test: dict | None = None, run=None, title: str = ""
 ) -> dict:
-    """Stage: a table with one row per member (its ``test`` metrics, or its last evaluation when
-    there is no test stage), and a plot of the members' curves.
+    """Stage: a table with one row per member (its ``test`` metrics; without a test stage its
+    last evaluation, or its last training record when there was no evaluation), and a plot
+    of the members' curves.
 
     Example:
         >>> history = [{"step": 2, "split": "eval", "loss": [0.75, 0.5]},
