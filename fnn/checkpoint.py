@@ -125,12 +125,17 @@ def _key_impl(key: Any) -> Any:
     return jax.random.key_impl(key)
 
 
+def _first_line(error: Exception) -> str:
+    """``Type: the first line of the message`` (tensorstore's messages run to pages)."""
+    lines = str(error).strip().splitlines() or [""]
+    more = " ..." if len(lines) > 1 or len(lines[0]) > 300 else ""
+    return f"{type(error).__name__}: {lines[0][:300]}{more}"
+
+
 def _unreadable(where: str, error: Exception, others: list[int]) -> CheckpointError:
     """The error for a checkpoint that cannot be read: the cause's first line (tensorstore's
     messages run to pages), and the other steps kept, which nothing has touched."""
-    lines = str(error).strip().splitlines() or [""]
-    cause = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300 else "")
-    message = f"{where} is unreadable: {type(error).__name__}: {cause}"
+    message = f"{where} is unreadable: {_first_line(error)}"
     if others:
         message += (f"; the checkpoints of steps {others} are kept as they were: move this one aside "
                     "to resume from the latest of them")
@@ -320,14 +325,20 @@ class Checkpoints:
                 f"step {steps[-1]} (checkpoints only move forward; save the run into another directory)"
             )
         check_savable(state)
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(to_saved(state)),
-                extra=ocp.args.JsonSave(dict(extra or {})),
-            ),
-        )
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(to_saved(state)),
+                    extra=ocp.args.JsonSave(dict(extra or {})),
+                ),
+            )
+            self._manager.wait_until_finished()
+        except Exception as error:  # a full disk, a read-only folder: orbax and tensorstore raise many kinds
+            raise CheckpointError(
+                f"cannot save step {step} in {self.directory}: {_first_line(error)}"
+                + (f"; the checkpoints of steps {steps} are kept as they were" if steps else "")
+            ) from error
         return step
 
     def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:

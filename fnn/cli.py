@@ -158,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as error:  # training diverged: the message names the step, and what to try
         print(f"fnn {args.command}: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # the system refused: a full disk, a folder this user cannot write
+        print(f"fnn {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 TRAINING_COMMANDS = ("run", "resume", "sweep")

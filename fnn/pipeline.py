@@ -26,11 +26,13 @@ through the ``fnn.experiments`` entry points of the installed packages.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -373,18 +375,22 @@ def run_in(
     pipeline = pipeline or experiment.pipeline
     began = time.perf_counter()
     with run.held():  # refused while another process trains in the directory
+        run.check_writable()
         try:
-            values = pipeline.run(config=config, run=run, progress=progress, **values)
+            with _ctrl_c_noted() as noted:
+                values = pipeline.run(config=config, run=run, progress=progress, **values)
+            if noted:  # its KeyboardInterrupt was raised where Python ignores one (a GC callback)
+                raise KeyboardInterrupt
         except Interrupted as stop:  # a sub-run's loop (a comparison's variant) stopped: resume this run
-            run.close()
+            _close(run, stop)
             if stop.directory != str(run.directory):
                 raise Interrupted(str(run.directory), stop.step, stop.signum) from None
             raise
-        except KeyboardInterrupt:  # Ctrl-C while no loop was catching it (data, compiling, a later stage)
-            run.close()
+        except KeyboardInterrupt as stop:  # Ctrl-C while no loop caught it (data, compiling, a later stage)
+            _close(run, stop)
             raise Interrupted(str(run.directory), None, signal.SIGINT) from None
-        except BaseException:
-            run.close()
+        except BaseException as error:
+            _close(run, error)
             raise
         run.finish(
             values["final"],
@@ -393,6 +399,37 @@ def run_in(
             stage_seconds=values.get("stage_seconds"),
         )
         return values
+
+
+def _close(run: Run, error: BaseException) -> None:
+    """Close ``run`` after ``error`` without letting a failure to close (a full disk that
+    TensorBoard cannot flush to) take the place of ``error``."""
+    try:
+        run.close()
+    except Exception as failure:
+        error.add_note(f"(closing the run failed too: {type(failure).__name__}: {failure})")
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted() -> Iterator[list[int]]:
+    """SIGINT raises ``KeyboardInterrupt`` as usual, and is noted in the list yielded: one
+    raised inside a garbage-collection callback is printed and ignored by Python, and the
+    note lets the run stop all the same. The training loop installs its own handler while
+    it trains."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    noted: list[int] = []
+
+    def handler(signum, frame):
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- stages shared by the supervised experiments ---------------------------------------

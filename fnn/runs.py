@@ -24,7 +24,7 @@ import json
 import math
 import os
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,17 @@ except ImportError:  # Windows
 
 from fnn import plots
 from fnn.checkpoint import Checkpoints
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An ``OSError`` while writing ``path`` (a full disk, a read-only directory) as a
+    ``RunError`` naming it: a failed ``write`` names no file of its own."""
+    try:
+        yield
+    except OSError as error:
+        raise RunError(f"cannot write {path}: {error.strerror or error}") from error
+
 
 # config.json's format: 2 since TrainConfig.momentum is None unless given (fnn.pipeline.recorded_config)
 FORMAT = 2
@@ -169,11 +180,19 @@ class Run:
         self.keep_checkpoints = 3
 
     @classmethod
-    def create(cls, directory: str | os.PathLike, experiment: str, config: Mapping[str, Any]) -> Run:
-        """A new run directory holding ``config.json``. Refuses one that already holds a run,
+    def create(
+        cls,
+        directory: str | os.PathLike,
+        experiment: str,
+        config: Mapping[str, Any],
+        members: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Run:
+        """A new run directory holding ``config.json`` (with a sweep's ``members``, so that
+        the directory of a sweep never lacks them). Refuses one that already holds a run,
         or what is left of one (checkpoints, metrics), which the new run would otherwise
         continue; ``config.json`` is created exclusively, so two processes given one
-        directory cannot both start in it."""
+        directory cannot both start in it, and one that could not be written whole (a full
+        disk) is removed."""
         directory = Path(directory)
         left = [name for name in _RUN_FILES if (directory / name).exists()]
         if (directory / "config.json").exists():
@@ -193,17 +212,24 @@ class Run:
             "config": dict(config),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "format": FORMAT,
+            **({"members": [dict(m) for m in members]} if members is not None else {}),
         }
+        text = json.dumps(meta, indent=2) + "\n"
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            with open(directory / "config.json", "x") as f:
-                f.write(json.dumps(meta, indent=2) + "\n")
+            f = open(directory / "config.json", "x")
         except FileExistsError:
             if not directory.is_dir():
                 raise RunError(f"{directory}: cannot make the run directory, a file has that name") from None
             raise RunError(f"{directory} already holds a run: another process has just started one") from None
         except OSError as error:
             raise RunError(f"{directory}: cannot create the run directory ({error})") from None
+        try:
+            with f:
+                f.write(text)
+        except OSError as error:
+            (directory / "config.json").unlink(missing_ok=True)
+            raise RunError(f"{directory}: cannot write config.json ({error})") from None
         return cls(directory)
 
     # -- metrics ------------------------------------------------------------------------
@@ -217,7 +243,7 @@ class Run:
         record = {key: _jsonable(value) for key, value in record.items()}
         if not self._tail_checked:
             self._drop_torn_tail()
-        with open(self.metrics_path, "a") as f:
+        with _writing(self.metrics_path), open(self.metrics_path, "a") as f:
             f.write(dumps(record) + "\n")
         writer = self._tensorboard()
         split = record.get("split", "train")
@@ -236,7 +262,7 @@ class Run:
         self._tail_checked = True
         if not self.metrics_path.exists():
             return
-        with open(self.metrics_path, "rb+") as f:
+        with _writing(self.metrics_path), open(self.metrics_path, "rb+") as f:
             data = f.read()
             if data and not data.endswith(b"\n"):
                 f.truncate(data.rfind(b"\n") + 1)
@@ -281,8 +307,9 @@ class Run:
         is told to drop its events after ``step`` too."""
         kept = [r for r in self.records() if r.get("step", 0) <= step]
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.metrics_path)
+        with _writing(tmp):  # the records stay as they were until the new file is whole
+            tmp.write_text("".join(dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.metrics_path)
         self._tensorboard(purge_step=step + 1)
 
     # -- checkpoints --------------------------------------------------------------------
@@ -307,7 +334,8 @@ class Run:
         final = {key: _jsonable(value) for key, value in final.items()}
         if seconds is not None:
             final["seconds"] = round(seconds, 2)
-        (self.directory / "final.json").write_text(dumps(final, indent=2) + "\n")
+        with _writing(self.directory / "final.json"):
+            (self.directory / "final.json").write_text(dumps(final, indent=2) + "\n")
         plots = self.plot()
         timing = [f"{name}: {secs:.1f} s" for name, secs in (stage_seconds or {}).items()]
         notes = [*notes, *(["time per stage: " + ", ".join(timing)] if timing else [])]
@@ -330,11 +358,12 @@ class Run:
             name: {split: _points(records, name, split) for split in ("train", "eval")}
             for name in _metric_names(records)
         }
-        return [
-            plots.curves(
-                panels, self.directory / "curves.png", title=f"{self.experiment}: {self.directory.name}"
-            ).name
-        ]
+        with _writing(self.directory / "curves.png"):
+            return [
+                plots.curves(
+                    panels, self.directory / "curves.png", title=f"{self.experiment}: {self.directory.name}"
+                ).name
+            ]
 
     def write_summary(
         self, final: Mapping[str, Any], plots: Sequence[str], notes: Sequence[str] = ()
@@ -358,7 +387,8 @@ class Run:
         if notes:
             lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
         lines += [f"Resume an interrupted run with `{resume_command(self.directory)}`.", ""]
-        (self.directory / "summary.md").write_text("\n".join(lines))
+        with _writing(self.directory / "summary.md"):
+            (self.directory / "summary.md").write_text("\n".join(lines))
 
     @contextlib.contextmanager
     def held(self):
@@ -395,13 +425,24 @@ class Run:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def check_writable(self) -> None:
+        """A ``RunError`` naming the run's directory, or its ``checkpoints`` or ``tensorboard``
+        folder, when this process cannot write there: known before training, not at the
+        first record or save."""
+        for path in (self.directory, self.directory / "checkpoints", self.directory / "tensorboard"):
+            if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+                raise RunError(f"cannot write in {path} (permission denied); nothing was changed")
+
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._checkpoints is not None:
-            self._checkpoints.close()
-            self._checkpoints = None
+        """Close the TensorBoard writer and the checkpoints (each, even when the other fails)."""
+        writer, checkpoints = self._writer, self._checkpoints
+        self._writer = self._checkpoints = None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            if checkpoints is not None:
+                checkpoints.close()
 
 
 def _format(value: Any) -> str:

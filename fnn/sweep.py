@@ -22,7 +22,6 @@ versions, so
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -441,22 +440,27 @@ def run_sweep(
         <BLANKLINE>
         run directory: D/sweep (sweep.png, members.md)
         ['checkpoints', 'config.json', 'final.json', 'members.json', 'members.md', 'metrics.jsonl', \
-'summary.md', 'sweep.json', 'sweep.png', 'tensorboard']
+'summary.md', 'sweep.png', 'tensorboard']
     """
     population = members(seeds, grid)
     stages = check_sweepable(experiment, config)
-    run = Run.create(directory, experiment.name, config_lib.to_dict(config))
-    (Path(directory) / "sweep.json").write_text(json.dumps({"members": population}, indent=2) + "\n")
+    # the members go into config.json, written in one piece with the run: a sweep whose member
+    # list was written apart could lose it (a full disk) and then resume as a single run
+    run = Run.create(directory, experiment.name, config_lib.to_dict(config), members=population)
     values = run_in(experiment, config, run, progress, stages, members=population)
     return values["report"][0] + f"\n\nrun directory: {directory} (sweep.png, members.md)"
 
 
 def resume_members(directory: str) -> list[dict]:
-    """The members ``sweep.json`` lists, ``[]`` for a run that is not a sweep."""
-    path = Path(directory) / "sweep.json"
-    if not path.exists():
-        return []
-    saved = read_json(path)
+    """The members of the sweep in ``directory``, which its ``config.json`` lists (a sweep
+    made before it did lists them in ``sweep.json``); ``[]`` for a run that is not a sweep."""
+    path = Path(directory) / "config.json"
+    saved = read_json(path) if path.exists() else {}
+    if not (isinstance(saved, dict) and "members" in saved):
+        path = Path(directory) / "sweep.json"
+        if not path.exists():
+            return []
+        saved = read_json(path)
     if not isinstance(saved, dict) or not isinstance(saved.get("members"), list) or not saved["members"]:
         raise RunError(f"{path} does not list the sweep's members (a key 'members' holding a list)")
     return saved["members"]

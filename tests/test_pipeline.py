@@ -1030,3 +1030,118 @@ def test_a_run_recorded_before_momentum_was_optional_resumes_as_it_trained(tmp_p
     (directory / "config.json").write_text(json.dumps(meta))
     run, values = pipeline.resume(str(directory), progress=False)  # was refused, or did not fit (rmsprop)
     assert values["config"].train.momentum is None and run.format == 1
+
+
+# -- writing fails: one clear error, nothing saved lost ----------------------------------------
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_checkpoint_error_and_keeps_the_others(tmp_path, monkeypatch):
+    ckpts, state = _saved(tmp_path)  # step 1 on disk
+    step, _, data, _ = _problem()
+    later, _ = step(state, data[1])
+
+    def full(*args, **kwargs):
+        raise ValueError('OUT_OF_RANGE: Error writing "params.dense_0.w/0" ... File too large\n(pages more)')
+
+    monkeypatch.setattr(ckpts._manager, "save", full)  # was orbax's ValueError, pages of it
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(
+            f"cannot save step 2 in {ckpts.directory}: ValueError: OUT_OF_RANGE: Error writing "
+            '"params.dense_0.w/0" ... File too large ...; the checkpoints of steps [1] are kept as they were')):
+        ckpts.save(later)
+    monkeypatch.undo()
+    assert ckpts.steps() == [1]
+
+
+def test_a_metrics_file_that_cannot_grow_is_a_run_error_naming_it(tmp_path):
+    """A real EFBIG from a file-size limit: the failed write named no file ("[Errno 27] File too
+    large"), and the run's records up to it stay readable."""
+    script = f"""
+import resource, signal
+from fnn import runs
+run = runs.Run.create({str(tmp_path / 'run')!r}, "demo", {{}})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    for step in range(1, 100):
+        run.log({{"step": step, "split": "train", "loss": 0.123456789}})
+except runs.RunError as error:
+    print(error)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.stdout.strip() == f"cannot write {tmp_path / 'run' / 'metrics.jsonl'}: File too large", out.stderr
+    records = runs.Run(tmp_path / "run").records()  # a torn last line is left out
+    assert records and [r["step"] for r in records] == list(range(1, len(records) + 1))
+
+
+def test_an_unwritable_run_folder_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    run = _new_run(tmp_path / "run")
+    (run.directory / "checkpoints").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and "checkpoints" not in str(path))
+    with pytest.raises(runs.RunError, match=re.escape(f"cannot write in {run.directory / 'checkpoints'} "
+                                                      "(permission denied); nothing was changed")):
+        run.check_writable()  # as root the test cannot chmod it: root writes anywhere
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        n: int = 1
+
+    trained = []
+    experiment = pipeline.Experiment("mine", "trains", Config(), Pipeline(train=lambda: trained.append(1)))
+    with pytest.raises(runs.RunError, match="checkpoints \\(permission denied\\)"):
+        pipeline.run_in(experiment, Config(), run, progress=False)
+    assert not trained  # it used to fail at the first save, after training
+
+
+def test_a_failure_to_close_the_run_does_not_hide_the_error(tmp_path, monkeypatch):
+    def broken():
+        raise ValueError("the stage's own error")
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        n: int = 1
+
+    run = _new_run(tmp_path / "run")
+
+    def close():
+        raise OSError(28, "No space left on device")  # TensorBoard flushing to a full disk
+
+    monkeypatch.setattr(run, "close", close)
+    experiment = pipeline.Experiment("mine", "fails", Config(), Pipeline(broken))
+    with pytest.raises(ValueError, match="the stage's own error") as info:  # was the OSError of close()
+        pipeline.run_in(experiment, Config(), run, progress=False)
+    assert info.value.__notes__ == ["(closing the run failed too: OSError: [Errno 28] No space left on device)"]
+
+
+def test_a_ctrl_c_that_python_ignored_still_stops_the_run(tmp_path):
+    """Python prints and ignores a KeyboardInterrupt raised in a garbage-collection callback: a
+    Ctrl-C that landed there, just after the loop, let the run go on and exit 0."""
+
+    def swallows():  # stands for the callback that ignored it
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        return {"final": {"loss": 0.0}}
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        n: int = 1
+
+    run = _new_run(tmp_path / "run")
+    experiment = pipeline.Experiment("mine", "stops", Config(), Pipeline(swallows))
+    with pytest.raises(loop.Interrupted, match="^SIGINT: stopped outside training"):
+        pipeline.run_in(experiment, Config(), run, progress=False)
+    assert not (run.directory / "final.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_fnn_command_prints_a_system_error_as_one_line(monkeypatch, capsys):
+    def full(args):
+        raise OSError(28, "No space left on device", "runs/x/confusion.png")
+
+    monkeypatch.setattr(fnn.cli, "_dispatch", full)
+    assert fnn.cli.main(["run", "xor"]) == 1
+    assert capsys.readouterr().err == "fnn run: [Errno 28] No space left on device: 'runs/x/confusion.png'\n"

@@ -74,6 +74,23 @@ def test_a_sweep_that_cannot_run_is_refused_before_its_directory_is_made(tmp_pat
         sweep.resume_members(str(directory))
 
 
+def test_a_sweeps_members_are_written_with_its_config(tmp_path):
+    """They were written to sweep.json after config.json: a full disk between the two left a
+    directory that `fnn resume` then trained as one plain run, the population gone."""
+    population = sweep.members(2, {"train.learning_rate": [1e-3, 3e-3]})
+    fnn.runs.Run.create(tmp_path / "sweep", "digits", {}, members=population)
+    assert json.loads((tmp_path / "sweep" / "config.json").read_text())["members"] == population
+    assert sweep.resume_members(str(tmp_path / "sweep")) == population
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps({"members": population[:1]}))
+    assert sweep.resume_members(str(tmp_path / "sweep")) == population  # config.json's, not an old file's
+    fnn.runs.Run.create(tmp_path / "plain", "digits", {})
+    assert sweep.resume_members(str(tmp_path / "plain")) == []
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({"experiment": "digits", "config": {},
+                                                                "members": []}))
+    with pytest.raises(fnn.runs.RunError, match="config.json does not list the sweep's members"):
+        sweep.resume_members(str(tmp_path / "plain"))
+
+
 def test_a_grid_over_a_hyperparameter_the_optimizer_lacks_is_refused_before_anything_is_written(
     tmp_path, capsys
 ):
