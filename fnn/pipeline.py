@@ -415,8 +415,10 @@ def _ctrl_c_noted() -> Iterator[list[int]]:
     """SIGINT raises ``KeyboardInterrupt`` as usual, and is noted in the list yielded: one
     raised inside a garbage-collection callback is printed and ignored by Python, and the
     note lets the run stop all the same. The training loop installs its own handler while
-    it trains."""
-    if threading.current_thread() is not threading.main_thread():
+    it trains. A process whose SIGINT is ignored (a shell's background job) or handled by
+    its own code is left as it is."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield []
         return
     noted: list[int] = []

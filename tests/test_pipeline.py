@@ -1136,6 +1136,15 @@ def test_a_ctrl_c_that_python_ignored_still_stops_the_run(tmp_path):
         pipeline.run_in(experiment, Config(), run, progress=False)
     assert not (run.directory / "final.json").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    seen = []  # a process that ignores SIGINT (a shell's background job) keeps ignoring it
+    ignores = pipeline.Experiment("mine", "sees", Config(), Pipeline(
+        sees=lambda: seen.append(signal.getsignal(signal.SIGINT)) or {"final": {"loss": 0.0}}))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pipeline.run_in(ignores, Config(), _new_run(tmp_path / "ignores"), progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [signal.SIG_IGN]
 
 
 def test_the_fnn_command_prints_a_system_error_as_one_line(monkeypatch, capsys):
