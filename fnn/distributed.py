@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from fnn.core import path_str
 
 
 class ParallelError(ValueError):
@@ -86,6 +89,35 @@ def initialize(
         coordinator_address, num_processes=num_processes, process_id=process_id,
         local_device_ids=local_device_ids,
     )
+
+
+def _check_same_everywhere(state: Any) -> None:
+    """A ``ParallelError`` naming the first leaf of ``state`` whose value differs between the
+    processes (compared by a checksum of each process's own values): replicated parameters
+    made from different seeds would train apart without a word."""
+    from jax.experimental import multihost_utils
+
+    def local(leaf: Any) -> bool:
+        return not (isinstance(leaf, jax.Array) and not leaf.is_fully_addressable)
+
+    def checksum(leaf: Any) -> int:
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        return zlib.crc32(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+
+    leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(state) if local(leaf)]
+    if not leaves:
+        return
+    sums = np.asarray(multihost_utils.process_allgather(np.array([checksum(leaf) for _, leaf in leaves],
+                                                                 np.int64)))
+    differs = (sums != sums[0]).any(axis=0)
+    if differs.any():
+        path = path_str(leaves[int(np.argmax(differs))][0])
+        raise ParallelError(
+            f"put_state: the processes passed different values at {path} ({int(differs.sum())} of "
+            f"{len(leaves)} arrays differ); each process must pass the same state, e.g. made from the "
+            "same seed"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +190,11 @@ class DataParallel:
 
     def put_state(self, state: Any) -> Any:
         """``state`` placed on the mesh (each process passes the same values, e.g. from the same
-        seed). A leaf that is already an array spanning several processes (a state restored
-        from a multi-process checkpoint) is moved on the mesh as it is. Keys stay replicated."""
+        seed; values that differ are a ``ParallelError`` naming the first that does). A leaf
+        that is already an array spanning several processes (a state restored from a
+        multi-process checkpoint) is moved on the mesh as it is. Keys stay replicated."""
+        if jax.process_count() > 1:
+            _check_same_everywhere(state)
 
         def place(value: Any, spec: P) -> jax.Array:
             sharding = NamedSharding(self.mesh, spec)

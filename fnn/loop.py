@@ -17,6 +17,7 @@ On SIGINT or SIGTERM the loop finishes the current step, saves a checkpoint and 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -64,22 +65,43 @@ class Interrupted(Exception):  # noqa: N818  (a stop the user asked for, not an 
 
 
 class _Stop:
-    """Catch SIGINT/SIGTERM while training (main thread only) and remember the first one."""
+    """Catch SIGINT/SIGTERM while training (main thread only) and remember the first one.
 
-    def __init__(self) -> None:
+    With several processes a signal reaches one of them, and all must stop after the same
+    step (or the others wait forever in the next step's collectives while it saves). JAX's
+    preemption service agrees on that step: it catches SIGTERM itself, so SIGTERM is left
+    to it, and a Ctrl-C is passed on to it as a SIGTERM; ``stop_after(step)`` asks it."""
+
+    def __init__(self, processes: int = 1) -> None:
         self.signum: int | None = None
+        self.service = processes > 1 and _preemption_service() is not None
+
+    def stop_after(self, step: int) -> bool:
+        """Whether to stop after ``step``: on a signal here, or, with several processes, at
+        the step JAX's preemption service has them all stop after (called at every step)."""
+        if self.service:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signum = self.signum or signal.SIGTERM
+                return True
+            return False
+        return self.signum is not None
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Stop]:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        signals = (signal.SIGINT,) if self.service else (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.getsignal(s) for s in signals}
 
         def handler(signum, frame):
             if self.signum is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C: stop now
             self.signum = signum
+            if self.service:
+                os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice, which every process hears
 
         for s in previous:
             signal.signal(s, handler)
@@ -88,6 +110,25 @@ class _Stop:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def _preemption_service() -> Any:
+    """JAX's preemption sync manager of a multi-process run (None when it has none)."""
+    from jax._src import distributed
+
+    return getattr(distributed.global_state, "preemption_sync_manager", None)
+
+
+def _check_processes_agree(total: int, start: int) -> None:
+    """A ``ValueError`` unless every process has as many batches and starts at the same step:
+    a process that ran out of batches first would leave the others waiting in a collective."""
+    from jax.experimental import multihost_utils
+
+    seen = np.asarray(multihost_utils.process_allgather(np.array([total, start], np.int64)))
+    if (seen != seen[0]).any():
+        each = ", ".join(f"process {i}: {int(n)} batches from step {int(s)}" for i, (n, s) in enumerate(seen))
+        raise ValueError(f"train_loop: the processes must have as many batches and start at the same "
+                         f"step; {each}")
 
 
 def _progress(enabled: bool):
@@ -201,6 +242,7 @@ def train_loop(
     if run is not None:
         check_savable(state)  # before training, not at the first save
     window = MetricsWindow(log_every, population=bool(getattr(step, "population", False)))
+    writes = jax.process_index() == 0  # every process saves its part of a checkpoint; one logs
     data_state = None
     if run is not None and run.checkpoints.latest() is not None:
         state, extra = run.checkpoints.restore(state)
@@ -208,17 +250,22 @@ def train_loop(
             state = parallel.put_state(state)
         data_state = extra.get("data")
         window.load(extra.get("pending", []))
-        run.rewind(step_of(state))
-    elif run is not None and run.records():
+        if writes:
+            run.rewind(step_of(state))
+    elif run is not None and writes and run.records():
         run.rewind(step_of(state))  # stopped before its first checkpoint: it starts again from here
     start = step_of(state)
     if start > total:
         raise ValueError(f"train_loop: the state is at step {start} but the data hold only {total} batches")
-    history = run.records() if run is not None else []
+    processes = jax.process_count()
+    if processes > 1:
+        _check_processes_agree(total, start)
+    # (another process may be rewinding the records: what is past the start is not this run's)
+    history = [r for r in run.records() if r["step"] <= start] if run is not None else []
 
     def record(r: dict[str, Any]) -> None:
         history.append(r)
-        if run is not None:
+        if run is not None and writes:
             run.log(r)
         if log is not None:
             log(r)
@@ -231,7 +278,7 @@ def train_loop(
     batches = Prefetch(data, state=data_state or {"next_index": start},
                        put=parallel.put_batch if parallel is not None else None)
     examples = None
-    stopper = _Stop()
+    stopper = _Stop(processes)
     # without a run directory there is nothing to save: Ctrl-C stops as it always does
     catching = stopper.installed() if run is not None else contextlib.nullcontext()
     with catching, _progress(progress) as bar:
@@ -272,7 +319,7 @@ def train_loop(
             if (checkpoint_every and at % checkpoint_every == 0) or at == total:
                 save()
             elsewhere += time.perf_counter() - aside
-            if stopper.signum is not None:
+            if run is not None and stopper.stop_after(at):
                 if at < total:  # at the total, the final checkpoint is saved above
                     save()
                 raise Interrupted(str(run.directory), at, stopper.signum)

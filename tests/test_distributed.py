@@ -72,6 +72,17 @@ def test_two_processes_end_with_the_parameters_of_one(tmp_path):
                                            err_msg=f"{layout}: {name}")
 
 
+def test_two_processes_agree_on_their_state_their_data_and_when_to_stop(tmp_path):
+    """A SIGTERM that reached one process stopped it alone: it saved while the other went on
+    into the next step's collective, and both waited for ever. States from other seeds
+    trained apart in silence, and data of other lengths hung; the records were written once
+    per process."""
+    port = free_port()
+    processes = [python("-m", "tests.multidevice.agreement", str(i), str(port), str(tmp_path)) for i in (0, 1)]
+    for process in processes:
+        assert "agreed" in finish(process)
+
+
 def test_on_one_device_the_layout_changes_nothing():
     parallel = DataParallel.over(fsdp=True, min_size=0)
     step = fnn.make_train_step(common.MODEL, common.OPTIMIZER, common.LOSS, parallel=parallel)
