@@ -323,7 +323,10 @@ def train_loop(
                 if at < total:  # at the total, the final checkpoint is saved above
                     save()
                 raise Interrupted(str(run.directory), at, stopper.signum)
-        if stopper.signum is not None:  # caught before the first step, or after the last
+        # caught before the first step, or after the last (with several processes, a signal
+        # stops them at the step the preemption service picks, or not at all: one process
+        # alone must not stop)
+        if stopper.signum is not None and not stopper.service:
             raise Interrupted(str(run.directory), at, stopper.signum)
         if bar is not None:
             bar.update(task, completed=at)
