@@ -1132,10 +1132,14 @@ def test_a_ctrl_c_that_python_ignored_still_stops_the_run(tmp_path):
 
     run = _new_run(tmp_path / "run")
     experiment = pipeline.Experiment("mine", "stops", Config(), Pipeline(swallows))
-    with pytest.raises(loop.Interrupted, match="^SIGINT: stopped outside training"):
-        pipeline.run_in(experiment, Config(), run, progress=False)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own (a test worker may ignore it)
+    try:
+        with pytest.raises(loop.Interrupted, match="^SIGINT: stopped outside training"):
+            pipeline.run_in(experiment, Config(), run, progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
     assert not (run.directory / "final.json").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     seen = []  # a process that ignores SIGINT (a shell's background job) keeps ignoring it
     ignores = pipeline.Experiment("mine", "sees", Config(), Pipeline(
         sees=lambda: seen.append(signal.getsignal(signal.SIGINT)) or {"final": {"loss": 0.0}}))
