@@ -18,6 +18,9 @@ first epoch and 27% after the second, against 85-90% for ReLU and tanh),
 because the sigmoid's slope is at most 1/4 and vanishes where it saturates, so the
 gradient that reaches the first layer is small.
 
+A seed that diverges does not stop the comparison (a variant whose every seed does,
+does): a ``diverged`` column counts it, and its variant's accuracies are over the others.
+
 Run: fnn run comparisons [seeds=3] [epochs=20] [width=256]
 """
 
@@ -101,14 +104,18 @@ def train_variants(train_set, eval_set, test_set, config: Config, run=None, prog
 def report(curves: dict, tests: dict, config: Config, run=None) -> dict:
     rows = []
     for name in curves:
-        final = np.asarray(tests[name])
-        rows.append({"variant": name, "test accuracy (mean)": float(final.mean()),
-                     "std": float(final.std()), "min": float(final.min()), "max": float(final.max())})
+        final = np.asarray(tests[name], np.float64)
+        kept = final[np.isfinite(final)]  # a member that diverged has NaN metrics (fnn.sweep.diverged)
+        rows.append({"variant": name, "test accuracy (mean)": float(kept.mean()),
+                     "std": float(kept.std()), "min": float(kept.min()), "max": float(kept.max()),
+                     "diverged": final.size - kept.size})
+    if not any(row["diverged"] for row in rows):
+        rows = [{k: v for k, v in row.items() if k != "diverged"} for row in rows]
     table = format_table(rows)
     if run is not None:
         (run.directory / "comparison.md").write_text(table + "\n")
         steps_per_epoch = curves[next(iter(curves))][0][0]
-        panels = {group: {name.split("=")[1]: [(s / steps_per_epoch, float(np.mean(a))) for s, a in pts]
+        panels = {group: {name.split("=")[1]: [(s / steps_per_epoch, float(np.nanmean(a))) for s, a in pts]
                           for name, pts in curves.items() if name.startswith(group)}
                   for group in ("optimizer", "activation")}
         fnn.plots.curves({f"validation accuracy by {g}": p for g, p in panels.items()},

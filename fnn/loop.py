@@ -156,6 +156,20 @@ def _progress(enabled: bool):
     )
 
 
+def _mean_loss(loss: float | list[float]) -> str:
+    """The progress bar's loss: a population's mean over the members that have not diverged.
+
+    Example:
+        >>> _mean_loss(0.5), _mean_loss([0.5, 1.0]), _mean_loss([0.5, float("nan"), 1.0])
+        ('0.5000', '0.7500', '0.7500 (1 diverged)')
+    """
+    values = np.asarray(loss, np.float64)
+    finite = values[np.isfinite(values)]
+    mean = f"{float(np.mean(finite)):.4f}" if finite.size else "nan"
+    lost = values.size - finite.size
+    return mean + (f" ({lost} diverged)" if values.ndim and lost else "")
+
+
 def train_loop(
     step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]],
     state: TrainState,
@@ -209,12 +223,10 @@ def train_loop(
         >>> state = fnn.init_train_state(model, opt, jax.random.key(0), x[:16])
         >>> step = fnn.make_train_step(model, opt, fnn.losses.mean_squared_error)
         >>> data = loader((x, y), 16, seed=0, epochs=10)              # 40 batches
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     run = Run.create(d, "regression", {"lr": 0.1})
+        >>> with tempfile.TemporaryDirectory() as d, Run.create(d, "regression", {"lr": 0.1}) as run:
         ...     state, records = train_loop(step, state, data, run=run, log_every=20,
         ...                                 progress=False)
         ...     saved = run.checkpoints.latest()
-        ...     run.close()
         >>> fnn.train.step_of(state), saved, [r["step"] for r in records]
         (40, 40, [20, 40])
         >>> records[-1]["loss"] < 0.01 < records[0]["loss"]
@@ -310,8 +322,7 @@ def train_loop(
                     now = time.perf_counter()
                     speed = examples * (at - clock_step) / max(now - clock, 1e-9)
                     clock, clock_step = now, at
-                    # a population's record holds one loss per member: the bar shows their mean
-                    loss = "-" if "loss" not in r else f"{float(np.mean(r['loss'])):.4f}"
+                    loss = "-" if "loss" not in r else _mean_loss(r["loss"])
                     bar.update(task, completed=at, loss=loss, speed=f"{speed:,.0f}")
             aside = time.perf_counter()
             if evaluate is not None and ((eval_every and at % eval_every == 0) or at == total):

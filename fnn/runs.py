@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shlex
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,16 @@ class Run:
     run's :class:`fnn.checkpoint.Checkpoints`, and ``finish`` writes ``final.json``,
     ``summary.md`` and, when a numeric metric was logged, ``curves.png``.
 
+    A run holds a TensorBoard writer (a thread and open files) and its checkpoints open:
+    ``close`` closes them, as does leaving a ``with`` block on the run; a run that is
+    dropped without either is closed when it is collected, or at exit.
+
     Example:
         >>> import tempfile, os
         >>> with tempfile.TemporaryDirectory() as d:
-        ...     run = Run.create(os.path.join(d, "demo"), "demo", {"seed": 0})
-        ...     run.log({"step": 10, "split": "train", "loss": 0.5})
-        ...     run.finish({"accuracy": 0.9})
+        ...     with Run.create(os.path.join(d, "demo"), "demo", {"seed": 0}) as run:
+        ...         run.log({"step": 10, "split": "train", "loss": 0.5})
+        ...         run.finish({"accuracy": 0.9})
         ...     sorted(p.name for p in run.directory.iterdir()), run.records(), run.final()
         (['config.json', 'curves.png', 'final.json', 'metrics.jsonl', 'summary.md', 'tensorboard'], \
 [{'step': 10, 'split': 'train', 'loss': 0.5}], {'accuracy': 0.9})
@@ -174,10 +179,16 @@ class Run:
         self.experiment: str = meta["experiment"]
         self.config: dict = meta["config"]
         self.format: int = meta.get("format", 1)  # 1: written before config.json said its format
-        self._writer = None
         self._tail_checked = False
-        self._checkpoints: Checkpoints | None = None
+        self._open = _Open()
+        weakref.finalize(self, self._open.close)  # a run dropped unclosed: its thread and files
         self.keep_checkpoints = 3
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @classmethod
     def create(
@@ -239,7 +250,8 @@ class Run:
         return self.directory / "metrics.jsonl"
 
     def log(self, record: Mapping[str, Any]) -> None:
-        """Append one record (``step``, ``split`` and metrics) to metrics.jsonl and TensorBoard."""
+        """Append one record (``step``, ``split`` and metrics) to metrics.jsonl and TensorBoard.
+        TensorBoard gets the finite values: a diverged population member's curve ends there."""
         record = {key: _jsonable(value) for key, value in record.items()}
         if not self._tail_checked:
             self._drop_torn_tail()
@@ -250,11 +262,12 @@ class Run:
         for key, value in record.items():
             if key in ("step", "split"):
                 continue
-            if isinstance(value, int | float):
+            if isinstance(value, int | float) and math.isfinite(value):
                 writer.add_scalar(f"{split}/{key}", value, record["step"])
             elif isinstance(value, list):  # one value per member of a population
                 for i, v in enumerate(value):
-                    writer.add_scalar(f"{split}/{key}/member_{i}", v, record["step"])
+                    if isinstance(v, int | float) and math.isfinite(v):
+                        writer.add_scalar(f"{split}/{key}/member_{i}", v, record["step"])
 
     def _drop_torn_tail(self) -> None:
         """Cut a last line left without its newline (a process stopped while writing it), so
@@ -268,15 +281,16 @@ class Run:
                 f.truncate(data.rfind(b"\n") + 1)
 
     def _tensorboard(self, purge_step: int | None = None):
-        if self._writer is None or purge_step is not None:
+        held = self._open
+        if held.writer is None or purge_step is not None:
             from tensorboardX import SummaryWriter
 
-            if self._writer is not None:
-                self._writer.close()
-            self._writer = SummaryWriter(
+            if held.writer is not None:
+                held.writer.close()
+            held.writer = SummaryWriter(
                 str(self.directory / "tensorboard"), purge_step=purge_step, flush_secs=10
             )
-        return self._writer
+        return held.writer
 
     def records(self, split: str | None = None) -> list[dict]:
         """The records of metrics.jsonl, optionally only those of one ``split``. A last line
@@ -316,9 +330,9 @@ class Run:
 
     @property
     def checkpoints(self) -> Checkpoints:
-        if self._checkpoints is None:
-            self._checkpoints = Checkpoints(self.directory / "checkpoints", keep=self.keep_checkpoints)
-        return self._checkpoints
+        if self._open.checkpoints is None:
+            self._open.checkpoints = Checkpoints(self.directory / "checkpoints", keep=self.keep_checkpoints)
+        return self._open.checkpoints
 
     # -- the end of a run ---------------------------------------------------------------
 
@@ -434,9 +448,21 @@ class Run:
                 raise RunError(f"cannot write in {path} (permission denied); nothing was changed")
 
     def close(self) -> None:
-        """Close the TensorBoard writer and the checkpoints (each, even when the other fails)."""
-        writer, checkpoints = self._writer, self._checkpoints
-        self._writer = self._checkpoints = None
+        """Close the TensorBoard writer and the checkpoints (each, even when the other fails).
+        A later ``log`` or ``checkpoints`` opens them again."""
+        self._open.close()
+
+
+class _Open:
+    """What a :class:`Run` holds open, apart from the run, so that a finalizer can close it."""
+
+    def __init__(self):
+        self.writer: Any = None
+        self.checkpoints: Checkpoints | None = None
+
+    def close(self) -> None:
+        writer, checkpoints = self.writer, self.checkpoints
+        self.writer = self.checkpoints = None
         try:
             if writer is not None:
                 writer.close()

@@ -299,7 +299,9 @@ def population_report(
 ) -> dict:
     """Stage: a table with one row per member (its ``test`` metrics; without a test stage its
     last evaluation, or its last training record when there was no evaluation), and a plot
-    of the members' curves.
+    of the members' curves. A member that :func:`diverged` has NaN metrics and the step it
+    diverged at in the table; the means and deviations in ``final`` are over the others, and
+    ``final["members_diverged"]`` counts it.
 
     Example:
         >>> history = [{"step": 2, "split": "eval", "loss": [0.75, 0.5]},
@@ -314,15 +316,35 @@ def population_report(
         {'loss_mean': 0.375, 'loss_std': 0.125}
         >>> population_report(history, [{"seed": 0}, {"seed": 1}], test={"accuracy": [1.0, 0.5]})["final"]
         {'test_accuracy_mean': 0.75, 'test_accuracy_std': 0.25}
+        >>> history.insert(0, {"step": 2, "split": "train", "loss": [0.5, float("nan")]})
+        >>> made = population_report(history, [{"seed": 0}, {"seed": 1}], test={"accuracy": [1.0, 0.1]})
+        >>> print(made["report"][0])
+        | seed | test_accuracy | diverged at step |
+        | --- | --- | --- |
+        | 0 | 1 | - |
+        | 1 | nan | 2 |
+        >>> made["final"]
+        {'test_accuracy_mean': 1.0, 'test_accuracy_std': 0.0, 'members_diverged': 1}
     """
     evals = [r for r in history if r["split"] == "eval"] or [r for r in history if r["split"] == "train"]
     last = test if test is not None else {k: v for k, v in evals[-1].items() if k not in ("step", "split")}
     prefix = "test_" if test is not None else ""
     names = [k for k in last if k not in ("step", "split")]
-    rows = [{**m, **{prefix + n: last[n][i] for n in names}} for i, m in enumerate(members)]
+    lost = diverged(history, len(members))
+    kept = np.array([at is None for at in lost])  # a diverged member's values are not its result
+    rows = [{**m, **{prefix + n: last[n][i] if kept[i] else math.nan for n in names}}
+            for i, m in enumerate(members)]
+    if not kept.all():
+        rows = [{**row, "diverged at step": at} for row, at in zip(rows, lost)]
     table = format_table(rows)
-    final = {f"{prefix}{n}_mean": float(np.mean(last[n])) for n in names}
-    final.update({f"{prefix}{n}_std": float(np.std(last[n])) for n in names})
+    def over_kept(f, values) -> float:
+        values = np.asarray(values, np.float64)[kept]
+        return float(f(values)) if values.size else math.nan
+
+    final = {f"{prefix}{n}_mean": over_kept(np.mean, last[n]) for n in names}
+    final.update({f"{prefix}{n}_std": over_kept(np.std, last[n]) for n in names})
+    if not kept.all():
+        final["members_diverged"] = int((~kept).sum())
     if run is not None:
         (Path(run.directory) / "members.json").write_text(dumps(rows, indent=2) + "\n")
         (Path(run.directory) / "members.md").write_text(table + "\n")
@@ -337,6 +359,34 @@ def population_report(
     return {"final": final, "members_table": rows, "report": [table]}
 
 
+def diverged(history: Sequence[Mapping[str, Any]], count: int) -> list[int | None]:
+    """For each of a population's ``count`` members, the step of the first training record
+    whose loss is not finite (the member diverged in the steps it averages), or ``None``.
+
+    Trained alone, such a member would have stopped with a ``FloatingPointError`` at that
+    record; in a population the others train on (``MetricsWindow.check``), the diverged
+    member's values stay non-finite, and its evaluations are NaN (``fnn.evaluate``).
+
+    Example:
+        >>> nan = float("nan")
+        >>> history = [{"step": 10, "split": "train", "loss": [0.5, 0.75, 0.5]},
+        ...            {"step": 20, "split": "train", "loss": [0.25, nan, 0.5]},
+        ...            {"step": 20, "split": "eval", "loss": [0.5, nan, 0.5]},
+        ...            {"step": 30, "split": "train", "loss": [0.25, nan, float("inf")]}]
+        >>> diverged(history, 3)
+        [None, 20, 30]
+    """
+    steps: list[int | None] = [None] * count
+    for record in history:
+        if record["split"] != "train" or "loss" not in record:
+            continue
+        finite = np.isfinite(np.asarray(record["loss"], np.float64)).reshape(-1)
+        for i in np.flatnonzero(~finite):
+            if steps[i] is None:
+                steps[i] = record["step"]
+    return steps
+
+
 def label(member: Mapping[str, Any]) -> str:
     """A member as ``seed=0 learning_rate=0.001`` (see :func:`members`)."""
     return " ".join(
@@ -346,7 +396,7 @@ def label(member: Mapping[str, Any]) -> str:
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table of dicts with the same keys.
+    """A Markdown table of dicts with the same keys (``None`` shown as ``-``).
 
     Example:
         >>> print(format_table([{"variant": "a", "accuracy": 0.9}, {"variant": "b", "accuracy": 0.85}]))
@@ -358,7 +408,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     keys = list(rows[0])
 
     def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+        return f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)
 
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]

@@ -309,6 +309,10 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics over all ``batches``, each batch weighted by its size; one host transfer.
 
+    For a population (a ``make_eval_step(..., population=True)`` step) each metric is a list
+    with one value per member, and a member whose loss is not finite has diverged: its
+    other metrics are NaN (an accuracy of its NaN outputs would be a number that means nothing).
+
     Example:
         >>> import jax, jax.numpy as jnp, optax, fnn
         >>> model = fnn.Dense(1, w_init="zeros")                # predicts 0 everywhere
@@ -327,7 +331,20 @@ def evaluate(
         count += size
     if totals is None:
         raise ValueError("evaluate: no batches to evaluate")
-    return {name: _number(value / count) for name, value in jax.device_get(totals).items()}
+    means = _diverged_nan({name: value / count for name, value in jax.device_get(totals).items()})
+    return {name: _number(value) for name, value in means.items()}
+
+
+def _diverged_nan(metrics: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A population's metrics (one value per member) with NaN for every other metric of a
+    member whose loss is not finite: an accuracy of its NaN outputs would be a number that means
+    nothing. A single model's metrics are left as they are."""
+    metrics = {name: np.asarray(value) for name, value in metrics.items()}
+    if "loss" not in metrics or not metrics["loss"].ndim:
+        return metrics
+    lost = ~np.isfinite(metrics["loss"])
+    return {name: v if name == "loss" else np.where(lost.reshape(lost.shape + (1,) * (v.ndim - 1)), np.nan, v)
+            for name, v in metrics.items()}
 
 
 def _number(value: np.ndarray) -> float | list[float]:
@@ -343,7 +360,10 @@ class MetricsWindow:
     the host wait for every step; ``flush`` averages them into one record. With
     ``steps_per_call`` K each call's metrics hold K steps on their first axis (their second,
     after a ``population``'s member axis): they count as K steps and are averaged over them
-    too, each metric keeping its own shape.
+    too, each metric keeping its own shape. A long window (a record every few thousand
+    steps) keeps only its last calls' metrics on the device: older ones are brought to the
+    host in blocks of ``ON_DEVICE`` calls, long since computed, so neither the arrays
+    held nor the cost of a record grow with ``log_every``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -361,52 +381,81 @@ class MetricsWindow:
         FloatingPointError: training loss became nan at step 4 (the first non-finite one of the 2 ...
     """
 
+    ON_DEVICE = 256  # calls whose metrics stay on the device; a window of more fetches the oldest
+
     def __init__(self, log_every: int, steps_per_call: int = 1, population: bool = False):
         self.log_every = log_every
         self.steps_per_call = steps_per_call
         self.population = population
-        self.pending: list[dict[str, jax.Array]] = []
+        self.pending: list[dict[str, jax.Array]] = []  # the latest calls' metrics, on the device
+        self.fetched: list[dict[str, np.ndarray]] = []  # older calls', stacked in blocks on the host
+        self.calls = 0
+
+    def __len__(self) -> int:
+        """The calls since the last record."""
+        return self.calls
 
     def add(self, metrics: dict[str, jax.Array]) -> bool:
         """Add one call's metrics; true when a record is due (``log_every`` steps or more)."""
         self.pending.append(metrics)
-        return len(self.pending) * self.steps_per_call >= self.log_every
+        self.calls += 1
+        if len(self.pending) >= 2 * self.ON_DEVICE:
+            block, self.pending = self.pending[: self.ON_DEVICE], self.pending[self.ON_DEVICE :]
+            self.fetched.append(_stack(jax.device_get(block)))
+        return self.calls * self.steps_per_call >= self.log_every
+
+    def stacked(self) -> dict[str, np.ndarray]:
+        """Every pending call's metrics on the host, each with a leading axis of calls."""
+        blocks = self.fetched + ([_stack(jax.device_get(self.pending))] if self.pending else [])
+        return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]} if blocks else {}
 
     def flush(self, step: int) -> dict[str, Any]:
         """The mean of the pending metrics as ``{"step", "split": "train", ...}``; raises as
         :meth:`check` does."""
         per_call, axis = self.steps_per_call, int(self.population)
 
-        def mean(*values):
-            calls = jnp.mean(jnp.stack(values), axis=0)
-            return calls if per_call == 1 else jnp.mean(calls, axis=axis)
+        def mean(values: np.ndarray) -> np.ndarray:
+            dtype = values.dtype if np.issubdtype(values.dtype, np.inexact) else np.float32
+            calls = np.mean(values, axis=0, dtype=np.float64)
+            return (calls if per_call == 1 else np.mean(calls, axis=axis)).astype(dtype)
 
-        means = jax.device_get(jax.tree.map(mean, *self.pending))
+        stacked = self.stacked()
+        means = _diverged_nan({name: mean(values) for name, values in stacked.items()})
         record = {"step": step, "split": "train", **{k: _number(v) for k, v in means.items()}}
         if ("loss" in record and not np.all(np.isfinite(record["loss"]))) or "loss_scale" in record:
-            self.check(step)  # look at each step only when one may be bad
-        self.pending = []
+            self.check(step, stacked)  # look at each step only when one may be bad
+        self.clear()
         return record
 
-    def check(self, step: int) -> None:
+    def clear(self) -> None:
+        self.pending, self.fetched, self.calls = [], [], 0
+
+    def check(self, step: int, stacked: dict[str, np.ndarray] | None = None) -> None:
         """Raise ``FloatingPointError`` when a pending step (the last of them ``step``) had a
         non-finite loss, or was a float16 step skipped at loss scale 1 (its gradients overflow
         unscaled), naming the first such step. ``train_loop`` calls it before it saves a
-        checkpoint, so a diverged state never takes a good checkpoint's place."""
-        pending = jax.device_get(self.pending)
+        checkpoint, so a diverged state never takes a good checkpoint's place.
+
+        A population's step is bad when every member's loss is non-finite: until then the
+        others train on, and a member that diverged keeps non-finite values, which the
+        records show and :func:`fnn.sweep.diverged` finds."""
+        stacked = self.stacked() if stacked is None else stacked
 
         def steps(name: str) -> list[np.ndarray]:  # one value per step (a population's: per member)
-            values = [np.asarray(m[name]) for m in pending if name in m]
+            if name not in stacked:
+                return []
+            values = list(stacked[name])
             if self.steps_per_call == 1:
                 return values
             return [v for call in values for v in np.moveaxis(call, int(self.population), 0)]
 
         losses = steps("loss")
         first = step - len(losses) + 1  # every step has a loss, when one has
-        bad = [i for i, loss in enumerate(losses) if not np.all(np.isfinite(loss))]
+        # a population goes on while one member's loss is finite (see fnn.sweep.diverged)
+        bad = [i for i, loss in enumerate(losses) if not np.any(np.isfinite(loss))]
         if bad:
             loss = losses[bad[0]]
-            members = f" (members {np.flatnonzero(~np.isfinite(loss)).tolist()})" if loss.ndim else ""
+            members = " (every member)" if loss.ndim else ""
             raise FloatingPointError(
                 f"training loss became {_number(loss)}{members} at step {first + bad[0]} (the first "
                 f"non-finite one of the {len(losses)} steps up to step {step}); lower the learning rate, "
@@ -424,10 +473,19 @@ class MetricsWindow:
 
     def to_json(self) -> list[dict[str, list]]:
         """The pending metrics as exact float lists (bit patterns kept), for a checkpoint."""
-        return [{k: np.asarray(v).tolist() for k, v in m.items()} for m in jax.device_get(self.pending)]
+        stacked = self.stacked()
+        return [{k: v[i].tolist() for k, v in stacked.items()} for i in range(self.calls)]
 
     def load(self, saved: list[dict[str, Any]]) -> None:
-        self.pending = [{k: jnp.asarray(np.asarray(v, np.float32)) for k, v in m.items()} for m in saved]
+        self.clear()
+        if saved:
+            self.fetched = [_stack([{k: np.asarray(v, np.float32) for k, v in m.items()} for m in saved])]
+            self.calls = len(saved)
+
+
+def _stack(calls: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Calls' metrics (dicts with the same names) as one dict, each with a leading axis of calls."""
+    return {name: np.stack([np.asarray(c[name]) for c in calls]) for name in calls[0]}
 
 
 def fit(
@@ -475,7 +533,7 @@ def fit(
         state, metrics = step(state, batch)
         if window.add(metrics):
             flush()
-    if window.pending:
+    if len(window):
         flush()
     return state, history
 

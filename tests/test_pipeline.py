@@ -432,12 +432,67 @@ def test_a_diverged_state_is_never_checkpointed_over_good_ones(tmp_path):
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(restored.params))
 
 
-def test_a_populations_diverged_member_is_named():
+def test_a_population_trains_on_past_a_diverged_member_and_stops_when_every_member_has():
     window = fnn.train.MetricsWindow(log_every=2, population=True)
-    window.add({"loss": jnp.array([1.0, 2.0, 3.0])})
-    window.add({"loss": jnp.array([1.0, jnp.inf, 3.0])})
-    with pytest.raises(FloatingPointError, match=r"loss became \[1.0, inf, 3.0\] \(members \[1\]\) at step 2"):
-        window.flush(2)
+    window.add({"loss": jnp.array([1.0, 2.0, 3.0]), "accuracy": jnp.array([0.5, 0.5, 0.5])})
+    window.add({"loss": jnp.array([1.0, jnp.inf, 3.0]), "accuracy": jnp.array([0.5, 0.1, 0.5])})
+    record = window.flush(2)  # member 1 diverged: the others go on, and it has no accuracy
+    assert record["loss"] == [1.0, np.inf, 3.0]
+    assert record["accuracy"][0] == record["accuracy"][2] == 0.5 and np.isnan(record["accuracy"][1])
+    window.add({"loss": jnp.array([1.0, jnp.nan, 3.0])})
+    window.check(3)  # one member still finite: nothing to raise
+    window.add({"loss": jnp.array([jnp.nan, jnp.nan, jnp.inf])})
+    with pytest.raises(FloatingPointError, match=r"loss became \[nan, nan, inf\] \(every member\) at step 4 "
+                                                 r"\(the first non-finite one of the 2 steps up to step 4\)"):
+        window.flush(4)
+    # a population's evaluation: a member whose loss is not finite has NaN metrics
+    step = lambda state, batch: {"loss": jnp.array([0.5, jnp.nan]), "accuracy": jnp.array([0.75, 0.1])}
+    got = fnn.evaluate(step, None, [(np.zeros((3, 2)), np.zeros(3))])
+    assert got["loss"][0] == 0.5 and np.isnan(got["loss"][1])
+    assert got["accuracy"][0] == 0.75 and np.isnan(got["accuracy"][1])
+
+
+def test_a_long_metrics_window_keeps_few_arrays_on_the_device_and_compiles_nothing_to_log():
+    """A record every 20,000 steps took 96 s to write: the window stacked 20,000 device scalars,
+    a program of its own for every length, and kept them all."""
+    window = fnn.train.MetricsWindow(log_every=10_000)
+    window.ON_DEVICE = 4
+    losses = np.linspace(0.5, 2.0, 30, dtype=np.float32)
+    for k, loss in enumerate(losses):
+        window.add({"loss": jnp.asarray(loss), "accuracy": jnp.asarray(k % 2, jnp.int32)})
+        assert len(window.pending) < 8 and len(window) == k + 1
+    saved = window.to_json()
+    assert [m["loss"] for m in saved] == losses.tolist()  # every step, in order, bit for bit
+    with counting_compiles() as compiled:
+        record = window.flush(30)
+    assert compiled == [] and len(window) == 0
+    assert record["loss"] == pytest.approx(float(losses.mean()), rel=1e-7) and record["accuracy"] == 0.5
+    window.load(saved)  # a resumed run's pending steps
+    assert window.to_json() == saved and len(window) == 30
+    window.add({"loss": jnp.asarray(1.0), "accuracy": jnp.asarray(0, jnp.int32)})
+    saved[2] = {"loss": float("nan"), "accuracy": 0}  # a bad step among those fetched to the host
+    window.load(saved)
+    with pytest.raises(FloatingPointError, match=r"became nan at step 3 \(the first non-finite one of the 30"):
+        window.flush(30)
+
+
+def test_a_run_is_closed_by_its_with_block_or_when_it_is_dropped(tmp_path):
+    """A run dropped unclosed (a notebook cell that raised) kept a TensorBoard thread and open
+    files for the rest of the process."""
+    with _new_run(tmp_path / "a") as run:
+        run.log({"step": 1, "split": "train", "loss": 0.5})
+        held = run._open
+        assert held.writer is not None and run.checkpoints is held.checkpoints
+    assert held.writer is None and held.checkpoints is None
+    run = _new_run(tmp_path / "b")
+    run.log({"step": 1, "split": "train", "loss": 0.5})
+    held, writer = run._open, run._open.writer
+    del run
+    import gc
+
+    gc.collect()
+    assert held.writer is None and writer.file_writer is None  # closed: its thread and files are gone
+    assert read_tensorboard(tmp_path / "b" / "tensorboard") == {("train/loss", 1): 0.5}
 
 
 def test_loop_rejects_bad_intervals():

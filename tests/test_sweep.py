@@ -185,3 +185,27 @@ def test_a_float16_population_carries_a_loss_scale_per_member():
     assert scale.shape == (2,) and np.all(scale < 2.0**12)  # halved until the gradients fit
     skipped = [r["skipped"] for r in made["history"] if r["split"] == "train"]
     assert skipped[0] == [1.0, 1.0] and skipped[-1] == [0.0, 0.0]
+
+
+def test_a_diverged_member_does_not_stop_the_sweep(tmp_path, capsys):
+    common = ["model=mlp", "width=32", "train.optimizer=sgd", "train.epochs=2", "--seeds", "1", "-q"]
+    directory = tmp_path / "sweep"
+    assert fnn.cli.main(["sweep", "digits", *common, "--grid", "train.learning_rate=0.05,1e30",
+                         "--dir", str(directory)]) == 0  # the whole sweep stopped with a FloatingPointError
+    assert "| seed | train.learning_rate | test_accuracy | test_loss | diverged at step |" in capsys.readouterr().out
+    rows = json.loads((directory / "members.json").read_text())
+    assert rows[0]["diverged at step"] is None and 0.25 < rows[0]["test_accuracy"] <= 1
+    assert rows[1]["diverged at step"] == 20 and rows[1]["test_accuracy"] == "NaN"  # JSON's name for NaN
+    final = json.loads((directory / "final.json").read_text())
+    assert final["members_diverged"] == 1 and final["test_accuracy_mean"] == rows[0]["test_accuracy"]
+    records = fnn.runs.Run(directory).records()
+    assert all(np.isnan(r["accuracy"][1]) for r in records if r["step"] >= 20)  # its NaN outputs: no accuracy
+    # the diverged member leaves the other's training as it was
+    alone = tmp_path / "alone"
+    assert fnn.cli.main(["sweep", "digits", *common, "--grid", "train.learning_rate=0.05", "--dir", str(alone)]) == 0
+    row = json.loads((alone / "members.json").read_text())[0]
+    assert rows[0]["test_accuracy"] == pytest.approx(row["test_accuracy"], abs=1e-6)
+    assert rows[0]["test_loss"] == pytest.approx(row["test_loss"], rel=1e-4)
+    # and the sweep resumes to the same table
+    assert fnn.cli.main(["resume", str(directory), "-q"]) == 0
+    assert json.loads((directory / "members.json").read_text()) == rows
