@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,8 @@ from fnn.core import path_str
 from fnn.train import TrainState, step_of
 
 _log_filter_installed = False
+_DELETED = "deleted"  # where orbax moves a checkpoint it removes, for fnn to delete
+_METADATA = "_CHECKPOINT_METADATA"  # what orbax writes in a step's folder when the step is whole
 
 
 class CheckpointError(ValueError):
@@ -296,15 +299,30 @@ class Checkpoints:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=False, create=True
+                max_to_keep=keep, enable_async_checkpointing=False, create=True,
+                todelete_subdir=_DELETED,  # an old checkpoint leaves whole, in one rename
             ),
             item_handlers={"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()},
         )
 
     def steps(self) -> list[int]:
-        """The steps that have a complete checkpoint, oldest first."""
-        self._manager.reload()
-        return sorted(self._manager.all_steps())
+        """The steps that have a complete checkpoint, oldest first.
+
+        A checkpoint that is not complete is left out: one being written is in a temporary
+        folder, one that orbax removes is first renamed out of the way, and a step folder
+        without orbax's ``_CHECKPOINT_METADATA`` (what a removal stopped half-way left, before
+        removals were renames) is not one. Another process (``fnn show``) may list the
+        checkpoints of a run training now: a checkpoint removed while they are listed is
+        listed again without it."""
+        for attempt in range(5):
+            try:
+                self._manager.reload()
+                steps = self._manager.all_steps()
+                break
+            except FileNotFoundError:  # removed while it was read: the listing is out of date
+                if attempt == 4:
+                    raise
+        return sorted(s for s in steps if os.path.isfile(os.path.join(self.directory, str(s), _METADATA)))
 
     def latest(self) -> int | None:
         steps = self.steps()
@@ -334,6 +352,8 @@ class Checkpoints:
                 ),
             )
             self._manager.wait_until_finished()
+            if jax.process_index() == 0:  # the checkpoints orbax removed (with several processes: one)
+                shutil.rmtree(os.path.join(self.directory, _DELETED), ignore_errors=True)
         except Exception as error:  # a full disk, a read-only folder: orbax and tensorstore raise many kinds
             raise CheckpointError(
                 f"cannot save step {step} in {self.directory}: {_first_line(error)}"

@@ -126,13 +126,55 @@ def _read_back(value: Any) -> Any:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        text = path.read_text()
+        if not text.strip():  # written in place by an older fnn, and stopped before it was whole
+            raise RunError(f"{path} is empty: the process writing it stopped before it was whole")
+        return json.loads(text)
     except FileNotFoundError:
         raise RunError(f"{path} is missing: is {path.parent} a run directory?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunError(f"{path} is not valid JSON ({error})") from None
     except OSError as error:  # a directory of that name, no permission
         raise RunError(f"{path} cannot be read ({error.strerror or error})") from None
+
+
+def _create_in_place(path: Path, text: str) -> None:
+    """Create ``path`` exclusively and write ``text`` in it, removing it if that fails."""
+    try:
+        f = open(path, "x")
+    except FileExistsError:
+        raise RunError(f"{path.parent} already holds a run: another process has just started one") from None
+    except OSError as error:
+        raise RunError(f"{path.parent}: cannot create config.json ({error})") from None
+    try:
+        with f:
+            f.write(text)
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise RunError(f"{path.parent}: cannot write config.json ({error})") from None
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.is_file() and not path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _in_use(config: Path) -> bool:
+    """Whether another process holds the run whose ``config.json`` this is (``Run.held``)."""
+    if fcntl is None:
+        return False
+    try:
+        with open(config, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:  # no config.json, or not one that can be read: not held
+        return False
+    return False
 
 
 def _jsonable(value: Any) -> Any:
@@ -201,11 +243,22 @@ class Run:
         """A new run directory holding ``config.json`` (with a sweep's ``members``, so that
         the directory of a sweep never lacks them). Refuses one that already holds a run,
         or what is left of one (checkpoints, metrics), which the new run would otherwise
-        continue; ``config.json`` is created exclusively, so two processes given one
-        directory cannot both start in it, and one that could not be written whole (a full
-        disk) is removed."""
+        continue, and says so when a process is training in it. ``config.json`` is written
+        whole to a file of its own and then linked in place, which fails where one exists:
+        two processes given one directory cannot both start in it, and a process stopped at
+        any moment (or a full disk) leaves it whole or absent."""
         directory = Path(directory)
         left = [name for name in _RUN_FILES if (directory / name).exists()]
+        if _in_use(directory / "config.json"):
+            raise RunError(
+                f"{directory} is in use: another process is training in it (its config.json is "
+                "locked); choose another directory"
+            )
+        if not left and _empty(directory / "config.json"):
+            raise RunError(
+                f"{directory} holds nothing but an empty config.json (a process stopped while "
+                "making the run, before it began); remove the directory to start afresh"
+            )
         if (directory / "config.json").exists():
             raise RunError(
                 f"{directory} already holds a run; continue it with `{resume_command(directory)}` "
@@ -228,19 +281,28 @@ class Run:
         text = json.dumps(meta, indent=2) + "\n"
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            f = open(directory / "config.json", "x")
         except FileExistsError:
-            if not directory.is_dir():
-                raise RunError(f"{directory}: cannot make the run directory, a file has that name") from None
-            raise RunError(f"{directory} already holds a run: another process has just started one") from None
+            raise RunError(f"{directory}: cannot make the run directory, a file has that name") from None
         except OSError as error:
             raise RunError(f"{directory}: cannot create the run directory ({error})") from None
+        # written whole to a file of its own, then linked in place: a process stopped at any
+        # moment leaves config.json whole or absent, and link, like an exclusive create, fails
+        # where another process has made one
+        part = directory / f".config.json.{os.getpid()}.part"
         try:
-            with f:
-                f.write(text)
-        except OSError as error:
-            (directory / "config.json").unlink(missing_ok=True)
-            raise RunError(f"{directory}: cannot write config.json ({error})") from None
+            try:
+                part.write_text(text)
+            except OSError as error:
+                raise RunError(f"{directory}: cannot write config.json ({error})") from None
+            try:
+                os.link(part, directory / "config.json")
+            except FileExistsError:
+                raise RunError(f"{directory} already holds a run: another process has just started one") \
+                    from None
+            except OSError:  # a file system without hard links
+                _create_in_place(directory / "config.json", text)
+        finally:
+            part.unlink(missing_ok=True)
         return cls(directory)
 
     # -- metrics ------------------------------------------------------------------------

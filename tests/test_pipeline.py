@@ -526,6 +526,66 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
         assert np.array_equal(a, b)
 
 
+def test_a_checkpoint_leaves_whole_and_a_half_removed_one_is_not_listed(tmp_path, monkeypatch):
+    """A process killed while orbax deleted an old checkpoint file by file left a step folder
+    listed as complete for ever; ``fnn show`` beside a training run failed when a step went
+    while it was listed."""
+    _, state, _, _ = _problem()
+    at = lambda k: state._replace(step=jnp.array(k, jnp.int32))  # noqa: E731
+    ckpts = checkpoint.Checkpoints(tmp_path / "ckpts", keep=2)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", lambda *a, **k: None)  # keep what orbax removed
+    for k in (1, 2, 3):
+        ckpts.save(at(k))
+    assert ckpts.steps() == [2, 3] and sorted(os.listdir(tmp_path / "ckpts")) == ["2", "3", "deleted"]
+    assert (tmp_path / "ckpts" / "deleted" / "1" / "_CHECKPOINT_METADATA").is_file()  # moved whole
+    monkeypatch.undo()
+    ckpts.save(at(4))  # fnn deletes what orbax moved aside
+    assert sorted(os.listdir(tmp_path / "ckpts")) == ["3", "4"]
+    # what a removal stopped half-way left (before removals were renames): not a checkpoint
+    shutil.rmtree(tmp_path / "ckpts" / "3" / "state")
+    (tmp_path / "ckpts" / "3" / "_CHECKPOINT_METADATA").unlink()
+    assert ckpts.steps() == [4] and checkpoint.Checkpoints(tmp_path / "ckpts").steps() == [4]
+    ckpts.save(at(5))  # and orbax removes it with the next save, as the oldest
+    assert ckpts.steps() == [4, 5] and not (tmp_path / "ckpts" / "3").exists()
+    # a step removed while it was listed: listed again
+    reload, failures = ckpts._manager.reload, [FileNotFoundError(2, "No such file", "ckpts/3")] * 2
+
+    def racing():
+        if failures:
+            raise failures.pop()
+        reload()
+
+    monkeypatch.setattr(ckpts._manager, "reload", racing)
+    assert ckpts.steps() == [4, 5] and failures == []
+
+
+def test_config_json_is_whole_or_absent(tmp_path, monkeypatch):
+    """A process killed as it made a run left an empty config.json: `fnn run` said to resume it,
+    and `fnn resume` that it was not valid JSON."""
+
+    def killed(*args):
+        raise KeyboardInterrupt  # stands for the process ending between writing and linking
+
+    monkeypatch.setattr(runs.os, "link", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _new_run(tmp_path / "a")
+    assert os.listdir(tmp_path / "a") == []
+    monkeypatch.setattr(runs.os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "Operation not permitted")))
+    assert _new_run(tmp_path / "a").config == {"lr": 0.01}  # no hard links here: written in place
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path / "a")) == ["config.json"]
+    with pytest.raises(runs.RunError, match="already holds a run"):
+        _new_run(tmp_path / "a")
+    # what a run made by an older fnn and killed at that moment left
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text("")
+    with pytest.raises(runs.RunError, match=r"b holds nothing but an empty config.json \(a process stopped "
+                                            r"while making the run, before it began\); remove the directory"):
+        _new_run(tmp_path / "b")
+    with pytest.raises(runs.RunError, match=r"config.json is empty: the process writing it stopped"):
+        runs.Run(tmp_path / "b")
+
+
 def to_host(state):
     return jax.device_get(checkpoint.to_saved(state))
 
@@ -1019,6 +1079,10 @@ def test_a_run_another_process_trains_in_is_refused_and_left_as_it_was(tmp_path)
         with pytest.raises(runs.RunError, match=r"run is in use: another process is training in it.*"
                                                 r"continue with `fnn resume .*run`$"):
             pipeline.resume(str(directory), progress=False)
+        # a new run given its directory: it told the user to resume it, or to remove the directory
+        with pytest.raises(runs.RunError, match=r"run is in use: another process is training in it \(its "
+                                                r"config.json is locked\); choose another directory$"):
+            pipeline.start(xor, xor.config, str(directory), progress=False)
     finally:
         holder.kill()
         holder.wait()
