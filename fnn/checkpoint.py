@@ -344,6 +344,7 @@ class Checkpoints:
             )
         check_savable(state)
         try:
+            self._remove_incomplete(steps)
             self._manager.save(
                 step,
                 args=ocp.args.Composite(
@@ -360,6 +361,16 @@ class Checkpoints:
                 + (f"; the checkpoints of steps {steps} are kept as they were" if steps else "")
             ) from error
         return step
+
+    def _remove_incomplete(self, complete: list[int]) -> None:
+        """Delete the step folders that are not complete checkpoints (what a removal stopped
+        half-way left): orbax would count them against ``keep``, and skip saving their step."""
+        left = [s for s in self._manager.all_steps() if s not in complete]
+        if left and jax.process_index() == 0:
+            for s in left:
+                shutil.rmtree(os.path.join(self.directory, str(s)), ignore_errors=True)
+        if left:
+            self._manager.reload()
 
     def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
         """The checkpoint at ``step`` (default: the latest) as a state shaped like ``template``.

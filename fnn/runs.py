@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shlex
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -161,14 +162,27 @@ def _empty(path: Path) -> bool:
         return False
 
 
+def _lock(handle: Any, tries: int = 20) -> None:
+    """Lock ``handle``'s file exclusively, waiting out a moment's look by another process
+    (``_in_use``, 50 ms at most) but not a holder: ``BlockingIOError`` while it is held."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.0025)
+
+
 def _in_use(config: Path) -> bool:
     """Whether another process holds the run whose ``config.json`` this is (``Run.held``)."""
     if fcntl is None:
         return False
     try:
         with open(config, "rb") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:  # shared: this look never keeps out another look (Run.held waits out one)
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 return True
             fcntl.flock(handle, fcntl.LOCK_UN)
@@ -489,7 +503,7 @@ class Run:
             return
         with open(self.directory / "config.json", "rb") as handle:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock(handle)
             except BlockingIOError:
                 raise RunError(
                     f"{self.directory} is in use: another process is training in it (its "

@@ -463,12 +463,18 @@ class MetricsWindow:
                 "(float16) lower the loss scale"
             )
         skipped, scales = steps("skipped"), steps("loss_scale")
-        stuck = [i for i, (k, s) in enumerate(zip(skipped, scales)) if np.any((k > 0) & (s <= 1))]
+        lost = [np.asarray(~np.isfinite(loss)) for loss in losses] or [False] * len(skipped)
+        # stuck: a step skipped at scale 1 (a population's: when every member is stuck or lost)
+        stuck = [i for i, (k, s, x) in enumerate(zip(skipped, scales, lost))
+                 if (np.all(((k > 0) & (s <= 1)) | x) if self.population else np.any((k > 0) & (s <= 1)))]
         if stuck:
+            at = step - len(skipped) + 1 + stuck[0]
+            what = (f"at step {at} every member's float16 gradients overflowed at loss scale 1, the "
+                    "smallest, or its loss was not finite" if self.population else
+                    f"the gradients of step {at} overflowed float16 at loss scale 1, the smallest")
             raise FloatingPointError(
-                f"the gradients of step {step - len(skipped) + 1 + stuck[0]} overflowed float16 at loss "
-                "scale 1, the smallest, so the step was skipped and the scale cannot fall further; lower "
-                "the learning rate, check the data for outliers, or compute in bfloat16"
+                f"{what}, so the step was skipped and the scale cannot fall further; lower the learning "
+                "rate, check the data for outliers, or compute in bfloat16"
             )
 
     def to_json(self) -> list[dict[str, list]]:

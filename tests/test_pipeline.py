@@ -445,6 +445,15 @@ def test_a_population_trains_on_past_a_diverged_member_and_stops_when_every_memb
     with pytest.raises(FloatingPointError, match=r"loss became \[nan, nan, inf\] \(every member\) at step 4 "
                                                  r"\(the first non-finite one of the 2 steps up to step 4\)"):
         window.flush(4)
+    # float16: a member that diverged is stuck at loss scale 1, skipping its steps; the others go on
+    window = fnn.train.MetricsWindow(log_every=2, population=True)
+    lost = {"loss": jnp.array([0.5, jnp.nan]), "skipped": jnp.array([0, 1]), "loss_scale": jnp.array([2.0**15, 1])}
+    window.add(lost), window.add(lost)
+    assert window.flush(2)["loss_scale"][0] == 2.0**15
+    window.add({"loss": jnp.array([0.5, jnp.nan]), "skipped": jnp.array([1, 1]), "loss_scale": jnp.array([1.0, 1])})
+    with pytest.raises(FloatingPointError, match=r"^at step 3 every member's float16 gradients overflowed at loss "
+                                                 r"scale 1, the smallest, or its loss was not finite"):
+        window.flush(3)
     # a population's evaluation: a member whose loss is not finite has NaN metrics
     step = lambda state, batch: {"loss": jnp.array([0.5, jnp.nan]), "accuracy": jnp.array([0.75, 0.1])}
     got = fnn.evaluate(step, None, [(np.zeros((3, 2)), np.zeros(3))])
@@ -545,8 +554,12 @@ def test_a_checkpoint_leaves_whole_and_a_half_removed_one_is_not_listed(tmp_path
     shutil.rmtree(tmp_path / "ckpts" / "3" / "state")
     (tmp_path / "ckpts" / "3" / "_CHECKPOINT_METADATA").unlink()
     assert ckpts.steps() == [4] and checkpoint.Checkpoints(tmp_path / "ckpts").steps() == [4]
-    ckpts.save(at(5))  # and orbax removes it with the next save, as the oldest
-    assert ckpts.steps() == [4, 5] and not (tmp_path / "ckpts" / "3").exists()
+    ckpts.save(at(5))  # and the next save removes it: it counted against keep
+    assert ckpts.steps() == [4, 5] and sorted(os.listdir(tmp_path / "ckpts")) == ["4", "5"]
+    shutil.copytree(tmp_path / "ckpts" / "5", tmp_path / "ckpts" / "6")
+    (tmp_path / "ckpts" / "6" / "_CHECKPOINT_METADATA").unlink()
+    ckpts.save(at(6))  # such a folder at the step saved: orbax skipped the save, and said nothing
+    assert ckpts.steps() == [5, 6] and int(ckpts.restore(state)[0].step) == 6
     # a step removed while it was listed: listed again
     reload, failures = ckpts._manager.reload, [FileNotFoundError(2, "No such file", "ckpts/3")] * 2
 
@@ -556,7 +569,31 @@ def test_a_checkpoint_leaves_whole_and_a_half_removed_one_is_not_listed(tmp_path
         reload()
 
     monkeypatch.setattr(ckpts._manager, "reload", racing)
-    assert ckpts.steps() == [4, 5] and failures == []
+    assert ckpts.steps() == [5, 6] and failures == []
+
+
+def test_a_look_at_whether_a_run_is_in_use_never_keeps_its_trainer_out(tmp_path):
+    """`fnn run --dir D` looked at D's lock by taking it for a moment: a `fnn resume D` at that
+    moment was refused as in use (173 times in 3,000)."""
+    import threading
+
+    _new_run(tmp_path / "run").close()
+    stop = threading.Event()
+
+    def looks():  # `fnn run --dir run`, again and again
+        while not stop.is_set():
+            with pytest.raises(runs.RunError, match="already holds a run"):
+                _new_run(tmp_path / "run")
+
+    looker = threading.Thread(target=looks)
+    looker.start()
+    try:
+        for _ in range(1000):
+            with runs.Run(tmp_path / "run").held():
+                pass
+    finally:
+        stop.set()
+        looker.join()
 
 
 def test_config_json_is_whole_or_absent(tmp_path, monkeypatch):
