@@ -61,6 +61,7 @@ def initialize(
     process_id: int,
     *,
     local_device_ids: Sequence[int] | None = None,
+    timeout_s: int = 300,
 ) -> None:
     """Join a multi-process run: ``jax.distributed.initialize`` with CPU collectives
     through gloo (on GPUs and TPUs the platform's own are used).
@@ -72,7 +73,10 @@ def initialize(
 
         fnn.distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=1)
 
-    A process id outside ``range(num_processes)`` is refused before JAX is touched:
+    Each process waits up to ``timeout_s`` seconds for all to join (JAX's
+    ``initialization_timeout``), then fails; a process given another ``num_processes``
+    than process 0 was is refused once it has joined. A process id outside
+    ``range(num_processes)`` is refused before JAX is touched:
 
         >>> from fnn.distributed import initialize
         >>> initialize("localhost:1234", num_processes=2, process_id=2)
@@ -84,11 +88,19 @@ def initialize(
         raise ParallelError(f"initialize: num_processes must be a positive int, got {num_processes!r}")
     if not isinstance(process_id, int) or not 0 <= process_id < num_processes:
         raise ParallelError(f"initialize: process_id must be in [0, {num_processes}), got {process_id!r}")
+    if not isinstance(timeout_s, int) or isinstance(timeout_s, bool) or timeout_s < 1:
+        raise ParallelError(f"initialize: timeout_s must be a positive int, got {timeout_s!r}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address, num_processes=num_processes, process_id=process_id,
-        local_device_ids=local_device_ids,
+        local_device_ids=local_device_ids, initialization_timeout=timeout_s,
     )
+    if jax.process_count() != num_processes:  # the coordinator's count is the run's
+        raise ParallelError(
+            f"initialize: process {process_id} was given num_processes={num_processes}, but the run "
+            f"process 0 coordinates at {coordinator_address} has {jax.process_count()}; give every "
+            "process the same num_processes"
+        )
 
 
 def _check_same_everywhere(state: Any) -> None:
@@ -106,6 +118,15 @@ def _check_same_everywhere(state: Any) -> None:
         return zlib.crc32(np.ascontiguousarray(np.asarray(leaf)).tobytes())
 
     leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(state) if local(leaf)]
+    layout = [(path_str(path), np.shape(leaf), str(leaf.dtype)) for path, leaf in leaves]
+    seen = np.asarray(multihost_utils.process_allgather(  # the same length everywhere, unlike the sums
+        np.array([len(leaves), zlib.crc32(repr(layout).encode())], np.int64)))
+    if (seen != seen[0]).any():
+        each = ", ".join(f"process {i}: {int(n)} arrays" for i, (n, _) in enumerate(seen))
+        raise ParallelError(
+            f"put_state: the processes passed states of different structure or shapes ({each}); each "
+            "process must build the same model and optimizer from the same configuration"
+        )
     if not leaves:
         return
     sums = np.asarray(multihost_utils.process_allgather(np.array([checksum(leaf) for _, leaf in leaves],

@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -119,16 +120,22 @@ def _preemption_service() -> Any:
     return getattr(distributed.global_state, "preemption_sync_manager", None)
 
 
-def _check_processes_agree(total: int, start: int) -> None:
-    """A ``ValueError`` unless every process has as many batches and starts at the same step:
-    a process that ran out of batches first would leave the others waiting in a collective."""
+def _check_processes_agree(total: int, start: int, batch: Any = None) -> None:
+    """A ``ValueError`` unless every process has as many batches, starts at the same step,
+    and has batches of the same shapes (``batch``: its first): a process that ran out of
+    batches first would leave the others waiting in a collective, and rows of other counts
+    make a global batch whose loss no process computes."""
     from jax.experimental import multihost_utils
 
-    seen = np.asarray(multihost_utils.process_allgather(np.array([total, start], np.int64)))
+    leaves = jax.tree.leaves(batch)
+    layout = zlib.crc32(repr([(np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves]).encode())
+    rows = np.shape(leaves[0])[0] if leaves and np.ndim(leaves[0]) else 0
+    seen = np.asarray(multihost_utils.process_allgather(np.array([total, start, layout, rows], np.int64)))
     if (seen != seen[0]).any():
-        each = ", ".join(f"process {i}: {int(n)} batches from step {int(s)}" for i, (n, s) in enumerate(seen))
-        raise ValueError(f"train_loop: the processes must have as many batches and start at the same "
-                         f"step; {each}")
+        each = ", ".join(f"process {i}: {int(n)} batches of {int(r)} rows from step {int(s)}"
+                         for i, (n, s, _, r) in enumerate(seen))
+        raise ValueError(f"train_loop: the processes must have as many batches, of the same shapes (each "
+                         f"its own rows of the global batch), and start at the same step; {each}")
 
 
 def _progress(enabled: bool):
@@ -271,7 +278,7 @@ def train_loop(
         raise ValueError(f"train_loop: the state is at step {start} but the data hold only {total} batches")
     processes = jax.process_count()
     if processes > 1:
-        _check_processes_agree(total, start)
+        _check_processes_agree(total, start, data[start] if start < total else None)
     # (another process may be rewinding the records: what is past the start is not this run's)
     history = [r for r in run.records() if r["step"] <= start] if run is not None else []
 

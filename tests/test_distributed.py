@@ -83,6 +83,21 @@ def test_two_processes_agree_on_their_state_their_data_and_when_to_stop(tmp_path
         assert "agreed" in finish(process)
 
 
+def test_a_process_given_another_number_of_processes_is_refused(tmp_path):
+    """It joined the run process 0 coordinates and trained in it, believing in a third process."""
+    port = free_port()
+    code = ("import sys, fnn\n"
+            "fnn.distributed.initialize(f'localhost:{sys.argv[1]}', int(sys.argv[2]), int(sys.argv[3]), timeout_s=60)\n"
+            "print('joined', flush=True)")
+    first = python("-c", code, str(port), "2", "0")
+    second = python("-c", code, str(port), "3", "1")
+    assert "joined" in finish(first)
+    out, _ = second.communicate(timeout=120)
+    assert second.returncode == 1 and "joined" not in out
+    assert ("ParallelError: initialize: process 1 was given num_processes=3, but the run process 0 "
+            f"coordinates at localhost:{port} has 2; give every process the same num_processes") in out
+
+
 def test_on_one_device_the_layout_changes_nothing():
     parallel = DataParallel.over(fsdp=True, min_size=0)
     step = fnn.make_train_step(common.MODEL, common.OPTIMIZER, common.LOSS, parallel=parallel)
@@ -102,6 +117,8 @@ def test_bad_layouts_are_refused():
         DataParallel(mesh, min_size=-1)
     with pytest.raises(ParallelError, match="process_id must be in \\[0, 2\\), got 2"):
         fnn.distributed.initialize("localhost:1", 2, 2)
+    with pytest.raises(ParallelError, match="timeout_s must be a positive int, got 0"):
+        fnn.distributed.initialize("localhost:1", 2, 1, timeout_s=0)
     with pytest.raises(ValueError, match="population=True and parallel= cannot be combined"):
         fnn.make_train_step(common.MODEL, common.OPTIMIZER, common.LOSS, population=True,
                             parallel=DataParallel(mesh))

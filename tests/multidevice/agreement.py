@@ -1,7 +1,8 @@
 """One process of a two-process run whose processes must agree (``jax.distributed`` on CPU).
 
 ``python -m tests.multidevice.agreement PROCESS_ID PORT OUT``: checks that states made from
-different seeds and data of different lengths are refused by name on every process, then
+different seeds or of other structures, and data of different lengths or shapes, are
+refused by name on every process, then
 trains in one run directory, where process 0 alone receives SIGTERM after step 2: both
 processes must stop after the same step with one checkpoint, and the records be written
 once. Prints ``agreed`` at the end.
@@ -34,12 +35,12 @@ def state(seed: int = 0):
 class Data:
     """This process's half of each global batch."""
 
-    def __init__(self, steps: int):
+    def __init__(self, steps: int, whole: bool = False):
         rng = np.random.default_rng(0)
         self.x = rng.normal(size=(steps, BATCH, 5)).astype(np.float32)
         self.y = rng.integers(0, 3, size=(steps, BATCH)).astype(np.int32)
         half, me = BATCH // 2, jax.process_index()
-        self.rows = slice(me * half, (me + 1) * half)
+        self.rows = slice(None) if whole else slice(me * half, (me + 1) * half)
 
     def __len__(self):
         return len(self.x)
@@ -61,7 +62,21 @@ def main(process_id: int, port: int, out: str) -> None:
         train_loop(step, parallel.put_state(state()), Data(6 - 3 * process_id), progress=False, parallel=parallel)
         raise AssertionError("different lengths were accepted")
     except ValueError as error:
-        assert "process 0: 6 batches from step 0, process 1: 3 batches from step 0" in str(error), error
+        assert "process 0: 6 batches of 2 rows from step 0, process 1: 3 batches of 2 rows from step 0" \
+            in str(error), error
+    try:  # process 1 passes the whole batch: the logged loss was no process's
+        train_loop(step, parallel.put_state(state()), Data(6, whole=process_id == 1), progress=False,
+                   parallel=parallel)
+        raise AssertionError("batches of other shapes were accepted")
+    except ValueError as error:
+        assert "process 0: 6 batches of 2 rows from step 0, process 1: 6 batches of 4 rows" in str(error), error
+    try:  # process 1 built a deeper model: the checksums' allgather aborted both in C++
+        deeper = fnn.serial(fnn.Dense(8), fnn.relu, fnn.Dense(8), fnn.relu, fnn.Dense(3))
+        parallel.put_state(fnn.init_train_state(deeper if process_id else MODEL, OPTIMIZER, jax.random.key(0),
+                                                jax.ShapeDtypeStruct((BATCH, 5), np.float32)))
+        raise AssertionError("states of other structures were accepted")
+    except ParallelError as error:
+        assert "different structure or shapes (process 0: 15 arrays, process 1: 21 arrays)" in str(error), error
 
     directory = os.path.join(out, "run")
     run = Run.create(directory, "agreement", {}) if process_id == 0 else None
