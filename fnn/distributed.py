@@ -29,6 +29,7 @@ platform's own collectives.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import zlib
 from collections.abc import Sequence
@@ -90,6 +91,8 @@ def initialize(
         raise ParallelError(f"initialize: process_id must be in [0, {num_processes}), got {process_id!r}")
     if not isinstance(timeout_s, int) or isinstance(timeout_s, bool) or timeout_s < 1:
         raise ParallelError(f"initialize: timeout_s must be a positive int, got {timeout_s!r}")
+    if process_id == 0:
+        _check_port_free(coordinator_address)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address, num_processes=num_processes, process_id=process_id,
@@ -101,6 +104,33 @@ def initialize(
             f"process 0 coordinates at {coordinator_address} has {jax.process_count()}; give every "
             "process the same num_processes"
         )
+
+
+def _check_port_free(coordinator_address: str) -> None:
+    """A ``ParallelError`` when the coordinator's port is taken on this host. JAX's
+    coordinator binds it with ``SO_REUSEPORT``: beside another coordinator it starts without
+    a word (and the older run is aborted), and beside another program its error never says
+    the port is in use, while the other processes wait on that program."""
+    import socket
+
+    port = coordinator_address.rpartition(":")[2]
+    if not port.isdigit():
+        raise ParallelError(f"initialize: coordinator_address must be host:port, got {coordinator_address!r}")
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 here
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed run's TIME_WAIT is free
+            try:
+                probe.bind((host, int(port)))
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise ParallelError(
+                        f"initialize: port {port} of {coordinator_address} is in use on this host (another "
+                        "run's coordinator, or another program); choose a free port for process 0"
+                    ) from None
 
 
 def _check_same_everywhere(state: Any) -> None:

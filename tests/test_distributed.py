@@ -119,6 +119,14 @@ def test_bad_layouts_are_refused():
         fnn.distributed.initialize("localhost:1", 2, 2)
     with pytest.raises(ParallelError, match="timeout_s must be a positive int, got 0"):
         fnn.distributed.initialize("localhost:1", 2, 1, timeout_s=0)
+    with pytest.raises(ParallelError, match="coordinator_address must be host:port, got 'localhost'"):
+        fnn.distributed.initialize("localhost", 2, 0)
+    with socket.socket() as taken:  # JAX's coordinator started beside it, and never said why it failed
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ParallelError, match=f"port {port} of localhost:{port} is in use on this host"):
+            fnn.distributed.initialize(f"localhost:{port}", 2, 0)
     with pytest.raises(ValueError, match="population=True and parallel= cannot be combined"):
         fnn.make_train_step(common.MODEL, common.OPTIMIZER, common.LOSS, population=True,
                             parallel=DataParallel(mesh))
