@@ -28,11 +28,15 @@ platform's own collectives.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import math
+import os
+import sys
+import traceback
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -104,6 +108,38 @@ def initialize(
             f"process 0 coordinates at {coordinator_address} has {jax.process_count()}; give every "
             "process the same num_processes"
         )
+
+
+@contextlib.contextmanager
+def fail_fast() -> Iterator[None]:
+    """In a run of several processes, end this process at once (exit status 1, after
+    printing the error) when the block raises: the others then fail in their next
+    collective within seconds and, each in its own ``fail_fast``, end too.
+
+    Without it, a process whose own code raises (its data, its model) does not die: at exit
+    JAX's shutdown waits for the others, which wait for it in their collective, until
+    JAX's shutdown timeout (300 s) aborts them all. Wrap each process's training in it::
+
+        with fnn.distributed.fail_fast():
+            state, history = fnn.loop.train_loop(step, state, data, run=run, parallel=parallel)
+
+    A polite stop (``fnn.loop.Interrupted``: a SIGTERM stops every process after the same
+    step) and ``SystemExit(0)`` pass through, as does everything in a single process.
+    """
+    try:
+        yield
+    except BaseException as error:
+        from fnn.loop import Interrupted
+
+        polite = isinstance(error, Interrupted) or (isinstance(error, SystemExit) and not error.code)
+        if polite or jax.process_count() == 1:
+            raise
+        traceback.print_exc()
+        print(f"fnn: process {jax.process_index()} of {jax.process_count()} failed; ending it now, so "
+              "that the other processes stop too", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _check_port_free(coordinator_address: str) -> None:

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -81,6 +82,20 @@ def test_two_processes_agree_on_their_state_their_data_and_when_to_stop(tmp_path
     processes = [python("-m", "tests.multidevice.agreement", str(i), str(port), str(tmp_path)) for i in (0, 1)]
     for process in processes:
         assert "agreed" in finish(process)
+
+
+def test_a_process_whose_code_raises_ends_the_run_at_once_with_fail_fast():
+    """Process 1's data raised mid-training: it waited at exit for process 0, which waited for
+    it in a collective, until JAX's shutdown timeout aborted both 5 minutes later."""
+    port = free_port()
+    began = time.monotonic()
+    processes = [python("-m", "tests.multidevice.failfast", str(i), str(port)) for i in (0, 1)]
+    outs = [process.communicate(timeout=150)[0] for process in processes]
+    assert time.monotonic() - began < 120, outs  # the first collective after the failure ends it
+    for i, (process, out) in enumerate(zip(processes, outs)):
+        assert process.returncode == 1 and "trained to the end" not in out, out[-3000:]
+        assert f"fnn: process {i} of 2 failed; ending it now, so that the other processes stop too" in out
+    assert "RuntimeError: process 1's data cannot read batch 3" in outs[1]
 
 
 def test_a_process_given_another_number_of_processes_is_refused(tmp_path):
