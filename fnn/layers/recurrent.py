@@ -433,11 +433,17 @@ class Recurrent(Layer):
 
 
 def _masked_step(carry, new_carry, y_t, m_t):
-    """Padding (``m_t`` false): the carry as it was and a zero output."""
+    """Padding (``m_t`` false): the carry as it was and a zero output. The mask is laid
+    along the leading (batch) axis of each piece, whatever its rank: a user's cell may
+    carry a ``[batch]`` counter or a ``[batch, n, n]`` matrix beside its state."""
     if m_t is None:
         return new_carry, y_t
-    keep = m_t[:, None]
-    return jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry), jnp.where(keep, y_t, 0)
+
+    def keep(x):
+        return m_t.reshape(m_t.shape + (1,) * (jnp.ndim(x) - 1))
+
+    carry = jax.tree.map(lambda new, old: jnp.where(keep(new), new, old), new_carry, carry)
+    return carry, jnp.where(keep(y_t), y_t, 0)
 
 
 def _scan(cell, reverse, unroll, remat, params, carry, xs, mask, save=False):

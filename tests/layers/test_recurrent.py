@@ -384,9 +384,42 @@ def test_reverse_equals_forward_on_the_flipped_sequence():
     np.testing.assert_allclose(backward, forward_on_flipped[:, ::-1], rtol=1e-6)
 
 
+class FastWeights(fnn.Cell):
+    """A user's cell whose carry holds a ``[batch, hidden, hidden]`` matrix beside its state."""
+
+    def initial_carry(self, batch_shape, dtype=jnp.float32):
+        return (jnp.zeros((*batch_shape, self.hidden), dtype),
+                jnp.zeros((*batch_shape, self.hidden, self.hidden), dtype))
+
+    def hidden_input(self, carry):
+        return carry[0]
+
+    def recur(self, params, carry, projected):
+        h, a = carry
+        h = jnp.tanh(projected + self._hidden(params, h, projected.dtype) + jnp.einsum("bij,bj->bi", a, h))
+        return (h, 0.5 * a + jnp.einsum("bi,bj->bij", h, h)), h
+
+
+class Counter(fnn.Cell):
+    """A user's cell whose carry holds a ``[batch]`` count of the steps taken."""
+
+    def initial_carry(self, batch_shape, dtype=jnp.float32):
+        return jnp.zeros((*batch_shape, self.hidden), dtype), jnp.zeros(batch_shape, dtype)
+
+    def hidden_input(self, carry):
+        return carry[0]
+
+    def recur(self, params, carry, projected):
+        h = jnp.tanh(projected + self._hidden(params, carry[0], projected.dtype))
+        return (h, carry[1] + 1), h
+
+
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("cell", [fnn.SimpleRNN(H), fnn.LSTM(H), fnn.GRU(H)], ids=["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", [fnn.SimpleRNN(H), fnn.LSTM(H), fnn.GRU(H), FastWeights(B), Counter(H)],
+                         ids=["rnn", "lstm", "gru", "matrix-carry", "count-carry"])
 def test_padding_changes_nothing_at_real_steps(cell, reverse):
+    """A user's carry of another rank than [batch, features] was masked along the wrong axis
+    (hidden == batch: silently wrong, even in a row without padding) or failed in scan."""
     rnn = fnn.Recurrent(cell, reverse=reverse)
     lengths = np.array([6, 2, 4])
     x = sequence()
