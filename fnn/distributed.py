@@ -169,11 +169,18 @@ def _check_port_free(coordinator_address: str) -> None:
                     ) from None
 
 
+def gather_ints(values: Sequence[int]) -> np.ndarray:
+    """Every process's ``values`` (the same count on each), one row per process, in process
+    order: ``int64[processes, len(values)]``. For checks that the processes agree."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.array(values, np.int64))).reshape(-1, len(values))
+
+
 def _check_same_everywhere(state: Any) -> None:
     """A ``ParallelError`` naming the first leaf of ``state`` whose value differs between the
     processes (compared by a checksum of each process's own values): replicated parameters
     made from different seeds would train apart without a word."""
-    from jax.experimental import multihost_utils
 
     def local(leaf: Any) -> bool:
         return not (isinstance(leaf, jax.Array) and not leaf.is_fully_addressable)
@@ -185,8 +192,7 @@ def _check_same_everywhere(state: Any) -> None:
 
     leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(state) if local(leaf)]
     layout = [(path_str(path), np.shape(leaf), str(leaf.dtype)) for path, leaf in leaves]
-    seen = np.asarray(multihost_utils.process_allgather(  # the same length everywhere, unlike the sums
-        np.array([len(leaves), zlib.crc32(repr(layout).encode())], np.int64)))
+    seen = gather_ints([len(leaves), zlib.crc32(repr(layout).encode())])  # the same count everywhere
     if (seen != seen[0]).any():
         each = ", ".join(f"process {i}: {int(n)} arrays" for i, (n, _) in enumerate(seen))
         raise ParallelError(
@@ -195,8 +201,7 @@ def _check_same_everywhere(state: Any) -> None:
         )
     if not leaves:
         return
-    sums = np.asarray(multihost_utils.process_allgather(np.array([checksum(leaf) for _, leaf in leaves],
-                                                                 np.int64)))
+    sums = gather_ints([checksum(leaf) for _, leaf in leaves])
     differs = (sums != sums[0]).any(axis=0)
     if differs.any():
         path = path_str(leaves[int(np.argmax(differs))][0])

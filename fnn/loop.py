@@ -31,6 +31,7 @@ import numpy as np
 
 from fnn.checkpoint import check_savable
 from fnn.data import Prefetch
+from fnn.distributed import gather_ints
 from fnn.runs import resume_command
 from fnn.train import Batch, MetricsWindow, TrainState, step_of
 
@@ -125,12 +126,10 @@ def _check_processes_agree(total: int, start: int, batch: Any = None) -> None:
     and has batches of the same shapes (``batch``: its first): a process that ran out of
     batches first would leave the others waiting in a collective, and rows of other counts
     make a global batch whose loss no process computes."""
-    from jax.experimental import multihost_utils
-
     leaves = jax.tree.leaves(batch)
     layout = zlib.crc32(repr([(np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves]).encode())
     rows = np.shape(leaves[0])[0] if leaves and np.ndim(leaves[0]) else 0
-    seen = np.asarray(multihost_utils.process_allgather(np.array([total, start, layout, rows], np.int64)))
+    seen = gather_ints([total, start, layout, rows])
     if (seen != seen[0]).any():
         each = ", ".join(f"process {i}: {int(n)} batches of {int(r)} rows from step {int(s)}"
                          for i, (n, s, _, r) in enumerate(seen))

@@ -139,12 +139,17 @@ def read_json(path: Path) -> Any:
         raise RunError(f"{path} cannot be read ({error.strerror or error})") from None
 
 
+def _just_started(directory: Path) -> str:
+    """What ``Run.create`` says when another process made ``config.json`` first."""
+    return f"{directory} already holds a run: another process has just started one"
+
+
 def _create_in_place(path: Path, text: str) -> None:
     """Create ``path`` exclusively and write ``text`` in it, removing it if that fails."""
     try:
         f = open(path, "x")
     except FileExistsError:
-        raise RunError(f"{path.parent} already holds a run: another process has just started one") from None
+        raise RunError(_just_started(path.parent)) from None
     except OSError as error:
         raise RunError(f"{path.parent}: cannot create config.json ({error})") from None
     try:
@@ -311,8 +316,7 @@ class Run:
             try:
                 os.link(part, directory / "config.json")
             except FileExistsError:
-                raise RunError(f"{directory} already holds a run: another process has just started one") \
-                    from None
+                raise RunError(_just_started(directory)) from None
             except OSError:  # a file system without hard links
                 _create_in_place(directory / "config.json", text)
         finally:
