@@ -253,7 +253,7 @@ def featurize(audio: np.ndarray, lengths: np.ndarray, sample_rate: int, front_en
     batches; returns ``(features float32[n, frames, n_mels], frame_mask bool[n, frames])``.
 
     Raises ``ValueError`` if ``sample_rate`` is not the front end's, or naming the first
-    utterance too short for one frame.
+    utterance too short for one frame or with a NaN or infinite sample.
 
     Example:
         >>> import numpy as np
@@ -279,6 +279,13 @@ def featurize(audio: np.ndarray, lengths: np.ndarray, sample_rate: int, front_en
         i = int(beyond[0])
         raise ValueError(f"featurize: utterance {i} claims {int(lengths[i])} samples but its row holds "
                          f"{audio.shape[1]}; {beyond.size} length(s) exceed the padded audio")
+    mask = np.arange(audio.shape[1]) < lengths[:, None]
+    bad = np.flatnonzero((mask & ~np.isfinite(audio)).any(1))
+    if bad.size:
+        i = int(bad[0])
+        j = int(np.flatnonzero(~np.isfinite(audio[i, : lengths[i]]))[0])
+        raise ValueError(f"featurize: utterance {i} has a NaN or infinite sample ({audio[i, j]} at sample "
+                         f"{j}); {bad.size} utterance(s) have one")
     short = np.flatnonzero(front_end.frames(lengths) == 0)
     if short.size:
         i = int(short[0])
@@ -287,7 +294,6 @@ def featurize(audio: np.ndarray, lengths: np.ndarray, sample_rate: int, front_en
             f"({front_end.win_length}); {short.size} utterance(s) are that short"
         )
     apply = jax.jit(lambda a, m: front_end({}, (a, m)))
-    mask = np.arange(audio.shape[1]) < lengths[:, None]
     outputs = [
         apply(audio[i : i + batch_size], mask[i : i + batch_size]) for i in range(0, len(audio), batch_size)
     ]

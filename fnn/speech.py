@@ -24,6 +24,7 @@ import ctypes
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -200,11 +201,12 @@ def resample(audio: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
         >>> resample(np.zeros(22050, np.float32), 22050, 16000).shape      # one second
         (16000,)
     """
-    from math import gcd
-
     from scipy.signal import resample_poly
 
-    g = gcd(rate, new_rate)
+    for name, value in (("rate", rate), ("new_rate", new_rate)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise SpeechError(f"resample: {name} must be a positive int of samples per second, got {value!r}")
+    g = math.gcd(rate, new_rate)
     return resample_poly(audio, new_rate // g, rate // g).astype(np.float32)
 
 
@@ -223,6 +225,8 @@ def add_noise(audio: np.ndarray, snr_db: float | None, rng: np.random.Generator)
     """
     if snr_db is None:
         return audio
+    if not math.isfinite(snr_db):
+        raise SpeechError(f"snr_db must be a finite number of decibels or None (clean), got {snr_db}")
     power = float(np.mean(audio**2))
     noise = rng.standard_normal(audio.shape).astype(np.float32)
     return audio + noise * np.float32(np.sqrt(power / 10 ** (snr_db / 10)))
@@ -313,10 +317,15 @@ class SpeechSpec:
                     or (high_bound is not None and pair[1] > high_bound)):
                 where = f"[{low_bound}, {high_bound}]" if high_bound is not None else f">= {low_bound}"
                 raise SpeechError(f"{name} must be a range (low, high) with low <= high, {where}, got {pair}")
-        if not self.max_shift >= 0:
-            raise SpeechError(f"max_shift must be >= 0 seconds, got {self.max_shift}")
+        if self.task == "commands" and not all(isinstance(w, str) and w.strip() for w in self.words):
+            raise SpeechError(f"every word must be a non-empty string, got {self.words}")
+        if not 0 <= self.max_shift < math.inf:
+            raise SpeechError(f"max_shift must be a finite number of seconds >= 0, got {self.max_shift}")
         if not self.snr_db:
             raise SpeechError("snr_db needs at least one noise level (None is clean)")
+        if not all(snr is None or math.isfinite(snr) for snr in self.snr_db):
+            raise SpeechError(
+                f"every snr_db must be a finite number of decibels or None (clean), got {self.snr_db}")
 
     def key(self) -> str:
         """A short hash of the spec and the synthesiser's version: the cache file's name."""
@@ -439,8 +448,11 @@ def default_cache_dir() -> Path:
     return data.cache_dir("speech")
 
 
-def save(utterances: Utterances, path: Path) -> None:
-    """Write ``utterances`` to ``path`` (.npz) atomically, with a SHA-256 of the arrays inside.
+def save(utterances: Utterances, path: Path, key: str | None = None) -> None:
+    """Write ``utterances`` to ``path`` (.npz) atomically, with a SHA-256 of the arrays inside
+    and ``key`` (:meth:`SpeechSpec.key`, when given) to say which dataset it holds.
+
+    A write that fails leaves nothing behind: not the file, nor a part of it.
 
     Example:
         >>> import pathlib, tempfile, numpy as np
@@ -454,16 +466,23 @@ def save(utterances: Utterances, path: Path) -> None:
     """
     arrays = {"audio": utterances.audio, "offsets": utterances.offsets}
     meta = {"transcripts": list(utterances.transcripts), "voices": list(utterances.voices),
-            "sample_rate": utterances.sample_rate, "sha256": _digest(arrays)}
+            "sample_rate": utterances.sample_rate, "sha256": _digest(arrays), "key": key}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-    os.replace(f.name, path)
+    f = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with f:
+            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+        os.replace(f.name, path)
+    except BaseException:
+        Path(f.name).unlink(missing_ok=True)
+        raise
 
 
-def load(path: Path) -> Utterances:
-    """Read a file written by :func:`save`; raises :class:`SpeechError` if it is unreadable or
-    its arrays do not match their checksum.
+def load(path: Path, key: str | None = None) -> Utterances:
+    """Read a file written by :func:`save`; raises :class:`SpeechError` if it is unreadable,
+    its arrays do not match their checksum, do not fit together (float32 audio, offsets that
+    rise from 0 to its end, one per transcript and voice), or, given ``key``, it holds another
+    dataset than the spec of that key (another key, or a rate other than ``SAMPLE_RATE``).
 
     Example:
         A round trip is :func:`save`'s example; a file that is not one is refused:
@@ -477,15 +496,46 @@ def load(path: Path) -> Utterances:
         fnn.speech.SpeechError: speech cache .../bad.npz is unreadable: ...
     """
     try:
-        with np.load(path) as f:
+        with open(path, "rb") as file, np.load(file) as f:
             meta = json.loads(f["meta"].tobytes().decode())
             arrays = {"audio": f["audio"], "offsets": f["offsets"]}
     except Exception as error:
         raise SpeechError(f"speech cache {path} is unreadable: {error}") from error
-    if _digest(arrays) != meta.get("sha256"):
-        raise SpeechError(f"speech cache {path} is corrupt: its arrays do not match their checksum")
+    problem = _problem(meta, arrays, key)
+    if problem:
+        raise SpeechError(f"speech cache {path} {problem}")
     return Utterances(arrays["audio"], arrays["offsets"], tuple(meta["transcripts"]), tuple(meta["voices"]),
-                      int(meta["sample_rate"]))
+                      meta["sample_rate"])
+
+
+def _problem(meta: Any, arrays: dict[str, np.ndarray], key: str | None) -> str | None:
+    """What is wrong with a cache file's contents, or None."""
+    if not isinstance(meta, dict):
+        return f"is corrupt: its metadata is a {type(meta).__name__}, not an object"
+    for name in ("transcripts", "voices"):
+        names = meta.get(name)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return f"is corrupt: its metadata has no list of {name}"
+    rate = meta.get("sample_rate")
+    if not isinstance(rate, int) or isinstance(rate, bool) or rate < 1:
+        return f"is corrupt: its sample rate is {rate!r}"
+    if _digest(arrays) != meta.get("sha256"):
+        return "is corrupt: its arrays do not match their checksum"
+    audio, offsets = arrays["audio"], arrays["offsets"]
+    n = len(meta["transcripts"])
+    if audio.dtype != np.float32 or audio.ndim != 1:
+        return f"is corrupt: its audio is {audio.dtype}{list(audio.shape)}, not float32[samples]"
+    if (not np.issubdtype(offsets.dtype, np.integer) or offsets.shape != (n + 1,) or len(meta["voices"]) != n
+            or offsets[0] != 0 or offsets[-1] != len(audio) or (np.diff(offsets) < 0).any()):
+        return (f"is corrupt: its {n} transcripts, {len(meta['voices'])} voices and offsets "
+                f"{offsets.dtype}{list(offsets.shape)} do not divide its {len(audio)} samples")
+    if key is not None and meta.get("key") != key:
+        held = meta.get("key")
+        return (f"holds another dataset (spec key {held!r}, not {key!r})" if held is not None
+                else "was written without its spec's key (by an older fnn)")
+    if key is not None and rate != SAMPLE_RATE:
+        return f"holds audio at {rate} Hz, not fnn's {SAMPLE_RATE} Hz"
+    return None
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
@@ -500,8 +550,9 @@ def dataset(spec: SpeechSpec, cache_dir: str | Path | None = "default") -> Utter
     """The utterances of ``spec``, from the cache when it holds them, else synthesised and cached.
 
     ``cache_dir``: a directory, ``"default"`` (:func:`default_cache_dir`) or ``None`` (no cache).
-    A cache file that cannot be read or fails its checksum is reported with a warning and
-    made again.
+    A cache file that cannot be read, fails its checksum or holds another dataset is reported
+    with a warning and made again. A cache that cannot be written (a full disk, a read-only
+    folder) is reported with a warning, and the synthesised data are returned all the same.
 
     Example:
         >>> import os, tempfile, numpy as np
@@ -517,14 +568,20 @@ def dataset(spec: SpeechSpec, cache_dir: str | Path | None = "default") -> Utter
     if cache_dir is None:
         return synthesize(spec)
     directory = default_cache_dir() if cache_dir == "default" else Path(cache_dir)
-    path = directory / f"{spec.task}-{spec.key()}.npz"
+    key = spec.key()
+    path = directory / f"{spec.task}-{key}.npz"
     if path.exists():
         try:
-            return load(path)
+            return load(path, key)
         except SpeechError as error:
             warnings.warn(f"{error}; synthesising it again", stacklevel=2)
     utterances = synthesize(spec)
-    save(utterances, path)
+    try:
+        save(utterances, path, key)
+    except OSError as error:  # a full disk, a read-only cache, a file where its folder should be
+        warnings.warn(f"the speech cache {path} could not be written ({error}); going on without it. "
+                      f"Point FNN_CACHE at a writable folder, or turn the cache off (cache_dir=None; "
+                      f"data.cache=none in an experiment)", stacklevel=2)
     return utterances
 
 

@@ -65,6 +65,16 @@ def test_noise_is_added_at_the_requested_snr():
         measured = 10 * np.log10(np.mean(signal**2) / np.mean((noisy - signal) ** 2))
         assert measured == pytest.approx(snr, abs=0.2)
     assert speech.add_noise(signal, None, rng) is signal
+    for snr in (float("nan"), float("-inf"), float("inf")):
+        with pytest.raises(speech.SpeechError, match=f"snr_db must be a finite number of decibels .* got {snr}"):
+            speech.add_noise(signal, snr, rng)
+
+
+def test_resample_refuses_rates_that_are_not_positive_ints():
+    assert speech.resample(np.zeros(22050, np.float32), 22050, 16000).shape == (16000,)
+    for rates, name in (((0, 16000), "rate"), ((22050, -1), "new_rate"), ((22050.5, 16000), "rate")):
+        with pytest.raises(speech.SpeechError, match=f"resample: {name} must be a positive int"):
+            speech.resample(np.zeros(100, np.float32), *rates)
 
 
 def test_the_cache_is_reused_and_a_corrupt_file_is_made_again(tmp_path, monkeypatch):
@@ -100,6 +110,87 @@ def test_the_cache_is_reused_and_a_corrupt_file_is_made_again(tmp_path, monkeypa
         speech.dataset(TINY, tmp_path)
 
 
+def _rewrite(path, meta, arrays):
+    """Write a cache file by hand: ``save``'s format with the given metadata and arrays."""
+    import io
+    import json
+
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    path.write_bytes(buffer.getvalue())
+
+
+def test_a_cache_file_that_holds_other_data_is_made_again(tmp_path):
+    first = speech.dataset(TINY, tmp_path)
+    (path,) = tmp_path.glob("commands-*.npz")
+    other = speech.SpeechSpec(**{**TINY.__dict__, "words": ("no",)})
+    other_data = speech.dataset(other, tmp_path)
+    (other_path,) = set(tmp_path.glob("commands-*.npz")) - {path}
+    u, key = first, TINY.key()
+
+    def whole(audio=u.audio, offsets=u.offsets, transcripts=u.transcripts, voices=u.voices, rate=16000,
+              key=key):
+        arrays = {"audio": audio, "offsets": offsets}
+        meta = {"transcripts": list(transcripts), "voices": list(voices), "sample_rate": rate,
+                "sha256": speech._digest(arrays), "key": key}
+        return meta, arrays
+
+    def other_entry():
+        path.write_bytes(other_path.read_bytes())  # another spec's file copied to this name
+
+    cases = {
+        rf"holds another dataset \(spec key '{other.key()}', not '{key}'\)": other_entry,
+        r"its audio is float64\[\d+\], not float32\[samples\]": lambda: speech.save(
+            speech.Utterances(u.audio.astype(np.float64), u.offsets, u.transcripts, u.voices, 16000), path,
+            TINY.key()),
+        "its 8 transcripts, 8 voices and offsets int64\\[4\\] do not divide": lambda: _rewrite(
+            path, *whole(offsets=u.offsets[:4])),
+        "offsets .* do not divide its 100 samples": lambda: _rewrite(path, *whole(audio=u.audio[:100])),
+        "8 transcripts, 7 voices": lambda: _rewrite(path, *whole(voices=u.voices[:7])),
+        "holds audio at 8000 Hz, not fnn's 16000 Hz": lambda: _rewrite(path, *whole(rate=8000)),
+        "its metadata is a list, not an object": lambda: _rewrite(path, [1, 2], whole()[1]),
+        "its metadata has no list of transcripts": lambda: _rewrite(
+            path, {k: v for k, v in whole()[0].items() if k != "transcripts"}, whole()[1]),
+        "its sample rate is '16000'": lambda: _rewrite(path, *whole(rate="16000")),
+        r"written without its spec's key \(by an older fnn\)": lambda: _rewrite(path, *whole(key=None)),
+        "unreadable: 'meta is not a file in the archive'": lambda: np.savez(path, audio=u.audio, offsets=u.offsets),
+    }
+    for message, damage in cases.items():
+        damage()
+        with pytest.raises(speech.SpeechError, match=message):
+            speech.load(path, TINY.key())
+        with pytest.warns(UserWarning, match=message + ".*synthesising it again"):
+            remade = speech.dataset(TINY, tmp_path)
+        assert remade.transcripts == first.transcripts and remade.voices == first.voices, message
+        np.testing.assert_array_equal(remade.audio, first.audio)
+        assert remade.audio.dtype == np.float32
+        speech.load(path, TINY.key())  # the file is whole again
+    assert speech.dataset(other, tmp_path).transcripts == other_data.transcripts  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, other_path.name])
+
+
+def test_a_cache_that_cannot_be_written_is_passed_by(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder should be")
+    with pytest.warns(UserWarning, match=r"speech cache .*file/commands-\w+\.npz could not be written "
+                                         r"\(\[Errno 17\] File exists.*data\.cache=none"):
+        made = speech.dataset(TINY, blocked)
+    assert made.transcripts == TINY.words * 4 and blocked.read_text().startswith("a file")
+
+    def full_disk(file, **arrays):
+        file.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError, match="No space left"):  # save itself raises, and leaves nothing
+        speech.save(made, tmp_path / "cache" / "u.npz")
+    assert list((tmp_path / "cache").iterdir()) == []
+    with pytest.warns(UserWarning, match="could not be written .*No space left on device"):
+        again = speech.dataset(TINY, tmp_path / "cache")
+    np.testing.assert_array_equal(again.audio, made.audio)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_another_spec_gets_another_cache_file():
     other = speech.SpeechSpec(**{**TINY.__dict__, "seed": 4})
     assert other.key() != TINY.key()
@@ -115,8 +206,12 @@ def test_another_spec_gets_another_cache_file():
         (dict(voices=(("en", "m1"),), pitch=(80, 20)), r"pitch must be a range \(low, high\) with low <= high, \[0, 100\]"),
         (dict(voices=(("en", "m1"),), rate=(0, 100)), r"rate must be a range .*>= 1, got \(0, 100\)"),
         (dict(voices=(("en", "m1"),), gain=(1, -1)), "gain must be a range"),
-        (dict(voices=(("en", "m1"),), max_shift=-1), "max_shift must be >= 0 seconds, got -1"),
+        (dict(voices=(("en", "m1"),), max_shift=-1), "max_shift must be a finite number of seconds >= 0, got -1"),
         (dict(voices=(("en", "m1"),), snr_db=()), "snr_db needs at least one noise level"),
+        (dict(voices=(("en", "m1"),), snr_db=(None, float("nan"))), r"every snr_db must be a finite .* got \(None, nan\)"),
+        (dict(voices=(("en", "m1"),), snr_db=(float("-inf"),)), "every snr_db must be a finite number"),
+        (dict(voices=(("en", "m1"),), max_shift=float("inf")), "max_shift must be a finite number of seconds >= 0"),
+        (dict(voices=(("en", "m1"),), words=("yes", " ")), r"every word must be a non-empty string, got \('yes', ' '\)"),
     ],
 )
 def test_bad_specs_are_refused(kwargs, message):
@@ -283,6 +378,11 @@ def test_featurize_refuses_another_sample_rate_and_too_short_audio():
         audio.featurize(waves, [2000, 1000], 16000, front)
     with pytest.raises(ValueError, match=r"at least one utterance, got shape \(0, 2000\)"):
         audio.featurize(waves[:0], np.zeros(0, int), 16000, front)
+    holed = waves.copy()
+    holed[1, 700], holed[2, 1500] = np.nan, np.inf  # row 2's inf lies in its padding: no harm
+    with pytest.raises(ValueError, match=r"utterance 1 has a NaN or infinite sample \(nan at sample 700\); 1 "):
+        audio.featurize(holed, [2000, 1000, 1000], 16000, front)
+    assert np.isfinite(audio.featurize(holed, [2000, 600, 1000], 16000, front)[0]).all()
     x, mask = audio.featurize(waves + 0.01, [2000, 1000, 400], 16000, front, batch_size=2)
     assert x.shape == (3, 11, 40) and mask.sum(1).tolist() == [11, 4, 1]
 
