@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from fnn.core import Layer, LayerError, ShapeError, is_int, is_real, shape_str
 from fnn.layers._common import freeze, positive_int, require_features, require_float
+from fnn.layers.sequence import split_mask
 
 
 def _check_epsilon(layer: Any) -> None:
@@ -104,6 +105,12 @@ class BatchNorm(Layer):
     Params ``scale, bias: [features]``; state ``mean, var: [features]``. A training step on
     an empty batch leaves the running statistics as they are (its output is empty too).
 
+    A masked sequence ``(x [batch, time, ...], mask bool[batch, time])`` gives
+    ``(y, mask)``, and its statistics are those of the real steps alone: what the padding
+    holds changes neither the real steps' outputs nor the running statistics, and a batch
+    that is all padding leaves them as they are. (``KeepMask(BatchNorm())`` would count
+    the padding.) The feature axis is then one after time.
+
     Example:
         >>> import jax, jax.numpy as jnp, fnn
         >>> bn = fnn.BatchNorm()
@@ -111,6 +118,11 @@ class BatchNorm(Layer):
         >>> y, state = bn.apply(params, state, jnp.arange(24.0).reshape(8, 3), train=True)
         >>> [round(float(v), 3) for v in state["mean"]]
         [0.105, 0.115, 0.125]
+        >>> x, mask = jnp.array([[[1.0], [3.0]], [[5.0], [1e6]]]), jnp.array([[True, True], [True, False]])
+        >>> params, state = bn.init(None, (x, mask))
+        >>> (y, mask), state = bn.apply(params, state, (x, mask), train=True)
+        >>> round(float(state["mean"][0]), 6), [round(float(v), 3) for v in y[mask, 0]]   # mean of 1, 3, 5
+        (0.03, [-1.225, 0.0, 1.225])
     """
 
     momentum: float = 0.99
@@ -137,7 +149,20 @@ class BatchNorm(Layer):
                 f"(axes 1 to {len(x.shape) - 1}, or -1 to {1 - len(x.shape)}; axis 0 is the batch)"
             )
 
+    def _split(self, x: Any) -> tuple[Any, Any]:
+        """``(values, mask)`` of a masked sequence, ``(x, None)`` of a plain input; checks both."""
+        if not isinstance(x, tuple | list):
+            return x, None
+        x, mask = split_mask(self, x)
+        if len(x.shape) < 3 or self.axis % len(x.shape) < 2:
+            raise ShapeError(
+                f"BatchNorm of a masked sequence needs a feature axis after batch and time, got axis "
+                f"{self.axis} of {shape_str(x)}"
+            )
+        return x, mask
+
     def init(self, key, x):
+        x, _ = self._split(x)
         require_float(self, x)
         self._check_axis(x)
         features = x.shape[self.axis]
@@ -145,6 +170,11 @@ class BatchNorm(Layer):
         return _scale_and_bias(self, features), state
 
     def apply(self, params, state, x, *, key=None, train=False):
+        x, mask = self._split(x)
+        y, state = self._apply(params, state, x, mask, train)
+        return (y if mask is None else (y, mask)), state
+
+    def _apply(self, params, state, x, mask, train):
         if not state:
             raise LayerError(
                 "BatchNorm keeps running statistics as state: call "
@@ -170,11 +200,23 @@ class BatchNorm(Layer):
             return _normalize(self, params, x, running_mean, running_var, axis), state
         reduce = tuple(i for i in range(x.ndim) if i != axis)
         x32 = x.astype(_stats_dtype(x))
-        mean, var = jnp.mean(x32, reduce), jnp.var(x32, reduce)
         m = self.momentum
+        if mask is None:
+            mean, var = jnp.mean(x32, reduce), jnp.var(x32, reduce)
+            new_mean, new_var = m * state["mean"] + (1 - m) * mean, m * state["var"] + (1 - m) * var
+        else:  # the real steps' statistics; a batch of padding alone keeps the running ones
+            real = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
+            count = jnp.sum(jnp.broadcast_to(real, x.shape), reduce, dtype=x32.dtype)
+            x = jnp.where(real, x, jnp.zeros((), x.dtype))  # what the padding holds, NaN too, reaches
+            x32 = x.astype(x32.dtype)  # nothing: no output, statistic or gradient
+            some = count > 0
+            mean = jnp.where(some, jnp.sum(x32, reduce) / jnp.maximum(count, 1), running_mean)
+            centred = jnp.where(real, x32 - jnp.expand_dims(mean, reduce), 0)
+            var = jnp.where(some, jnp.sum(centred**2, reduce) / jnp.maximum(count, 1), running_var)
+            new_mean = jnp.where(some, m * state["mean"] + (1 - m) * mean, state["mean"])
+            new_var = jnp.where(some, m * state["var"] + (1 - m) * var, state["var"])
         new_state = {  # the state keeps its dtype, so a compiled step keeps its signature
-            "mean": (m * state["mean"] + (1 - m) * mean).astype(state["mean"].dtype),
-            "var": (m * state["var"] + (1 - m) * var).astype(state["var"].dtype),
+            "mean": new_mean.astype(state["mean"].dtype), "var": new_var.astype(state["var"].dtype),
         }
         return _normalize(self, params, x, mean, var, axis), new_state
 

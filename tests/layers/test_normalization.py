@@ -567,3 +567,100 @@ def test_norm_params_and_state_are_checked_against_the_layer():
     bad_scale = {"bn": {**params["bn"], "scale": jnp.ones((5, 5))}}
     with pytest.raises(fnn.ShapeError, match=r"bn: BatchNorm expects parameter scale of shape \[features\]"):
         model.apply(bad_scale, state, x)
+
+
+# -- BatchNorm of a masked sequence ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 3), (3, 5, 2, 3)], ids=["sequence", "sequence_of_rows"])
+def test_batch_norm_of_a_masked_sequence_uses_the_real_steps_alone(shape):
+    """Against flax's ``mask`` and NumPy over the real steps gathered: outputs at real steps
+    and the running statistics, over three steps; then evaluation with the running ones."""
+    lengths = np.array([6, 2, 5, 1])[: shape[0]]
+    mask = jnp.asarray(np.arange(shape[1]) < lengths[:, None])
+    layer = fnn.BatchNorm(momentum=0.8, epsilon=1e-3)
+    params, state = layer.init(KEY, (rand(shape), mask))
+    params = random_affine(params)
+    ref = nn.BatchNorm(use_running_average=False, momentum=0.8, epsilon=1e-3, use_fast_variance=False)
+    stats = ref.init(KEY, rand(shape), mask=mask[(...,) + (None,) * (len(shape) - 2)])["batch_stats"]
+    real = np.asarray(mask)
+    for step in range(3):
+        x = np.array(rand(shape, seed=step, loc=step - 1.0, scale=1.0 + step))
+        x[~real] = [1e6, np.nan, np.inf][step]  # what the padding holds reaches nothing
+        (y, out_mask), state = layer.apply(params, state, (jnp.asarray(x), mask), train=True)
+        assert out_mask is mask
+        x_ref = np.where(real[(...,) + (None,) * (len(shape) - 2)], x, 0.0)
+        y_ref, updates = ref.apply({"params": params, "batch_stats": stats}, x_ref,
+                                   mask=mask[(...,) + (None,) * (len(shape) - 2)], mutable=["batch_stats"])
+        stats = updates["batch_stats"]
+        close(np.asarray(y)[real], np.asarray(y_ref)[real])
+        close(state["mean"], stats["mean"])
+        close(state["var"], stats["var"])
+        rows = x[real].reshape(-1, shape[-1])  # the real steps gathered: a plain batch
+        mean, var = np_batch_stats(rows, -1)
+        close(np.asarray(y)[real].reshape(-1, shape[-1]),
+              np_batch_norm(rows, mean, var, params["scale"], params["bias"], 1e-3, -1))
+    x = rand(shape, seed=9)
+    (y, _), after = layer.apply(params, state, (x, mask), train=False)
+    chex.assert_trees_all_equal(after, state)
+    close(y, np_batch_norm(x, state["mean"], state["var"], params["scale"], params["bias"], 1e-3, -1))
+
+
+def test_batch_norm_of_a_masked_sequence_differentiates_the_real_steps_alone():
+    layer = fnn.BatchNorm()
+    mask = jnp.array([[True, True, False], [True, False, False]])
+    x = rand((2, 3, 4), loc=1.0)
+    params, state = layer.init(KEY, (x, mask))
+    weights = rand((2, 3, 4), seed=3)
+
+    def loss(p, v):
+        (y, m), _ = layer.apply(p, state, (v, mask), train=True)
+        return jnp.sum(jnp.where(m[..., None], y * weights, 0.0))
+
+    padded = x.at[~mask].set(jnp.nan)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, padded)
+    clean = jax.grad(loss, argnums=(0, 1))(params, x)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    chex.assert_trees_all_close(grads, clean, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(grads[1])[~np.asarray(mask)], 0.0)
+    check_grads(lambda v: loss(params, v), (x,), order=1, modes=["rev"], atol=5e-2, rtol=5e-2)
+
+
+def test_batch_norm_of_padding_alone_keeps_the_running_statistics():
+    layer = fnn.BatchNorm(momentum=0.5)
+    x, mask = rand((2, 3, 4), loc=2.0), jnp.zeros((2, 3), bool)
+    params, _ = layer.init(KEY, (x, mask))
+    state = {"mean": jnp.arange(4.0), "var": jnp.full(4, 2.0)}
+    (y, _), after = jax.jit(lambda p, s, v: layer.apply(p, s, v, train=True))(params, state, (x, mask))
+    chex.assert_trees_all_equal(after, state)
+    assert np.isfinite(np.asarray(y)).all()
+
+
+def test_batch_norm_of_a_masked_sequence_in_a_model():
+    """The pair flows through ``serial`` into a recurrent layer and a pool; padding is inert."""
+    model = fnn.serial(fnn.KeepMask(fnn.Dense(6)), fnn.BatchNorm(), fnn.Recurrent(fnn.GRU(5)), fnn.SequencePool())
+    mask = jnp.array([[True] * 4, [True, True, False, False]])
+    x = rand((2, 4, 3))
+    params, state = model.init(KEY, (x, mask))
+    y, new_state = model.apply(params, state, (x, mask), train=True)
+    y2, new_state2 = model.apply(params, state, (x.at[1, 2:].set(1e4), mask), train=True)
+    close(y, y2)
+    chex.assert_trees_all_close(new_state, new_state2)
+
+
+@pytest.mark.parametrize(
+    "axis, x, mask, message",
+    [
+        (1, (2, 3, 4), (2, 3), r"BatchNorm of a masked sequence needs a feature axis after batch and time, "
+                               r"got axis 1 of float32\[2,3,4\]"),
+        (-1, (2, 3), (2, 3), r"needs a feature axis after batch and time, got axis -1 of float32\[2,3\]"),
+        (-1, (2, 3, 4), (2, 4), r"BatchNorm expects a mask bool\[2,3\] for the sequence float32\[2,3,4\]"),
+    ],
+)
+def test_batch_norm_of_a_masked_sequence_refuses_a_mask_that_does_not_fit(axis, x, mask, message):
+    layer = fnn.BatchNorm(axis=axis)
+    with pytest.raises(fnn.ShapeError, match=message):
+        layer.init(KEY, (jnp.zeros(x), jnp.ones(mask, bool)))
+    params, state = fnn.BatchNorm().init(KEY, jnp.zeros((2, 4)))
+    with pytest.raises(fnn.ShapeError, match=message.replace("-1", "-?1") if axis == 1 else message):
+        layer.apply(params, state, (jnp.zeros(x), jnp.ones(mask, bool)), train=True)
