@@ -22,6 +22,7 @@ from __future__ import annotations
 import _ctypes
 import ctypes
 import dataclasses
+import glob
 import hashlib
 import json
 import math
@@ -29,6 +30,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ TRAIN_VARIANTS = ("m1", "m2", "m4", "m5", "m6", "f1", "f3", "f4", "klatt", "klat
                   "max", "linda", "steph", "edward")
 TEST_VARIANTS = ("m3", "m7", "f2", "f5", "klatt2", "Alex")
 SAMPLE_RATE = 16_000  # the rate fnn resamples eSpeak's 22,050 Hz output to
+STALE_PART_S = 3600  # a part file of the cache this old was left by a killed save, not one writing
 
 
 class SpeechError(ValueError):
@@ -452,7 +455,8 @@ def save(utterances: Utterances, path: Path, key: str | None = None) -> None:
     """Write ``utterances`` to ``path`` (.npz) atomically, with a SHA-256 of the arrays inside
     and ``key`` (:meth:`SpeechSpec.key`, when given) to say which dataset it holds.
 
-    A write that fails leaves nothing behind: not the file, nor a part of it.
+    A write that fails leaves nothing behind: not the file, nor a part of it. A part that a
+    killed process left is removed by the next save of the same file, once it is an hour old.
 
     Example:
         >>> import pathlib, tempfile, numpy as np
@@ -476,6 +480,12 @@ def save(utterances: Utterances, path: Path, key: str | None = None) -> None:
     except BaseException:
         Path(f.name).unlink(missing_ok=True)
         raise
+    for part in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed save
+        try:
+            if time.time() - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+        except OSError:  # gone already, or not ours to remove
+            pass
 
 
 def load(path: Path, key: str | None = None) -> Utterances:

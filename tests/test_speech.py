@@ -191,6 +191,23 @@ def test_a_cache_that_cannot_be_written_is_passed_by(tmp_path, monkeypatch):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+def test_a_part_file_left_by_a_killed_save_is_removed_by_the_next_save(tmp_path):
+    import os
+    import time
+
+    path = tmp_path / "u.npz"
+    old, new = tmp_path / ".u.npz.abc123.tmp", tmp_path / ".u.npz.def456.tmp"  # a writer may still be on
+    other = tmp_path / ".v.npz.abc123.tmp"  # another entry's
+    for part in (old, new, other):
+        part.write_bytes(b"half a file")
+    hours_ago = time.time() - 2 * speech.STALE_PART_S
+    os.utime(old, (hours_ago, hours_ago))
+    os.utime(other, (hours_ago, hours_ago))
+    utterances = speech.Utterances(np.zeros(4, np.float32), np.array([0, 4]), ("yes",), ("en+m1",), 16000)
+    speech.save(utterances, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [new.name, other.name, path.name]
+
+
 def test_another_spec_gets_another_cache_file():
     other = speech.SpeechSpec(**{**TINY.__dict__, "seed": 4})
     assert other.key() != TINY.key()
