@@ -71,6 +71,11 @@ class KeepMask(Layer):
     ``fnn.KeepMask(fnn.Embedding(vocab, 64))`` maps ``(ids, mask)`` to
     ``(vectors, mask)``. A plain input goes straight through ``layer``.
 
+    ``layer`` sees zeros at the padded steps, whatever they held: a convolution over time
+    (stride 1, ``"SAME"`` or causal padding) then sees beyond a sequence's end the zeros it
+    would see beyond the end of that sequence alone, so its real steps come out the same
+    however far the row is padded, in a stack of such layers too.
+
     Example:
         >>> import jax, jax.numpy as jnp, fnn
         >>> embed = fnn.KeepMask(fnn.Embedding(10, 4))
@@ -95,6 +100,9 @@ class KeepMask(Layer):
 
     def apply(self, params, state, x, *, key=None, train=False):
         values, mask = split_mask(self, x) if isinstance(x, tuple | list) else (x, None)
+        if mask is not None:
+            real = mask.reshape(mask.shape + (1,) * (values.ndim - 2))
+            values = jnp.where(real, values, jnp.zeros((), values.dtype))
         y, state = self.layer.apply(params, state, values, key=key, train=train)
         return join_mask(y, mask), state
 

@@ -524,6 +524,39 @@ def test_keep_mask_applies_the_layer_and_passes_the_mask():
     np.testing.assert_allclose(layer(params, x), y)
 
 
+@pytest.mark.parametrize("paddings", [("SAME", "SAME"), (((2, 0),), ((4, 0),))], ids=["same", "causal"])
+@pytest.mark.parametrize("pad", [0.0, 1e6, np.nan])
+def test_keep_mask_zeroes_the_padding_so_convolutions_over_time_ignore_it(paddings, pad):
+    """A stack of convolutions over time: each padded row's real steps equal that row alone,
+    whatever the padding holds. The first convolution's output is not zero at the padding
+    (bias, and its window reaching back over the sequence's end), so without the zeroing the
+    second one saw it."""
+    model = fnn.serial(
+        fnn.KeepMask(fnn.serial(fnn.Conv(5, (3,), padding=paddings[0]), jax.nn.relu)),
+        fnn.KeepMask(fnn.Conv(4, (3,), padding=paddings[1], dilation=2)),
+    )
+    x = np.array(sequence())
+    lengths = np.array([6, 1, 3])
+    mask = np.asarray(fnn.lengths_to_mask(lengths, T))
+    x[~mask] = pad
+    params, _ = model.init(KEY, (x, mask))
+    y, m = jax.jit(model)(params, (jnp.asarray(x), jnp.asarray(mask)))
+    assert m.shape == mask.shape
+    for b, n in enumerate(lengths):
+        alone, _ = model(params, (x[b : b + 1, :n], mask[b : b + 1, :n]))
+        np.testing.assert_allclose(y[b, :n], alone[0], rtol=1e-5, atol=1e-6)
+    grads = jax.grad(lambda p: jnp.sum(jnp.where(mask[..., None], model(p, (x, mask))[0], 0.0)))(params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_keep_mask_lets_padding_hold_ids_the_embedding_does_not_have():
+    embed = fnn.KeepMask(fnn.Embedding(5, 2))
+    ids, mask = jnp.array([[1, 4, -1, 99]]), jnp.array([[True, True, False, False]])  # -1 or 99 as pad ids
+    params, _ = embed.init(KEY, (ids, mask))
+    y, _ = jax.jit(embed)(params, (ids, mask))
+    np.testing.assert_array_equal(y[0, :2], params["w"][jnp.array([1, 4])])
+
+
 # ---- errors ---------------------------------------------------------------------------------
 
 
