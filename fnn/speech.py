@@ -39,6 +39,7 @@ import numpy as np
 
 from fnn import audio, data
 from fnn.config import ConfigError, check_at_least, check_seeds
+from fnn.core import is_count, is_real
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -207,7 +208,7 @@ def resample(audio: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
     from scipy.signal import resample_poly
 
     for name, value in (("rate", rate), ("new_rate", new_rate)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
+        if not is_count(value):
             raise SpeechError(f"resample: {name} must be a positive int of samples per second, got {value!r}")
     g = math.gcd(rate, new_rate)
     return resample_poly(audio, new_rate // g, rate // g).astype(np.float32)
@@ -228,7 +229,7 @@ def add_noise(audio: np.ndarray, snr_db: float | None, rng: np.random.Generator)
     """
     if snr_db is None:
         return audio
-    if not math.isfinite(snr_db):
+    if not (is_real(snr_db) and math.isfinite(snr_db)):
         raise SpeechError(f"snr_db must be a finite number of decibels or None (clean), got {snr_db}")
     power = float(np.mean(audio**2))
     noise = rng.standard_normal(audio.shape).astype(np.float32)
@@ -322,11 +323,11 @@ class SpeechSpec:
                 raise SpeechError(f"{name} must be a range (low, high) with low <= high, {where}, got {pair}")
         if self.task == "commands" and not all(isinstance(w, str) and w.strip() for w in self.words):
             raise SpeechError(f"every word must be a non-empty string, got {self.words}")
-        if not 0 <= self.max_shift < math.inf:
+        if not (is_real(self.max_shift) and 0 <= self.max_shift < math.inf):
             raise SpeechError(f"max_shift must be a finite number of seconds >= 0, got {self.max_shift}")
         if not self.snr_db:
             raise SpeechError("snr_db needs at least one noise level (None is clean)")
-        if not all(snr is None or math.isfinite(snr) for snr in self.snr_db):
+        if not all(snr is None or (is_real(snr) and math.isfinite(snr)) for snr in self.snr_db):
             raise SpeechError(
                 f"every snr_db must be a finite number of decibels or None (clean), got {self.snr_db}")
 
@@ -535,8 +536,9 @@ def _problem(meta: Any, arrays: dict[str, np.ndarray], key: str | None) -> str |
     n = len(meta["transcripts"])
     if audio.dtype != np.float32 or audio.ndim != 1:
         return f"is corrupt: its audio is {audio.dtype}{list(audio.shape)}, not float32[samples]"
-    if (not np.issubdtype(offsets.dtype, np.integer) or offsets.shape != (n + 1,) or len(meta["voices"]) != n
-            or offsets[0] != 0 or offsets[-1] != len(audio) or (np.diff(offsets) < 0).any()):
+    wide = offsets.astype(np.int64) if np.issubdtype(offsets.dtype, np.integer) else None  # no wrapping
+    if (wide is None or offsets.shape != (n + 1,) or len(meta["voices"]) != n or wide[0] != 0
+            or wide[-1] != len(audio) or (wide < 0).any() or (np.diff(wide) < 0).any()):
         return (f"is corrupt: its {n} transcripts, {len(meta['voices'])} voices and offsets "
                 f"{offsets.dtype}{list(offsets.shape)} do not divide its {len(audio)} samples")
     if key is not None and meta.get("key") != key:
@@ -580,7 +582,11 @@ def dataset(spec: SpeechSpec, cache_dir: str | Path | None = "default") -> Utter
     directory = default_cache_dir() if cache_dir == "default" else Path(cache_dir)
     key = spec.key()
     path = directory / f"{spec.task}-{key}.npz"
-    if path.exists():
+    try:
+        present = path.exists()
+    except OSError:  # a folder that cannot be searched: no cache to read, and the save below says so
+        present = False
+    if present:
         try:
             return load(path, key)
         except SpeechError as error:

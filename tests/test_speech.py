@@ -72,7 +72,8 @@ def test_noise_is_added_at_the_requested_snr():
 
 def test_resample_refuses_rates_that_are_not_positive_ints():
     assert speech.resample(np.zeros(22050, np.float32), 22050, 16000).shape == (16000,)
-    for rates, name in (((0, 16000), "rate"), ((22050, -1), "new_rate"), ((22050.5, 16000), "rate")):
+    for rates, name in (((0, 16000), "rate"), ((22050, -1), "new_rate"), ((22050.5, 16000), "rate"),
+                        ((True, 16000), "rate"), ((22050, True), "new_rate")):
         with pytest.raises(speech.SpeechError, match=f"resample: {name} must be a positive int"):
             speech.resample(np.zeros(100, np.float32), *rates)
 
@@ -135,6 +136,9 @@ def test_a_cache_file_that_holds_other_data_is_made_again(tmp_path):
                 "sha256": speech._digest(arrays), "key": key}
         return meta, arrays
 
+    swapped = u.offsets.copy()
+    swapped[[1, 2]] = swapped[[2, 1]]  # falling offsets: no longer caught when a uint64 difference wraps
+
     def other_entry():
         path.write_bytes(other_path.read_bytes())  # another spec's file copied to this name
 
@@ -147,6 +151,9 @@ def test_a_cache_file_that_holds_other_data_is_made_again(tmp_path):
             path, *whole(offsets=u.offsets[:4])),
         "offsets .* do not divide its 100 samples": lambda: _rewrite(path, *whole(audio=u.audio[:100])),
         "8 transcripts, 7 voices": lambda: _rewrite(path, *whole(voices=u.voices[:7])),
+        "offsets uint64\\[9\\] do not divide": lambda: _rewrite(path, *whole(offsets=swapped.astype(np.uint64))),
+        "offsets int8\\[9\\] do not divide": lambda: _rewrite(
+            path, *whole(audio=u.audio[:100], offsets=np.array([0, 50, -6, 60, 70, 80, 90, 95, 100], np.int8))),
         "holds audio at 8000 Hz, not fnn's 16000 Hz": lambda: _rewrite(path, *whole(rate=8000)),
         "its metadata is a list, not an object": lambda: _rewrite(path, [1, 2], whole()[1]),
         "its metadata has no list of transcripts": lambda: _rewrite(
@@ -180,6 +187,20 @@ def test_a_cache_that_cannot_be_written_is_passed_by(tmp_path, monkeypatch):
     def full_disk(file, **arrays):
         file.write(b"half a file")
         raise OSError(28, "No space left on device")
+
+    unsearchable = tmp_path / "locked"
+    real_exists = type(unsearchable).exists
+
+    def exists(path, *args, **kwargs):  # what a folder without search permission does to a non-root user
+        if path.parent == unsearchable:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_exists(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(type(unsearchable), "exists", exists)
+        m.setattr(speech, "save", lambda *a: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+        with pytest.warns(UserWarning, match="locked/commands-.* could not be written .*Permission denied"):
+            assert speech.dataset(TINY, unsearchable).transcripts == made.transcripts
 
     monkeypatch.setattr(np, "savez", full_disk)
     with pytest.raises(OSError, match="No space left"):  # save itself raises, and leaves nothing
@@ -228,6 +249,8 @@ def test_another_spec_gets_another_cache_file():
         (dict(voices=(("en", "m1"),), snr_db=(None, float("nan"))), r"every snr_db must be a finite .* got \(None, nan\)"),
         (dict(voices=(("en", "m1"),), snr_db=(float("-inf"),)), "every snr_db must be a finite number"),
         (dict(voices=(("en", "m1"),), max_shift=float("inf")), "max_shift must be a finite number of seconds >= 0"),
+        (dict(voices=(("en", "m1"),), max_shift=None), "max_shift must be a finite number of seconds >= 0, got None"),
+        (dict(voices=(("en", "m1"),), snr_db=("10",)), r"every snr_db must be a finite number .* got \('10',\)"),
         (dict(voices=(("en", "m1"),), words=("yes", " ")), r"every word must be a non-empty string, got \('yes', ' '\)"),
     ],
 )

@@ -196,6 +196,9 @@ class BatchNorm(Layer):
                 f"BatchNorm expected {running_mean.shape[0]} features on axis {self.axis}, got {shape_str(x)}"
             )
         _check_features(self, params, x, self.axis)
+        if mask is not None:  # what the padding holds, NaN too, reaches no output, statistic or gradient
+            real = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
+            x = jnp.where(real, x, jnp.zeros((), x.dtype))
         if not train or x.size == 0:  # an empty batch (static) leaves the running statistics as they are
             return _normalize(self, params, x, running_mean, running_var, axis), state
         reduce = tuple(i for i in range(x.ndim) if i != axis)
@@ -205,10 +208,7 @@ class BatchNorm(Layer):
             mean, var = jnp.mean(x32, reduce), jnp.var(x32, reduce)
             new_mean, new_var = m * state["mean"] + (1 - m) * mean, m * state["var"] + (1 - m) * var
         else:  # the real steps' statistics; a batch of padding alone keeps the running ones
-            real = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
             count = jnp.sum(jnp.broadcast_to(real, x.shape), reduce, dtype=x32.dtype)
-            x = jnp.where(real, x, jnp.zeros((), x.dtype))  # what the padding holds, NaN too, reaches
-            x32 = x.astype(x32.dtype)  # nothing: no output, statistic or gradient
             some = count > 0
             mean = jnp.where(some, jnp.sum(x32, reduce) / jnp.maximum(count, 1), running_mean)
             centred = jnp.where(real, x32 - jnp.expand_dims(mean, reduce), 0)

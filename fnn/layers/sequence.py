@@ -104,6 +104,13 @@ class KeepMask(Layer):
             real = mask.reshape(mask.shape + (1,) * (values.ndim - 2))
             values = jnp.where(real, values, jnp.zeros((), values.dtype))
         y, state = self.layer.apply(params, state, values, key=key, train=train)
+        if mask is not None and tuple(getattr(y, "shape", ())[:2]) != tuple(mask.shape):
+            raise ShapeError(
+                f"KeepMask: {type(self.layer).__name__} turned the sequence {shape_str(values)} into "
+                f"{shape_str(y)}, and the mask {shape_str(mask)} no longer fits its batch and time; a "
+                f"layer that changes the time length (a strided or VALID convolution, pooling) cannot "
+                f"keep the mask"
+            )
         return join_mask(y, mask), state
 
 

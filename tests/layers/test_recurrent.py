@@ -1,5 +1,7 @@
 """Recurrent cells, Recurrent, Bidirectional, SequencePool and KeepMask."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -547,6 +549,21 @@ def test_keep_mask_zeroes_the_padding_so_convolutions_over_time_ignore_it(paddin
         np.testing.assert_allclose(y[b, :n], alone[0], rtol=1e-5, atol=1e-6)
     grads = jax.grad(lambda p: jnp.sum(jnp.where(mask[..., None], model(p, (x, mask))[0], 0.0)))(params)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("layer, after", [
+    (fnn.Conv(2, (3,), strides=2), "float32[3,3,2]"),
+    (fnn.Conv(2, (3,), padding="VALID"), "float32[3,4,2]"),
+    (fnn.SequencePool(), "float32[3,4]"),
+])
+def test_keep_mask_refuses_a_layer_that_changes_the_time_length(layer, after):
+    x, mask = sequence(), fnn.lengths_to_mask(jnp.array([6, 1, 3]), T)
+    wrapped = fnn.KeepMask(layer)
+    params, _ = wrapped.init(KEY, (x, mask))
+    with pytest.raises(fnn.ShapeError, match=rf"KeepMask: {type(layer).__name__} turned the sequence "
+                                             rf"float32\[3,6,4\] into {re.escape(after)}, and the mask "
+                                             rf"bool\[3,6\] no longer fits its batch and time"):
+        wrapped(params, (x, mask))
 
 
 def test_keep_mask_lets_padding_hold_ids_the_embedding_does_not_have():
