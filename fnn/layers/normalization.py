@@ -109,7 +109,7 @@ class BatchNorm(Layer):
     ``(y, mask)``, and its statistics are those of the real steps alone: what the padding
     holds changes neither the real steps' outputs nor the running statistics, and a batch
     that is all padding leaves them as they are. (``KeepMask(BatchNorm())`` would count
-    the padding.) The feature axis is then one after time.
+    the padding, as zeros.) The feature axis is then one after time.
 
     Example:
         >>> import jax, jax.numpy as jnp, fnn

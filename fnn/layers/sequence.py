@@ -74,7 +74,9 @@ class KeepMask(Layer):
     ``layer`` sees zeros at the padded steps, whatever they held: a convolution over time
     (stride 1, ``"SAME"`` or causal padding) then sees beyond a sequence's end the zeros it
     would see beyond the end of that sequence alone, so its real steps come out the same
-    however far the row is padded, in a stack of such layers too.
+    however far the row is padded, in a stack of such layers too. A layer that changes the
+    time length (a strided or ``"VALID"`` convolution, pooling) is refused: the mask would
+    no longer fit.
 
     Example:
         >>> import jax, jax.numpy as jnp, fnn
