@@ -33,7 +33,7 @@ import numpy as np
 
 from fnn.core import Layer, ShapeError, shape_str
 from fnn.layers._common import positive_int
-from fnn.layers.sequence import join_mask, split_mask
+from fnn.layers.sequence import join_mask, split_mask, zero_padding
 
 
 def hz_to_mel(hz: Any) -> Any:
@@ -167,7 +167,7 @@ class LogMel(Layer):
 
     def forward(self, params, x, *, key=None, train=False):
         audio, mask = self._check(x)
-        audio = audio.astype(jnp.float32)
+        audio = zero_padding(audio.astype(jnp.float32), mask)  # padding reaches no frame's gradient
         n_frames = int(self.frames(audio.shape[1]))
         starts = jnp.arange(n_frames) * self.hop
         frames = audio[:, starts[:, None] + jnp.arange(self.win_length)]  # [batch, frames, win]
@@ -200,6 +200,7 @@ def normalize(features: jax.Array, mask: jax.Array, epsilon: float = 1e-5) -> ja
         [-1.0, 1.0]
     """
     m = mask[..., None]
+    features = jnp.where(m, features, 0)  # a padded frame's NaN must not reach a sum or a gradient
     count = jnp.maximum(m.sum(1, keepdims=True), 1).astype(features.dtype)
     # where, not a product with the mask: a padded frame's NaN or infinity must not reach the sums
     mean = jnp.where(m, features, 0).sum(1, keepdims=True) / count

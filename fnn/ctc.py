@@ -145,7 +145,7 @@ def ctc_loss(outputs: Any, targets: Any, *, blank: int = 0) -> jax.Array:
         check_targets(np.asarray(mask).sum(1), labels, np.asarray(label_mask).sum(1), where="ctc_loss",
                       num_classes=num_classes, blank=blank)
     per_utterance = optax.ctc_loss(
-        logits.astype(jnp.float32), 1.0 - mask.astype(jnp.float32), labels,
+        jnp.where(mask[..., None], logits.astype(jnp.float32), 0.0), 1.0 - mask.astype(jnp.float32), labels,
         1.0 - label_mask.astype(jnp.float32), blank_id=blank,
     )
     # Under jit a label out of range (or the blank) cannot raise: its utterance's loss is NaN.

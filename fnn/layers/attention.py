@@ -29,7 +29,7 @@ from fnn.layers._common import (
     require_rank,
 )
 from fnn.layers.dropout import keep_mask
-from fnn.layers.sequence import join_mask, split_mask
+from fnn.layers.sequence import join_mask, split_mask, zero_padding
 
 
 def dot_product_attention(
@@ -338,6 +338,7 @@ class MultiHeadAttention(WeightOptions, Layer):
         x, mask = split_mask(self, x)
         require_rank(self, x, 3, "batch, time, d_model")
         self._check_features(params, x)
+        x = zero_padding(x, mask)  # a masked key's probability is 0, but 0 * NaN is NaN
         dtype = compute_dtype(self, x, params["query"]["w"])
         q, k, v = self._project(params, x, dtype)
         if self.rotary:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from fnn.core import Layer, LayerError, ShapeError, is_int, is_real, shape_str
 from fnn.layers._common import freeze, positive_int, require_features, require_float
-from fnn.layers.sequence import split_mask
+from fnn.layers.sequence import split_mask, zero_padding
 
 
 def _check_epsilon(layer: Any) -> None:
@@ -196,9 +196,7 @@ class BatchNorm(Layer):
                 f"BatchNorm expected {running_mean.shape[0]} features on axis {self.axis}, got {shape_str(x)}"
             )
         _check_features(self, params, x, self.axis)
-        if mask is not None:  # what the padding holds, NaN too, reaches no output, statistic or gradient
-            real = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
-            x = jnp.where(real, x, jnp.zeros((), x.dtype))
+        x = zero_padding(x, mask)  # what the padding holds, NaN too, reaches no output, statistic or gradient
         if not train or x.size == 0:  # an empty batch (static) leaves the running statistics as they are
             return _normalize(self, params, x, running_mean, running_var, axis), state
         reduce = tuple(i for i in range(x.ndim) if i != axis)
@@ -208,6 +206,7 @@ class BatchNorm(Layer):
             mean, var = jnp.mean(x32, reduce), jnp.var(x32, reduce)
             new_mean, new_var = m * state["mean"] + (1 - m) * mean, m * state["var"] + (1 - m) * var
         else:  # the real steps' statistics; a batch of padding alone keeps the running ones
+            real = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
             count = jnp.sum(jnp.broadcast_to(real, x.shape), reduce, dtype=x32.dtype)
             some = count > 0
             mean = jnp.where(some, jnp.sum(x32, reduce) / jnp.maximum(count, 1), running_mean)

@@ -28,7 +28,7 @@ from fnn import initializers
 from fnn.autodiff import matmul, reverse_only
 from fnn.core import Layer, LayerError, ShapeError, init_child, path_str, shape_str
 from fnn.layers._common import compute_dtype, float_dtype, positive_int, require_float, require_rank
-from fnn.layers.sequence import join_mask, split_mask
+from fnn.layers.sequence import join_mask, split_mask, zero_padding
 
 Carry = Any
 
@@ -398,6 +398,7 @@ class Recurrent(Layer):
         """
         x, pair_mask = self._check(x)
         mask = pair_mask if mask is None else split_mask(self, (x, mask))[1]
+        x = zero_padding(x, mask)  # a padded step's NaN would reach the gradients through 0 * NaN
         cell = self.cell
         if carry is None:
             carry = cell.initial_carry(x.shape[:1], self._carry_dtype(x))

@@ -43,6 +43,25 @@ def split_mask(layer: Layer, x: Any) -> tuple[Any, Any]:
     return x, mask
 
 
+def zero_padding(values: Any, mask: Any) -> Any:
+    """``values [batch, time, ...]`` with zeros at the steps ``mask`` marks as padding
+    (``values`` itself when ``mask`` is None).
+
+    A mask-aware layer calls it first: a product with a zero weight (a masked key's
+    probability, a padded step's cotangent) is NaN when the other factor is NaN or infinite,
+    so what the padding holds would reach real outputs and gradients otherwise.
+
+    Example:
+        >>> import jax.numpy as jnp, fnn
+        >>> zero_padding(jnp.array([[1.0, jnp.nan]]), jnp.array([[True, False]])).tolist()
+        [[1.0, 0.0]]
+    """
+    if mask is None:
+        return values
+    real = mask.reshape(mask.shape + (1,) * (values.ndim - 2))
+    return jnp.where(real, values, jnp.zeros((), values.dtype))
+
+
 def join_mask(y: Any, mask: Any) -> Any:
     """The output in the input's form: ``y`` alone, or ``(y, mask)`` for a masked sequence."""
     return y if mask is None else (y, mask)
@@ -102,9 +121,7 @@ class KeepMask(Layer):
 
     def apply(self, params, state, x, *, key=None, train=False):
         values, mask = split_mask(self, x) if isinstance(x, tuple | list) else (x, None)
-        if mask is not None:
-            real = mask.reshape(mask.shape + (1,) * (values.ndim - 2))
-            values = jnp.where(real, values, jnp.zeros((), values.dtype))
+        values = zero_padding(values, mask)
         y, state = self.layer.apply(params, state, values, key=key, train=train)
         if mask is not None and tuple(getattr(y, "shape", ())[:2]) != tuple(mask.shape):
             raise ShapeError(

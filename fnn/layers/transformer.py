@@ -27,7 +27,7 @@ from fnn.layers.attention import (
 from fnn.layers.dropout import Dropout
 from fnn.layers.linear import Dense, Embedding
 from fnn.layers.normalization import LayerNorm, RMSNorm
-from fnn.layers.sequence import join_mask, split_mask
+from fnn.layers.sequence import join_mask, split_mask, zero_padding
 
 _NORMS = {"layer": LayerNorm, "rms": RMSNorm}
 
@@ -120,6 +120,7 @@ class TransformerBlock(Layer):
 
     def forward(self, params, x, *, key=None, train=False):
         values, mask = split_mask(self, x)
+        values = zero_padding(values, mask)  # the norms and the MLP see no NaN a padded step held
 
         def attend(normed, k):
             y, _ = apply_child("attention", self.attention, params, {}, join_mask(normed, mask), k, train)
@@ -270,6 +271,7 @@ class TransformerLM(Layer):
 
     def forward(self, params, x, *, key=None, train=False):
         ids, mask = self._check_ids(x)
+        ids = zero_padding(ids, mask)  # any pad id, one the embedding lacks too
         children = self._children()
         keys = jax.random.split(key, len(children)) if key is not None else [None] * len(children)
         h, _ = apply_child("embed", children["embed"], params, {}, ids, None, train)
