@@ -55,7 +55,7 @@ def test_multi_head_attention_against_numpy(causal, padded):
     mask = fnn.lengths_to_mask(jnp.array([T, 3]), T) if padded else jnp.ones((B, T), bool)
     params, _ = mha.init(KEY, (x, mask))
     p = jax.tree.map(np.asarray, params)
-    xn = np.asarray(x, np.float64)
+    xn = np.where(np.asarray(mask)[..., None], np.asarray(x, np.float64), 0.0)  # zeros at the padding
     q, k, v = (np.einsum("btd,dhk->bthk", xn, p[n]["w"]) + p[n]["b"] for n in ("query", "key", "value"))
     visible = np.broadcast_to(np.asarray(mask)[:, None, None, :], (B, HEADS, T, T))
     if causal:
