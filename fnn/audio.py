@@ -200,10 +200,11 @@ def normalize(features: jax.Array, mask: jax.Array, epsilon: float = 1e-5) -> ja
         [-1.0, 1.0]
     """
     m = mask[..., None]
-    features = jnp.where(m, features, 0)  # a padded frame's NaN must not reach a sum or a gradient
+    # where, not a product with the mask: a padded frame's NaN or infinity must reach no sum
+    # and no gradient
+    features = jnp.where(m, features, 0)
     count = jnp.maximum(m.sum(1, keepdims=True), 1).astype(features.dtype)
-    # where, not a product with the mask: a padded frame's NaN or infinity must not reach the sums
-    mean = jnp.where(m, features, 0).sum(1, keepdims=True) / count
+    mean = features.sum(1, keepdims=True) / count
     var = (jnp.where(m, features - mean, 0) ** 2).sum(1, keepdims=True) / count
     return (features - mean) * jax.lax.rsqrt(var + epsilon)
 
