@@ -528,7 +528,7 @@ def _problem(meta: Any, arrays: dict[str, np.ndarray], key: str | None) -> str |
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             return f"is corrupt: its metadata has no list of {name}"
     rate = meta.get("sample_rate")
-    if not isinstance(rate, int) or isinstance(rate, bool) or rate < 1:
+    if not is_count(rate):
         return f"is corrupt: its sample rate is {rate!r}"
     if _digest(arrays) != meta.get("sha256"):
         return "is corrupt: its arrays do not match their checksum"

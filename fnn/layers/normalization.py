@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from fnn.core import Layer, LayerError, ShapeError, is_int, is_real, shape_str
 from fnn.layers._common import freeze, positive_int, require_features, require_float
-from fnn.layers.sequence import split_mask, zero_padding
+from fnn.layers.sequence import along, split_mask, zero_padding
 
 
 def _check_epsilon(layer: Any) -> None:
@@ -206,7 +206,7 @@ class BatchNorm(Layer):
             mean, var = jnp.mean(x32, reduce), jnp.var(x32, reduce)
             new_mean, new_var = m * state["mean"] + (1 - m) * mean, m * state["var"] + (1 - m) * var
         else:  # the real steps' statistics; a batch of padding alone keeps the running ones
-            real = mask.reshape(mask.shape + (1,) * (x.ndim - 2))
+            real = along(mask, x.ndim)
             count = jnp.sum(jnp.broadcast_to(real, x.shape), reduce, dtype=x32.dtype)
             some = count > 0
             mean = jnp.where(some, jnp.sum(x32, reduce) / jnp.maximum(count, 1), running_mean)

@@ -28,7 +28,7 @@ from fnn import initializers
 from fnn.autodiff import matmul, reverse_only
 from fnn.core import Layer, LayerError, ShapeError, init_child, path_str, shape_str
 from fnn.layers._common import compute_dtype, float_dtype, positive_int, require_float, require_rank
-from fnn.layers.sequence import join_mask, split_mask, zero_padding
+from fnn.layers.sequence import along, join_mask, split_mask, zero_padding
 
 Carry = Any
 
@@ -439,12 +439,8 @@ def _masked_step(carry, new_carry, y_t, m_t):
     carry a ``[batch]`` counter or a ``[batch, n, n]`` matrix beside its state."""
     if m_t is None:
         return new_carry, y_t
-
-    def keep(x):
-        return m_t.reshape(m_t.shape + (1,) * (jnp.ndim(x) - 1))
-
-    carry = jax.tree.map(lambda new, old: jnp.where(keep(new), new, old), new_carry, carry)
-    return carry, jnp.where(keep(y_t), y_t, 0)
+    carry = jax.tree.map(lambda new, old: jnp.where(along(m_t, jnp.ndim(new)), new, old), new_carry, carry)
+    return carry, jnp.where(along(m_t, jnp.ndim(y_t)), y_t, 0)
 
 
 def _scan(cell, reverse, unroll, remat, params, carry, xs, mask, save=False):

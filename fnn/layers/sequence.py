@@ -43,6 +43,12 @@ def split_mask(layer: Layer, x: Any) -> tuple[Any, Any]:
     return x, mask
 
 
+def along(mask: Any, ndim: int) -> Any:
+    """``mask`` (``[batch]`` or ``[batch, time]``) with trailing axes of size 1, to broadcast
+    against values of rank ``ndim`` that begin with its axes."""
+    return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
+
+
 def zero_padding(values: Any, mask: Any) -> Any:
     """``values [batch, time, ...]`` with zeros at the steps ``mask`` marks as padding
     (``values`` itself when ``mask`` is None).
@@ -58,8 +64,7 @@ def zero_padding(values: Any, mask: Any) -> Any:
     """
     if mask is None:
         return values
-    real = mask.reshape(mask.shape + (1,) * (values.ndim - 2))
-    return jnp.where(real, values, jnp.zeros((), values.dtype))
+    return jnp.where(along(mask, values.ndim), values, jnp.zeros((), values.dtype))
 
 
 def join_mask(y: Any, mask: Any) -> Any:
