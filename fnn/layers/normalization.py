@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from fnn.core import Layer, LayerError, ShapeError, is_int, is_real, shape_str
 from fnn.layers._common import freeze, positive_int, require_features, require_float
-from fnn.layers.sequence import along, split_mask, zero_padding
+from fnn.layers.sequence import along, join_mask, split_mask, zero_padding
 
 
 def _check_epsilon(layer: Any) -> None:
@@ -85,6 +85,17 @@ def _normalize(
         mean, var = mean.reshape(shape), var.reshape(shape)
     y = (x.astype(mean.dtype) - mean) * jax.lax.rsqrt(var + layer.epsilon)
     return _affine(params, y, axis).astype(x.dtype)
+
+
+def _real_moments(x32: jax.Array, mask: jax.Array, reduce: tuple[int, ...]) -> tuple[jax.Array, ...]:
+    """Mean, variance and count of the real steps of ``x32 [batch, time, ...]`` (padding
+    zeroed already) over the axes ``reduce``, kept as size-1 axes; mean and variance are 0
+    where the count is."""
+    real = along(mask, x32.ndim)
+    count = jnp.sum(jnp.broadcast_to(real, x32.shape), reduce, keepdims=True, dtype=x32.dtype)
+    mean = jnp.sum(x32, reduce, keepdims=True) / jnp.maximum(count, 1)
+    var = jnp.sum(jnp.where(real, x32 - mean, 0) ** 2, reduce, keepdims=True) / jnp.maximum(count, 1)
+    return mean, var, count
 
 
 def _stats_dtype(x: jax.Array) -> Any:
@@ -206,12 +217,9 @@ class BatchNorm(Layer):
             mean, var = jnp.mean(x32, reduce), jnp.var(x32, reduce)
             new_mean, new_var = m * state["mean"] + (1 - m) * mean, m * state["var"] + (1 - m) * var
         else:  # the real steps' statistics; a batch of padding alone keeps the running ones
-            real = along(mask, x.ndim)
-            count = jnp.sum(jnp.broadcast_to(real, x.shape), reduce, dtype=x32.dtype)
+            mean, var, count = (jnp.squeeze(v, reduce) for v in _real_moments(x32, mask, reduce))
             some = count > 0
-            mean = jnp.where(some, jnp.sum(x32, reduce) / jnp.maximum(count, 1), running_mean)
-            centred = jnp.where(real, x32 - jnp.expand_dims(mean, reduce), 0)
-            var = jnp.where(some, jnp.sum(centred**2, reduce) / jnp.maximum(count, 1), running_var)
+            mean, var = jnp.where(some, mean, running_mean), jnp.where(some, var, running_var)
             new_mean = jnp.where(some, m * state["mean"] + (1 - m) * mean, state["mean"])
             new_var = jnp.where(some, m * state["var"] + (1 - m) * var, state["var"])
         new_state = {  # the state keeps its dtype, so a compiled step keeps its signature
@@ -263,12 +271,23 @@ class GroupNorm(Layer):
     Shapes: ``x: [batch, ..., channels]`` with ``channels % num_groups == 0``; params
     ``scale, bias: [channels]``.
 
+    A masked sequence ``(x [batch, time, ..., channels], mask bool[batch, time])`` gives
+    ``(y, mask)``, and each example's statistics are those of its real steps alone: a
+    padded row's real steps equal those of the row alone, whatever the padding holds.
+    (``KeepMask(GroupNorm(...))`` would count the padding, as zeros.)
+
     Example:
         >>> import jax, jax.numpy as jnp, fnn
         >>> gn = fnn.GroupNorm(num_groups=2)
         >>> params, _ = gn.init(jax.random.key(0), jnp.zeros((1, 4, 4, 6)))
         >>> gn(params, jnp.ones((1, 4, 4, 6))).shape
         (1, 4, 4, 6)
+        >>> gn = fnn.GroupNorm(num_groups=1)
+        >>> x, mask = jnp.array([[[1.0], [3.0], [1e6]]]), jnp.array([[True, True, False]])
+        >>> params, _ = gn.init(None, (x, mask))
+        >>> y, mask = gn(params, (x, mask))
+        >>> [round(float(v), 3) for v in y[mask, 0]]   # as [[1.0], [3.0]] alone
+        [-1.0, 1.0]
     """
 
     num_groups: int = 32
@@ -280,6 +299,18 @@ class GroupNorm(Layer):
         positive_int(self, "num_groups", self.num_groups)
         _check_epsilon(self)
 
+    def _split(self, x: Any) -> tuple[Any, Any]:
+        """``(values, mask)`` of a masked sequence, ``(x, None)`` of a plain input; checks both."""
+        if not isinstance(x, tuple | list):
+            return x, None
+        x, mask = split_mask(self, x)
+        if len(x.shape) < 3:
+            raise ShapeError(
+                f"GroupNorm of a masked sequence needs a channel axis after batch and time, "
+                f"got {shape_str(x)}"
+            )
+        return x, mask
+
     def _check_groups(self, x):
         if len(x.shape) < 2 or x.shape[-1] % self.num_groups:
             raise ShapeError(
@@ -288,20 +319,26 @@ class GroupNorm(Layer):
             )
 
     def init_params(self, key, x):
+        x, _ = self._split(x)
         require_float(self, x)
         self._check_groups(x)
         return _scale_and_bias(self, x.shape[-1])
 
     def forward(self, params, x, *, key=None, train=False):
+        x, mask = self._split(x)
         _check_features(self, params, x)
         self._check_groups(x)  # without scale and bias, no parameter holds the channels
+        x = zero_padding(x, mask)  # what the padding holds, NaN too, reaches no real output or gradient
         groups = x.reshape(*x.shape[:-1], self.num_groups, x.shape[-1] // self.num_groups)
         g32 = groups.astype(_stats_dtype(x))
         reduce = (*range(1, x.ndim - 1), x.ndim)
-        mean = jnp.mean(g32, reduce, keepdims=True)
-        var = jnp.var(g32, reduce, keepdims=True)
+        if mask is None:
+            mean = jnp.mean(g32, reduce, keepdims=True)
+            var = jnp.var(g32, reduce, keepdims=True)
+        else:  # over each example's real steps; a row of padding alone has mean and var 0
+            mean, var, _ = _real_moments(g32, mask, reduce)
         normed = ((g32 - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-        return _affine(params, normed).astype(x.dtype)
+        return join_mask(_affine(params, normed).astype(x.dtype), mask)
 
 
 @dataclasses.dataclass(frozen=True)

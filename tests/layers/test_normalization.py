@@ -668,3 +668,60 @@ def test_batch_norm_of_a_masked_sequence_refuses_a_mask_that_does_not_fit(axis, 
     params, state = fnn.BatchNorm().init(KEY, jnp.zeros((2, 4)))
     with pytest.raises(fnn.ShapeError, match=message.replace("-1", "-?1") if axis == 1 else message):
         layer.apply(params, state, (jnp.zeros(x), jnp.ones(mask, bool)), train=True)
+
+
+# -- GroupNorm of a masked sequence ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, num_groups", [((4, 6, 6), 2), ((3, 5, 2, 4), 4)],
+                         ids=["sequence", "sequence_of_rows"])
+def test_group_norm_of_a_masked_sequence_normalises_each_row_over_its_real_steps(shape, num_groups):
+    """Against flax's ``mask``, and each padded row against the same row cut to its length
+    and normalised alone; what the padding holds reaches no real step."""
+    lengths = np.array([6, 2, 5, 1])[: shape[0]]
+    real = np.arange(shape[1]) < lengths[:, None]
+    mask = jnp.asarray(real)
+    layer = fnn.GroupNorm(num_groups=num_groups, epsilon=1e-3)
+    params = random_affine(layer.init(KEY, (rand(shape), mask))[0])
+    ref = nn.GroupNorm(num_groups=num_groups, epsilon=1e-3, use_fast_variance=False)
+    spread = (...,) + (None,) * (len(shape) - 2)
+    for pad in (1e6, np.nan, np.inf):
+        x = np.array(rand(shape, loc=1.0, scale=2.0))
+        x[~real] = pad
+        y, out_mask = jax.jit(layer.__call__)(params, (jnp.asarray(x), mask))
+        assert out_mask is not None and np.array_equal(out_mask, real)
+        x_ref = np.where(real[spread], x, 0.0)
+        y_ref = ref.apply({"params": params}, x_ref, mask=np.broadcast_to(real[spread], shape))
+        close(np.asarray(y)[real], np.asarray(y_ref)[real])
+        for row, length in enumerate(lengths):
+            alone = layer(params, jnp.asarray(x[row : row + 1, :length]))
+            close(np.asarray(y)[row, :length], alone[0])
+        assert np.isfinite(np.asarray(y)).all()
+
+
+def test_group_norm_of_a_masked_sequence_in_a_model():
+    """The pair flows through ``serial``: a convolution over time, GroupNorm, a pool."""
+    model = fnn.serial(fnn.KeepMask(fnn.Conv(6, (3,))), fnn.GroupNorm(3), fnn.SequencePool())
+    mask = jnp.array([[True] * 5, [True, True, True, False, False]])
+    x = rand((2, 5, 2))
+    params, state = model.init(KEY, (x, mask))
+    y = model(params, (x, mask))
+    close(y[1], model(params, x[1:, :3])[0])
+    close(y, model(params, (x.at[1, 3:].set(1e4), mask)))
+
+
+@pytest.mark.parametrize(
+    "x, mask, message",
+    [
+        ((2, 4), (2, 4), r"GroupNorm of a masked sequence needs a channel axis after batch and time, "
+                         r"got float32\[2,4\]"),
+        ((2, 3, 4), (2, 4), r"GroupNorm expects a mask bool\[2,3\] for the sequence float32\[2,3,4\]"),
+    ],
+)
+def test_group_norm_of_a_masked_sequence_refuses_a_mask_that_does_not_fit(x, mask, message):
+    layer = fnn.GroupNorm(num_groups=2)
+    with pytest.raises(fnn.ShapeError, match=message):
+        layer.init(KEY, (jnp.zeros(x), jnp.ones(mask, bool)))
+    params, _ = layer.init(KEY, jnp.zeros((2, 4)))
+    with pytest.raises(fnn.ShapeError, match=message):
+        layer(params, (jnp.zeros(x), jnp.ones(mask, bool)))

@@ -40,6 +40,7 @@ LAYERS = {
     "causal_attention": lambda: fnn.MultiHeadAttention(2, causal=True, rotary=True),
     "transformer_block": lambda: fnn.TransformerBlock(2, 8),
     "batch_norm": lambda: fnn.BatchNorm(),
+    "group_norm": lambda: fnn.GroupNorm(num_groups=2),
     "keep_mask_conv": lambda: fnn.serial(fnn.KeepMask(fnn.Conv(3, (3,))), fnn.KeepMask(fnn.Conv(3, (3,)))),
 }
 
