@@ -1,4 +1,8 @@
-"""Classification metrics. Each is a pure function of outputs and integer labels."""
+"""Classification metrics. Each is a pure function of outputs and integer labels.
+
+``accuracy`` and ``top_k_accuracy`` also take a masked sequence ``(logits [batch, time,
+..., classes], mask bool[batch, time])`` and count its real steps alone.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn.core import is_count, shape_str
+from fnn.layers.sequence import real_mean, split_outputs
 
 
 def _check_labels(name: str, logits: jax.Array, labels: jax.Array) -> None:
@@ -24,8 +29,9 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         >>> fnn.metrics.accuracy(jnp.array([[2.0, 1.0], [0.0, 1.0]]), jnp.array([0, 0]))
         Array(0.5, dtype=float32)
     """
+    logits, mask = split_outputs("accuracy", logits)
     _check_labels("accuracy", logits, labels)
-    return jnp.mean(jnp.argmax(logits, -1) == labels)
+    return real_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32), mask)
 
 
 def top_k_accuracy(logits: jax.Array, labels: jax.Array, k: int = 5) -> jax.Array:
@@ -36,11 +42,12 @@ def top_k_accuracy(logits: jax.Array, labels: jax.Array, k: int = 5) -> jax.Arra
         >>> fnn.metrics.top_k_accuracy(jnp.array([[3.0, 2.0, 1.0]]), jnp.array([1]), k=2)
         Array(1., dtype=float32)
     """
+    logits, mask = split_outputs("top_k_accuracy", logits)
     _check_labels("top_k_accuracy", logits, labels)
     if not 1 <= k <= logits.shape[-1]:
         raise ValueError(f"top_k_accuracy: k must be in [1, {logits.shape[-1]}], got {k}")
     _, top = jax.lax.top_k(logits, k)
-    return jnp.mean(jnp.any(top == labels[..., None], axis=-1))
+    return real_mean(jnp.any(top == labels[..., None], axis=-1).astype(jnp.float32), mask)
 
 
 def confusion_matrix(predictions: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:

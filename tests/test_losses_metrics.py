@@ -1,8 +1,10 @@
 """Losses and metrics against plain NumPy maths."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import fnn
@@ -94,3 +96,94 @@ def test_accuracy_top_k_and_confusion_matrix():
     small = jnp.array([99, 50, 3], jnp.uint8)
     counts = fnn.metrics.confusion_matrix(small, small, 100)
     assert int(counts.sum()) == 3 and [int(counts[i, i]) for i in (3, 50, 99)] == [1, 1, 1]
+
+
+# -- a masked sequence's outputs: the real steps alone -------------------------------------------
+
+SEQ_MASK = np.array([[True, True, True, False], [True, False, False, False], [False] * 4])  # a row of padding too
+SEQ_LOGITS = rng.normal(size=(3, 4, 5)).astype(np.float32)
+SEQ_LABELS = rng.integers(0, 5, size=(3, 4)).astype(np.int32)
+
+
+def padded(values, pad):
+    """``values`` with ``pad`` at the padded steps of SEQ_MASK."""
+    values = np.array(values)
+    values[~SEQ_MASK] = pad
+    return values
+
+
+MASKED_CALLS = {
+    "cross_entropy_ids": (fnn.losses.softmax_cross_entropy, SEQ_LOGITS, SEQ_LABELS, -1),
+    "cross_entropy_one_hot": (fnn.losses.softmax_cross_entropy, SEQ_LOGITS,
+                              np.eye(5, dtype=np.float32)[SEQ_LABELS], np.nan),
+    "binary_cross_entropy": (fnn.losses.sigmoid_binary_cross_entropy, SEQ_LOGITS,
+                             (SEQ_LOGITS > 0.3).astype(np.float32), np.inf),
+    "squared_error": (fnn.losses.mean_squared_error, SEQ_LOGITS, SEQ_LOGITS[::-1] * 2, np.nan),
+    "accuracy": (fnn.metrics.accuracy, SEQ_LOGITS, SEQ_LABELS, 99),
+    "top_2_accuracy": (lambda out, y: fnn.metrics.top_k_accuracy(out, y, k=2), SEQ_LOGITS, SEQ_LABELS, -7),
+}
+
+
+@pytest.mark.parametrize("pad", [np.nan, np.inf, 1e30])
+@pytest.mark.parametrize("name", list(MASKED_CALLS))
+def test_masked_outputs_give_the_value_and_gradient_of_the_real_steps_alone(name, pad):
+    """``f((outputs, mask), targets)`` equals ``f`` of the real steps gathered into a plain
+    batch, whatever the padding holds in the outputs (``pad``) and in the targets; its
+    gradient is that of the gathered steps at the real ones and zero at the padding."""
+    f, outputs, targets, pad_target = MASKED_CALLS[name]
+    mask = jnp.asarray(SEQ_MASK)
+    masked = jax.jit(lambda o, t: f((o, mask), t))
+    value = masked(padded(outputs, pad), padded(targets, pad_target))
+    alone = f(outputs[SEQ_MASK], targets[SEQ_MASK])
+    np.testing.assert_allclose(value, alone, rtol=1e-6)
+    if name.endswith("accuracy"):
+        return
+    grads = jax.grad(masked)(jnp.asarray(padded(outputs, pad)), padded(targets, pad_target))
+    want = np.zeros_like(outputs)
+    want[SEQ_MASK] = jax.grad(f)(jnp.asarray(outputs[SEQ_MASK]), targets[SEQ_MASK])
+    np.testing.assert_allclose(grads, want, rtol=1e-5, atol=1e-7)
+
+
+def test_masked_outputs_with_no_real_step_give_zero():
+    mask = jnp.zeros((3, 4), bool)
+    for name, (f, outputs, targets, pad_target) in MASKED_CALLS.items():
+        assert float(f((jnp.full_like(outputs, np.nan), mask), np.full_like(targets, pad_target))) == 0.0, name
+    grads = jax.grad(lambda o: fnn.losses.softmax_cross_entropy((o, mask), SEQ_LABELS))(jnp.asarray(SEQ_LOGITS))
+    np.testing.assert_array_equal(grads, 0.0)
+
+
+def test_a_real_step_with_a_label_out_of_range_is_still_nan():
+    labels = SEQ_LABELS.copy()
+    labels[0, 1] = -1  # a real step: the mask does not say it is padding
+    assert np.isnan(fnn.losses.softmax_cross_entropy((SEQ_LOGITS, jnp.asarray(SEQ_MASK)), labels))
+
+
+@pytest.mark.parametrize("f", [fnn.losses.softmax_cross_entropy, fnn.metrics.accuracy])
+def test_masked_outputs_with_a_mask_that_does_not_fit_are_a_clear_error(f):
+    name = f.__name__
+    with pytest.raises(fnn.ShapeError, match=rf"{name} expects a mask bool\[3,4\] for the sequence "
+                                             r"float32\[3,4,5\], got bool\[3,5\]"):
+        f((SEQ_LOGITS, np.ones((3, 5), bool)), SEQ_LABELS)
+    with pytest.raises(fnn.ShapeError, match=rf"{name} expects a sequence or a pair \(sequence, mask\)"):
+        f((SEQ_LOGITS, SEQ_MASK, SEQ_MASK), SEQ_LABELS)
+    with pytest.raises(ValueError, match="labels of shape logits.shape|integer labels of shape"):
+        f((SEQ_LOGITS, SEQ_MASK), SEQ_LABELS[:, :3])
+
+
+def test_a_model_of_padded_sequences_trains_on_its_real_steps_alone():
+    """A tagger over padded ids, its outputs a masked sequence: the train step's loss,
+    accuracy and gradients do not depend on the pad ids or the pad labels."""
+    model = fnn.serial(fnn.KeepMask(fnn.Embedding(7, 8)), fnn.Recurrent(fnn.GRU(8)), fnn.KeepMask(fnn.Dense(5)))
+    ids = rng.integers(0, 7, size=(3, 4)).astype(np.int32)
+    mask = jnp.asarray(SEQ_MASK)
+    state = fnn.init_train_state(model, optax.sgd(0.1), jax.random.key(0), (ids, mask))
+    step = fnn.make_train_step(model, optax.sgd(0.1), fnn.losses.softmax_cross_entropy,
+                               metrics={"accuracy": fnn.metrics.accuracy}, donate=False)
+    after, metrics = step(state, ((jnp.asarray(ids), mask), SEQ_LABELS))
+    after_padded, metrics_padded = step(state, ((jnp.asarray(padded(ids, 3)), mask), padded(SEQ_LABELS, -1)))
+    np.testing.assert_allclose(metrics["loss"], metrics_padded["loss"], rtol=1e-6)
+    np.testing.assert_allclose(metrics["accuracy"], metrics_padded["accuracy"])
+    chex.assert_trees_all_close(after.params, after_padded.params, rtol=1e-6)
+    outputs, _ = model.apply(state.params, state.model_state, (jnp.asarray(ids), mask))
+    np.testing.assert_allclose(metrics["loss"], fnn.losses.softmax_cross_entropy(outputs[0][SEQ_MASK],
+                                                                                  SEQ_LABELS[SEQ_MASK]), rtol=1e-6)

@@ -17,13 +17,13 @@ import jax.numpy as jnp
 from fnn.core import Layer, ShapeError, as_layer, shape_str
 
 
-def split_mask(layer: Layer, x: Any) -> tuple[Any, Any]:
+def split_mask(layer: Layer | str, x: Any) -> tuple[Any, Any]:
     """``(values, mask)`` of a masked sequence, ``(x, None)`` of a plain one; checks both.
 
     The values must be ``[batch, time, ...]`` with at least one step; the mask, if any,
-    ``bool[batch, time]``.
+    ``bool[batch, time]``. Errors name ``layer`` (its class, or the name given).
     """
-    name = type(layer).__name__
+    name = layer if isinstance(layer, str) else type(layer).__name__
     if isinstance(x, tuple | list):
         if len(x) != 2:
             raise ShapeError(f"{name} expects a sequence or a pair (sequence, mask), got {shape_str(x)}")
@@ -65,6 +65,28 @@ def zero_padding(values: Any, mask: Any) -> Any:
     if mask is None:
         return values
     return jnp.where(along(mask, values.ndim), values, jnp.zeros((), values.dtype))
+
+
+def split_outputs(name: str, outputs: Any) -> tuple[Any, Any]:
+    """``(values, mask)`` of a masked sequence's outputs (checked as ``split_mask`` does, errors
+    naming ``name``), ``(outputs, None)`` of any other: the losses' and metrics' first step."""
+    return split_mask(name, outputs) if isinstance(outputs, tuple | list) else (outputs, None)
+
+
+def real_mean(values: Any, mask: Any) -> Any:
+    """The mean of ``values [batch, time, ...]`` over the steps ``mask`` marks as real, each
+    step's entries counted alike (over every entry when ``mask`` is None); 0 with no real step.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(real_mean(jnp.array([[1.0, 3.0, jnp.nan]]), jnp.array([[True, True, False]])))
+        2.0
+    """
+    if mask is None:
+        return jnp.mean(values)
+    real = jnp.broadcast_to(along(mask, values.ndim), values.shape)
+    total = jnp.sum(jnp.where(real, values, jnp.zeros((), values.dtype)))
+    return total / jnp.maximum(jnp.sum(real, dtype=values.dtype), 1)
 
 
 def join_mask(y: Any, mask: Any) -> Any:
