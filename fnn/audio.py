@@ -170,8 +170,9 @@ class LogMel(Layer):
         audio = zero_padding(audio.astype(jnp.float32), mask)  # padding reaches no frame's gradient
         n_frames = int(self.frames(audio.shape[1]))
         starts = jnp.arange(n_frames) * self.hop
-        frames = audio[:, starts[:, None] + jnp.arange(self.win_length)]  # [batch, frames, win]
-        frames = frames * jnp.hanning(self.win_length + 2)[1:-1].astype(jnp.float32)  # no zero ends
+        frames = audio[:, starts[:, None] + jnp.arange(self.win_length)[None, :]]  # [batch, frames, win]
+        window = jnp.hanning(self.win_length + 2)[1:-1].astype(jnp.float32)  # no zero ends
+        frames = frames * window[None, None]
         power = jnp.abs(jnp.fft.rfft(frames, n=self.n_fft)) ** 2
         bank = jnp.asarray(mel_filterbank(self.n_fft, self.n_mels, self.sample_rate, self.fmin, self.fmax))
         features = jnp.log(jnp.maximum(power @ bank, self.floor))

@@ -246,7 +246,9 @@ def _conv_forward(shape, x, w):
     xp = _pad(x, shape.padding)
     acc = _accumulator(x.dtype)
     windows = _windows(xp, w.shape[:-2], shape.out(x, w), shape.strides, shape.dilation)
-    y = sum(window.astype(acc) * w[offset][0].astype(acc) for offset, window in windows)
+    # w[offset][0] is [out_channels]: given the window's rank explicitly (for rank promotion "raise")
+    y = sum(window.astype(acc) * jax.lax.expand_dims(w[offset][0].astype(acc), tuple(range(window.ndim - 1)))
+            for offset, window in windows)
     return _computed_once(y.astype(x.dtype)), (x, w)
 
 
@@ -265,8 +267,9 @@ def _computed_once(y: jax.Array) -> jax.Array:
 
 
 def _accumulator(dtype) -> jnp.dtype:
-    """The dtype a sum over kernel offsets runs in: float32, or the inputs' if wider."""
-    return jnp.promote_types(dtype, jnp.float32)
+    """The dtype a sum over kernel offsets runs in: float32, or the inputs' if wider (spelled
+    out: ``promote_types`` raises for bfloat16 under ``jax_numpy_dtype_promotion="strict"``)."""
+    return dtype if jnp.finfo(dtype).bits > 32 else jnp.dtype(jnp.float32)
 
 
 # Up to this many input channels (at stride 1) the input gradient is ``_col2im``; past

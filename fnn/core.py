@@ -97,6 +97,19 @@ def shape_str(x: Any) -> str:
     return type(x).__name__
 
 
+def to_rank(x: jax.Array, ndim: int) -> jax.Array:
+    """``x`` with leading axes of size 1 up to rank ``ndim``: a bias ``[features]`` to add to
+    ``y [..., features]``. fnn spells each such broadcast out, so that it runs with
+    ``jax_numpy_rank_promotion="raise"``, which refuses an implicit one.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> to_rank(jnp.zeros(3), 3).shape
+        (1, 1, 3)
+    """
+    return jax.lax.expand_dims(x, tuple(range(ndim - x.ndim)))
+
+
 def snake_case(name: str) -> str:
     """``"BatchNorm"`` -> ``"batch_norm"``, ``"ConvTranspose"`` -> ``"conv_transpose"``.
 

@@ -151,7 +151,7 @@ def ctc_loss(outputs: Any, targets: Any, *, blank: int = 0) -> jax.Array:
     # Under jit a label out of range (or the blank) cannot raise: its utterance's loss is NaN.
     bad = label_mask & ((labels < 0) | (labels >= num_classes) | (labels == blank))
     per_utterance = jnp.where(bad.any(1), jnp.nan, per_utterance)
-    return jnp.mean(per_utterance / jnp.maximum(label_mask.sum(1), 1))
+    return jnp.mean(per_utterance / jnp.maximum(label_mask.sum(1, dtype=per_utterance.dtype), 1))
 
 
 def _collapse(path: Sequence[int], blank: int) -> list[int]:

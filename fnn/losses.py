@@ -47,7 +47,8 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         log_p = jax.nn.log_softmax(logits)
         if jnp.issubdtype(labels.dtype, jnp.floating):  # float32 labels: a float32 loss of bf16 logits
             log_p = log_p.astype(jnp.result_type(log_p, labels))
-        terms = jnp.where(labels != 0, labels.astype(log_p.dtype) * log_p, 0)
+        # 0 where the label is 0, -inf log_p too; its product would be NaN (jax_debug_nans raises on it)
+        terms = labels.astype(log_p.dtype) * jnp.where(labels != 0, log_p, 0)
         return real_mean(-terms.sum(-1), mask)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise _mismatch("softmax_cross_entropy", "one-hot labels of the logits' shape", logits, labels)

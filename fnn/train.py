@@ -14,6 +14,7 @@ arrays, so nothing waits for the host between steps.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -326,13 +327,20 @@ def evaluate(
     count = 0
     for batch in batches:
         size = jax.tree.leaves(pair(batch, "evaluate")[0])[0].shape[0]  # x may be a pytree, e.g. (ids, mask)
-        weighted = {name: value * size for name, value in eval_step(state, batch).items()}
-        totals = weighted if totals is None else jax.tree.map(jnp.add, totals, weighted)
+        totals = _add_weighted(totals, eval_step(state, batch), size)
         count += size
     if totals is None:
         raise ValueError("evaluate: no batches to evaluate")
     means = _diverged_nan({name: value / count for name, value in jax.device_get(totals).items()})
     return {name: _number(value) for name, value in means.items()}
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _add_weighted(totals: dict[str, jax.Array] | None, metrics: dict[str, jax.Array], size: int):
+    """``totals + metrics * size`` on the device: ``size`` is part of the program (one per
+    batch size), so a batch sends the device nothing (``jax.transfer_guard`` allows it)."""
+    weighted = {name: value * size for name, value in metrics.items()}
+    return weighted if totals is None else jax.tree.map(jnp.add, totals, weighted)
 
 
 def _diverged_nan(metrics: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from jax import lax
 
 from fnn import initializers
 from fnn.autodiff import attention, matmul
-from fnn.core import Layer, LayerError, ShapeError, is_real, shape_str
+from fnn.core import Layer, LayerError, ShapeError, is_real, shape_str, to_rank
 from fnn.layers._common import (
     WeightOptions,
     compute_dtype,
@@ -80,7 +80,7 @@ def dot_product_attention(
     given = visible
     if causal:  # aligned to the last key, unlike jax.nn's is_causal when tq != tk
         now = jnp.arange(tk)[None, :] <= jnp.arange(tq)[:, None] + (tk - tq)
-        visible = now[None, None] if visible is None else visible & now
+        visible = now[None, None] if visible is None else visible & now[None, None]
     keep = None
     if dropout_rate > 0.0:
         if key is None:
@@ -190,7 +190,7 @@ def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Arr
         )
     half = x.shape[-1] // 2
     frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions[:, None].astype(jnp.float32) * frequencies  # [time, half]
+    angles = positions[:, None].astype(jnp.float32) * frequencies[None, :]  # [time, half]
     cos, sin = jnp.cos(angles)[None, :, None], jnp.sin(angles)[None, :, None]
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
@@ -303,7 +303,7 @@ class MultiHeadAttention(WeightOptions, Layer):
             d, heads, width = p["w"].shape
             y = matmul(x.astype(dtype), p["w"].astype(dtype).reshape(d, heads * width))
             y = y.reshape(*y.shape[:-1], heads, width)
-            return y + p["b"].astype(dtype) if "b" in p else y
+            return y + to_rank(p["b"].astype(dtype), y.ndim) if "b" in p else y
 
         return proj("query"), proj("key"), proj("value")
 
@@ -311,7 +311,7 @@ class MultiHeadAttention(WeightOptions, Layer):
         p = params["out"]
         w = p["w"].astype(dtype)
         y = matmul(heads.reshape(*heads.shape[:-2], -1), w.reshape(-1, w.shape[-1]))
-        return y + p["b"].astype(dtype) if "b" in p else y
+        return y + to_rank(p["b"].astype(dtype), y.ndim) if "b" in p else y
 
     def _check_features(self, params, x):
         """Float input of the params' d_model, and the params ``init`` makes for it: query, key,
@@ -444,7 +444,7 @@ class LearnedPositions(Layer):
     def forward(self, params, x, *, key=None, train=False):
         x, mask = _check_positions_input(self, x, self.max_len)
         require_features(self, x, params["w"].shape[1])
-        return join_mask(x + params["w"][: x.shape[1]].astype(x.dtype), mask)
+        return join_mask(x + params["w"][None, : x.shape[1]].astype(x.dtype), mask)
 
 
 def sinusoids(length: int, d_model: int) -> jax.Array:
@@ -459,8 +459,8 @@ def sinusoids(length: int, d_model: int) -> jax.Array:
     position = jnp.arange(length, dtype=jnp.float32)[:, None]
     rates = 10000.0 ** (-jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
     table = jnp.zeros((length, d_model), jnp.float32)
-    table = table.at[:, 0::2].set(jnp.sin(position * rates))
-    return table.at[:, 1::2].set(jnp.cos(position * rates[: d_model // 2]))
+    table = table.at[:, 0::2].set(jnp.sin(position * rates[None, :]))
+    return table.at[:, 1::2].set(jnp.cos(position * rates[None, : d_model // 2]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -491,4 +491,4 @@ class SinusoidalPositions(Layer):
 
     def forward(self, params, x, *, key=None, train=False):
         x, mask = _check_positions_input(self, x, self.max_len)
-        return join_mask(x + sinusoids(x.shape[1], x.shape[-1]).astype(x.dtype), mask)
+        return join_mask(x + sinusoids(x.shape[1], x.shape[-1])[None].astype(x.dtype), mask)

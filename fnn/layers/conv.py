@@ -14,7 +14,7 @@ import jax
 from jax import lax
 
 from fnn import autodiff
-from fnn.core import Layer, ShapeError, is_count, shape_str
+from fnn.core import Layer, ShapeError, is_count, shape_str, to_rank
 from fnn.layers._common import (
     WeightOptions,
     compute_dtype,
@@ -146,7 +146,7 @@ class _ConvBase(WeightOptions, Layer):
             dimension_numbers=(lhs, rhs, lhs), **options,
         )
         require_nonempty(self, x, y)  # static shapes: an input smaller than the window
-        return y + params["b"].astype(dtype) if self.use_bias else y
+        return y + to_rank(params["b"].astype(dtype), y.ndim) if self.use_bias else y
 
 
 @dataclasses.dataclass(frozen=True)

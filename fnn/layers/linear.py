@@ -11,7 +11,7 @@ import numpy as np
 
 from fnn import initializers
 from fnn.autodiff import matmul
-from fnn.core import Layer, ShapeError, shape_str
+from fnn.core import Layer, ShapeError, shape_str, to_rank
 from fnn.layers._common import (
     WeightOptions,
     compute_dtype,
@@ -64,7 +64,7 @@ class Dense(WeightOptions, Layer):
         require_features(self, x, w.shape[0])
         dtype = compute_dtype(self, x, w)
         y = matmul(x.astype(dtype), w.astype(dtype))
-        return y + params["b"].astype(dtype) if self.use_bias else y
+        return y + to_rank(params["b"].astype(dtype), y.ndim) if self.use_bias else y
 
 
 @dataclasses.dataclass(frozen=True)

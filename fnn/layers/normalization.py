@@ -64,10 +64,10 @@ def _affine(params: dict, y: jax.Array, axis: int = -1) -> jax.Array:
     """``y * scale + bias``, each present only if the layer learns it, broadcast along ``axis``."""
     shape = [1] * y.ndim
     shape[axis] = y.shape[axis]
-    if "scale" in params:
-        y = y * params["scale"].reshape(shape)
+    if "scale" in params:  # in y's dtype (the statistics'), whatever a precision policy made the params
+        y = y * params["scale"].astype(y.dtype).reshape(shape)
     if "bias" in params:
-        y = y + params["bias"].reshape(shape)
+        y = y + params["bias"].astype(y.dtype).reshape(shape)
     return y
 
 
@@ -99,7 +99,9 @@ def _real_moments(x32: jax.Array, mask: jax.Array, reduce: tuple[int, ...]) -> t
 
 
 def _stats_dtype(x: jax.Array) -> Any:
-    return jnp.promote_types(x.dtype, jnp.float32)
+    """float32, or the input's dtype if wider (spelled out: ``promote_types`` with float32
+    raises under ``jax_numpy_dtype_promotion="strict"`` for a bfloat16 input)."""
+    return x.dtype if jnp.finfo(x.dtype).bits > 32 else jnp.dtype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)

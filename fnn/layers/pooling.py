@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -142,7 +143,7 @@ class AvgPool(_Pool):
             return tiled[0].mean(tiled[1])
         total = self._reduce(x, 0.0, lax.add)
         if self.count_include_pad or self.padding == "VALID":
-            return total / jnp.prod(jnp.array(self.window))
+            return total / math.prod(self.window)  # a Python int: x's dtype, under strict promotion too
         counts = self._reduce(jnp.ones((1, *x.shape[1:-1], 1), x.dtype), 0.0, lax.add)
         return total / counts
 

@@ -26,7 +26,7 @@ from jax import lax
 
 from fnn import initializers
 from fnn.autodiff import matmul, reverse_only
-from fnn.core import Layer, LayerError, ShapeError, init_child, path_str, shape_str
+from fnn.core import Layer, LayerError, ShapeError, init_child, path_str, shape_str, to_rank
 from fnn.layers._common import compute_dtype, float_dtype, positive_int, require_float, require_rank
 from fnn.layers.sequence import along, join_mask, split_mask, zero_padding
 
@@ -155,7 +155,8 @@ class Cell(_CellOptions, Layer):
         self._check_width(params, x)
         w = params["input"]["w"]
         dtype = compute_dtype(self, x, w)
-        return matmul(x.astype(dtype), w.astype(dtype)) + params["input"]["b"].astype(dtype)
+        y = matmul(x.astype(dtype), w.astype(dtype))
+        return y + to_rank(params["input"]["b"].astype(dtype), y.ndim)
 
     def recur(self, params, carry: Carry, projected: jax.Array) -> tuple[Carry, jax.Array]:
         """One step from the projected input: ``(carry', y_t)``; by default ``activate`` of
@@ -304,7 +305,7 @@ class GRU(Cell):
         h_r, h_z, h_n = jnp.split(hidden, 3, axis=-1)
         r = jax.nn.sigmoid(x_r + h_r)
         z = jax.nn.sigmoid(x_z + h_z)
-        reset = h_n + hidden_bias.astype(projected.dtype)
+        reset = h_n + to_rank(hidden_bias.astype(projected.dtype), h_n.ndim)
         return r, z, jnp.tanh(x_n + r * reset), reset
 
 

@@ -106,7 +106,7 @@ def lengths_to_mask(lengths: jax.Array, time: int) -> jax.Array:
     lengths = jnp.asarray(lengths)
     if lengths.ndim != 1 or not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise ShapeError(f"lengths_to_mask expects integer lengths int[batch], got {shape_str(lengths)}")
-    return jnp.arange(time) < lengths[:, None]
+    return jnp.arange(time)[None, :] < lengths[:, None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +192,7 @@ class SequencePool(Layer):
         x, mask = split_mask(self, x)
         if len(x.shape) != 3:
             raise ShapeError(f"SequencePool expects [batch, time, features], got {shape_str(x)}")
+        x = zero_padding(x, mask)  # a row of padding alone picks a padded step, NaN or not
         if mask is None:
             mask = jnp.ones(x.shape[:2], bool)
         m = mask[..., None]

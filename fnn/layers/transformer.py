@@ -380,7 +380,8 @@ def sample(
     if use_cache and not hasattr(model, "decode"):
         raise ValueError(f"sample: {type(model).__name__} has no key/value cache; pass use_cache=False")
 
-    tokens = jnp.zeros((batch, total), jnp.int32).at[:, :p].set(prompt)  # a narrow dtype's ids would wrap
+    # int32 whatever the prompt's dtype: a narrow one's ids would wrap, an int64 one's warns
+    tokens = jnp.zeros((batch, total), jnp.int32).at[:, :p].set(prompt.astype(jnp.int32))
     run = _sample_cached if use_cache else _sample_recomputed
     return run(model, params, tokens, key, float(temperature), p)
 
