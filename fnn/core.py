@@ -110,6 +110,19 @@ def to_rank(x: jax.Array, ndim: int) -> jax.Array:
     return jax.lax.expand_dims(x, tuple(range(ndim - x.ndim)))
 
 
+def promoted(*values: Any) -> Any:
+    """``jnp.result_type(*values)`` by JAX's standard rules, whatever ``jax_numpy_dtype_promotion``
+    says: the dtype fnn then casts to explicitly, so that its code runs under "strict" too.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> promoted(jnp.bfloat16, jnp.float32)
+        dtype('float32')
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.result_type(*values)
+
+
 def snake_case(name: str) -> str:
     """``"BatchNorm"`` -> ``"batch_norm"``, ``"ConvTranspose"`` -> ``"conv_transpose"``.
 

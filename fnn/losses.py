@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fnn.core import shape_str
+from fnn.core import promoted, shape_str
 from fnn.layers.sequence import real_mean, split_outputs, zero_padding
 
 
@@ -46,7 +46,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         logits, labels = zero_padding(logits, mask), zero_padding(labels, mask)
         log_p = jax.nn.log_softmax(logits)
         if jnp.issubdtype(labels.dtype, jnp.floating):  # float32 labels: a float32 loss of bf16 logits
-            log_p = log_p.astype(jnp.result_type(log_p, labels))
+            log_p = log_p.astype(promoted(log_p, labels))
         # 0 where the label is 0, -inf log_p too; its product would be NaN (jax_debug_nans raises on it)
         terms = labels.astype(log_p.dtype) * jnp.where(labels != 0, log_p, 0)
         return real_mean(-terms.sum(-1), mask)

@@ -187,3 +187,21 @@ def test_a_model_of_padded_sequences_trains_on_its_real_steps_alone():
     outputs, _ = model.apply(state.params, state.model_state, (jnp.asarray(ids), mask))
     np.testing.assert_allclose(metrics["loss"], fnn.losses.softmax_cross_entropy(outputs[0][SEQ_MASK],
                                                                                   SEQ_LABELS[SEQ_MASK]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_masked_outputs_of_a_narrow_dtype_are_summed_in_float32(dtype):
+    """64 x 512 steps of float16 losses summed in float16 overflow to inf, and bfloat16
+    counts 1,999 real steps as 2,000; the mean over real steps is taken as ``jnp.mean``
+    takes the plain one, in float32, and given back in the values' dtype."""
+    logits = jnp.zeros((64, 512, 8), dtype)
+    labels = jnp.zeros((64, 512), jnp.int32)
+    mask = fnn.lengths_to_mask(jnp.full((64,), 500), 512)
+    loss = fnn.losses.softmax_cross_entropy((logits, mask), labels)
+    assert loss.dtype == dtype
+    np.testing.assert_allclose(float(loss), np.log(8), rtol=1e-2)
+    assert float(fnn.metrics.accuracy((logits, mask), labels)) == 1.0
+    pred = jax.random.uniform(jax.random.key(0), (1, 2000), minval=0.5, maxval=1.5).astype(dtype)
+    short = fnn.lengths_to_mask(jnp.array([1999]), 2000)
+    np.testing.assert_allclose(float(fnn.losses.mean_squared_error((pred, short), jnp.zeros_like(pred))),
+                               float(jnp.mean(jnp.square(pred[:, :1999].astype(jnp.float32)))), rtol=4e-3)

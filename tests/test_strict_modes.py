@@ -160,3 +160,25 @@ def test_sample_takes_an_int64_prompt_quietly():
             warnings.simplefilter("error")
             tokens = fnn.sample(model, params, prompt, 4, key=KEY)
     assert tokens.shape == (1, 7) and tokens[0, :3].tolist() == [1, 2, 3]
+
+
+def test_mixed_dtypes_fnn_chooses_run_under_strict_dtype_promotion():
+    """A layer given bfloat16 input with float32 params computes in float32, as by default;
+    one-hot float32 labels give a float32 loss of bfloat16 logits."""
+    x = rand((2, 3, 4)).astype(jnp.bfloat16)
+    logits = rand((2, 4, 3)).astype(jnp.bfloat16)
+    one_hot = jax.nn.one_hot(jnp.array([[0, 1, 2, 0], [1, 1, 1, 1]]), 3)
+    cases = {
+        "dense": lambda: (lambda layer: layer(layer.init(KEY, x)[0], x))(fnn.Dense(3)),
+        "embedding_attend": lambda: (lambda layer: layer.attend(layer.init(KEY, jnp.zeros((1,), jnp.int32))[0], x))(
+            fnn.Embedding(5, 4)),
+        "attention": lambda: fnn.dot_product_attention(x[..., None, :], x[..., None, :].astype(jnp.float32),
+                                                       x[..., None, :]),
+        "one_hot_cross_entropy": lambda: fnn.losses.softmax_cross_entropy(logits, one_hot),
+    }
+    for name, call in cases.items():
+        want = call()
+        with jax.numpy_dtype_promotion("strict"):
+            got = call()
+        assert got.dtype == want.dtype == jnp.float32, name
+        np.testing.assert_array_equal(got, want, err_msg=name)

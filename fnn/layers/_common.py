@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import initializers
-from fnn.core import Layer, LayerError, ShapeError, is_count, shape_str
+from fnn.core import Layer, LayerError, ShapeError, is_count, promoted, shape_str
 
 
 def require_float(layer: Layer, x: Any) -> None:
@@ -80,7 +80,7 @@ def compute_dtype(layer: Any, x: Any, *params: Any) -> Any:
     """The dtype a layer computes in: its ``dtype`` field, else the inputs' promoted type."""
     if getattr(layer, "dtype", None) is not None:
         return float_dtype(layer, "dtype", layer.dtype)
-    return jnp.result_type(x, *params)
+    return promoted(x, *params)  # cast to explicitly: strict dtype promotion allows it
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ from jax import lax
 
 from fnn import initializers
 from fnn.autodiff import attention, matmul
-from fnn.core import Layer, LayerError, ShapeError, is_real, shape_str, to_rank
+from fnn.core import Layer, LayerError, ShapeError, is_real, promoted, shape_str, to_rank
 from fnn.layers._common import (
     WeightOptions,
     compute_dtype,
@@ -73,7 +73,7 @@ def dot_product_attention(
     _check_attention_inputs(q, k, v, mask)
     check_rate("dot_product_attention", dropout_rate, "dropout_rate")
     check_implementation("dot_product_attention", implementation, dropout_rate)
-    dtype = jnp.result_type(q, k, v)
+    dtype = promoted(q, k, v)
     q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
     tq, tk = q.shape[1], k.shape[1]
     visible = None if mask is None else jnp.reshape(mask, (1,) * (4 - len(mask.shape)) + tuple(mask.shape))

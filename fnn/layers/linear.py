@@ -11,7 +11,7 @@ import numpy as np
 
 from fnn import initializers
 from fnn.autodiff import matmul
-from fnn.core import Layer, ShapeError, shape_str, to_rank
+from fnn.core import Layer, ShapeError, promoted, shape_str, to_rank
 from fnn.layers._common import (
     WeightOptions,
     compute_dtype,
@@ -142,5 +142,5 @@ class Embedding(Layer):
         """Scores ``x: [..., features]`` against every embedding: ``[..., num_embeddings]``."""
         table = self._table(params)
         require_features(self, x, self.features)
-        dtype = self.dtype or jnp.result_type(x, table)
+        dtype = self.dtype or promoted(x, table)
         return matmul(x.astype(dtype), table.astype(dtype).T)

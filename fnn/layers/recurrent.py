@@ -26,7 +26,7 @@ from jax import lax
 
 from fnn import initializers
 from fnn.autodiff import matmul, reverse_only
-from fnn.core import Layer, LayerError, ShapeError, init_child, path_str, shape_str, to_rank
+from fnn.core import Layer, LayerError, ShapeError, init_child, path_str, promoted, shape_str, to_rank
 from fnn.layers._common import compute_dtype, float_dtype, positive_int, require_float, require_rank
 from fnn.layers.sequence import along, join_mask, split_mask, zero_padding
 
@@ -381,7 +381,7 @@ class Recurrent(Layer):
         """The dtype the cell computes in, and so the carry's: as ``compute_dtype``."""
         if self.cell.dtype is not None:
             return float_dtype(self.cell, "dtype", self.cell.dtype)
-        return jnp.result_type(x.dtype, float_dtype(self.cell, "param_dtype", self.cell.param_dtype))
+        return promoted(x.dtype, float_dtype(self.cell, "param_dtype", self.cell.param_dtype))
 
     def init(self, key, x):
         x, _ = self._check(x)

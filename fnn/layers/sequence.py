@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fnn.core import Layer, ShapeError, as_layer, shape_str
+from fnn.core import Layer, ShapeError, as_layer, promoted, shape_str
 
 
 def split_mask(layer: Layer | str, x: Any) -> tuple[Any, Any]:
@@ -85,8 +85,9 @@ def real_mean(values: Any, mask: Any) -> Any:
     if mask is None:
         return jnp.mean(values)
     real = jnp.broadcast_to(along(mask, values.ndim), values.shape)
-    total = jnp.sum(jnp.where(real, values, jnp.zeros((), values.dtype)))
-    return total / jnp.maximum(jnp.sum(real, dtype=values.dtype), 1)
+    acc = promoted(values.dtype, jnp.float32)  # as jnp.mean sums: float16 would overflow, bfloat16 miscount
+    total = jnp.sum(jnp.where(real, values, jnp.zeros((), values.dtype)), dtype=acc)
+    return (total / jnp.maximum(jnp.sum(real, dtype=acc), 1)).astype(values.dtype)
 
 
 def join_mask(y: Any, mask: Any) -> Any:
