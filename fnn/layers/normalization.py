@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fnn.core import Layer, LayerError, ShapeError, is_int, is_real, shape_str
+from fnn.core import Layer, LayerError, ShapeError, is_int, is_real, promoted, shape_str
 from fnn.layers._common import freeze, positive_int, require_features, require_float
 from fnn.layers.sequence import along, join_mask, split_mask, zero_padding
 
@@ -90,7 +90,7 @@ def _normalize(
 def _real_moments(x32: jax.Array, mask: jax.Array, reduce: tuple[int, ...]) -> tuple[jax.Array, ...]:
     """Mean, variance and count of the real steps of ``x32 [batch, time, ...]`` (padding
     zeroed already) over the axes ``reduce``, kept as size-1 axes; mean and variance are 0
-    where the count is."""
+    where no step is real."""
     real = along(mask, x32.ndim)
     count = jnp.sum(jnp.broadcast_to(real, x32.shape), reduce, keepdims=True, dtype=x32.dtype)
     mean = jnp.sum(x32, reduce, keepdims=True) / jnp.maximum(count, 1)
@@ -99,9 +99,8 @@ def _real_moments(x32: jax.Array, mask: jax.Array, reduce: tuple[int, ...]) -> t
 
 
 def _stats_dtype(x: jax.Array) -> Any:
-    """float32, or the input's dtype if wider (spelled out: ``promote_types`` with float32
-    raises under ``jax_numpy_dtype_promotion="strict"`` for a bfloat16 input)."""
-    return x.dtype if jnp.finfo(x.dtype).bits > 32 else jnp.dtype(jnp.float32)
+    """float32, or the input's dtype if wider."""
+    return promoted(x.dtype, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)

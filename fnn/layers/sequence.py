@@ -68,9 +68,15 @@ def zero_padding(values: Any, mask: Any) -> Any:
 
 
 def split_outputs(name: str, outputs: Any) -> tuple[Any, Any]:
-    """``(values, mask)`` of a masked sequence's outputs (checked as ``split_mask`` does, errors
-    naming ``name``), ``(outputs, None)`` of any other: the losses' and metrics' first step."""
-    return split_mask(name, outputs) if isinstance(outputs, tuple | list) else (outputs, None)
+    """``(values, mask)`` of a masked sequence's outputs (checked as ``split_mask`` does: a
+    ``ValueError`` naming ``name``, not a layer's path), ``(outputs, None)`` of any other:
+    the losses' and metrics' first step."""
+    if not isinstance(outputs, tuple | list):
+        return outputs, None
+    try:
+        return split_mask(name, outputs)
+    except ShapeError as error:
+        raise ValueError(error.message) from None
 
 
 def real_mean(values: Any, mask: Any) -> Any:
