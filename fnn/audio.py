@@ -200,10 +200,8 @@ def normalize(features: jax.Array, mask: jax.Array, epsilon: float = 1e-5) -> ja
         >>> [round(float(v), 3) for v in out[0, :2, 0]]
         [-1.0, 1.0]
     """
+    features = zero_padding(features, mask)  # a padded frame's NaN or infinity reaches no sum or gradient
     m = mask[..., None]
-    # where, not a product with the mask: a padded frame's NaN or infinity must reach no sum
-    # and no gradient
-    features = jnp.where(m, features, 0)
     count = jnp.maximum(m.sum(1, keepdims=True), 1).astype(features.dtype)
     mean = features.sum(1, keepdims=True) / count
     var = (jnp.where(m, features - mean, 0) ** 2).sum(1, keepdims=True) / count

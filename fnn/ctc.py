@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from fnn.core import shape_str
+from fnn.layers.sequence import zero_padding
 
 
 def _split(outputs: Any, name: str) -> tuple[Any, Any]:
@@ -145,7 +146,7 @@ def ctc_loss(outputs: Any, targets: Any, *, blank: int = 0) -> jax.Array:
         check_targets(np.asarray(mask).sum(1), labels, np.asarray(label_mask).sum(1), where="ctc_loss",
                       num_classes=num_classes, blank=blank)
     per_utterance = optax.ctc_loss(
-        jnp.where(mask[..., None], logits.astype(jnp.float32), 0.0), 1.0 - mask.astype(jnp.float32), labels,
+        zero_padding(logits.astype(jnp.float32), mask), 1.0 - mask.astype(jnp.float32), labels,
         1.0 - label_mask.astype(jnp.float32), blank_id=blank,
     )
     # Under jit a label out of range (or the blank) cannot raise: its utterance's loss is NaN.
