@@ -13,12 +13,18 @@ both). Cases, batch 16, 3x3 kernels unless named, "SAME" padding:
 - ``projection-56``: 56 x 56 x 64 -> 128, 1 x 1, stride 2 (a residual projection);
 - ``same-56``: 56 x 56 x 64 -> 64, stride 1;
 - ``dilated-32``: 32 x 32 x 64 -> 64, dilation 2;
-- ``upsample-28``: a transposed convolution, 28 x 28 x 64 -> 32, stride 2.
+- ``upsample-28``: a transposed convolution, 28 x 28 x 64 -> 32, stride 2;
+
+and the few-channel layers where fnn's rule takes part: ``lenet-first`` (28 x 28 x 1 ->
+6, 5x5, batch 128), ``one-channel-64`` (64 x 64 x 1 -> 32), ``one-channel-128`` (128 x 128
+x 1 -> 16, batch 8), ``stem-64`` (64 x 64 x 3 -> 16), ``stem-7x7`` (64 x 64 x 3 -> 64, 7x7,
+stride 2), ``audio-1d`` (8 sequences of 1000 samples, one channel -> 16, a kernel of 9) and
+``audio-1d-up`` (a 1-D transposed convolution, 500 x 32 -> 1, a kernel of 4, stride 2).
 
 Variants: ``raw jax`` (``lax.conv_general_dilated`` or ``lax.conv_transpose`` and
 ``jax.value_and_grad``), ``fnn`` (the ``fnn.Conv`` or ``fnn.ConvTranspose`` layer, traced
 inside ``fnn.reverse_mode_only()`` as ``make_train_step`` traces it) and ``pytorch (eager)``
-when installed (``conv2d`` or ``conv_transpose2d`` and ``backward``). Flax's Linen
+when installed (``conv1d``, ``conv2d`` or the transposed ones and ``backward``). Flax's Linen
 convolution is ``lax.conv_general_dilated``, the raw JAX row. MiB is XLA's plan for the
 call (arguments, outputs and temporaries).
 
@@ -50,14 +56,20 @@ BATCH = 16
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One layer: its input ``[batch, height, width, in]`` and its convolution."""
+    """One layer: its input ``[batch, *spatial, in]`` (one or two spatial axes) and its
+    convolution."""
 
-    x: tuple[int, int, int, int]
+    x: tuple[int, ...]
     features: int
-    kernel: tuple[int, int] = (3, 3)
-    strides: tuple[int, int] = (1, 1)
-    dilation: tuple[int, int] = (1, 1)
+    kernel: tuple[int, ...] = (3, 3)
+    strides: tuple[int, ...] | None = None  # default 1 per spatial axis
+    dilation: tuple[int, ...] | None = None
     transpose: bool = False
+
+    def __post_init__(self):
+        ones = (1,) * len(self.kernel)
+        object.__setattr__(self, "strides", self.strides or ones)
+        object.__setattr__(self, "dilation", self.dilation or ones)
 
     def layer(self) -> fnn.Layer:
         kind = fnn.ConvTranspose if self.transpose else fnn.Conv
@@ -77,6 +89,13 @@ CASES = {
     "same-56": Case((BATCH, 56, 56, 64), 64),
     "dilated-32": Case((BATCH, 32, 32, 64), 64, dilation=(2, 2)),
     "upsample-28": Case((BATCH, 28, 28, 64), 32, strides=(2, 2), transpose=True),
+    "lenet-first": Case((128, 28, 28, 1), 6, kernel=(5, 5)),
+    "one-channel-64": Case((BATCH, 64, 64, 1), 32),
+    "one-channel-128": Case((8, 128, 128, 1), 16),
+    "stem-64": Case((BATCH, 64, 64, 3), 16),
+    "stem-7x7": Case((BATCH, 64, 64, 3), 64, kernel=(7, 7), strides=(2, 2)),
+    "audio-1d": Case((8, 1000, 1), 16, kernel=(9,)),
+    "audio-1d-up": Case((8, 500, 32), 1, kernel=(4,), strides=(2,), transpose=True),
 }
 
 
@@ -102,7 +121,8 @@ def _jax_bench(apply: Callable, data: tuple, context: Callable | None = None) ->
 
 def raw_apply(case: Case) -> Callable:
     """``lax``'s convolution of the case, with the bias."""
-    lhs, rhs = "NHWC", "HWIO"
+    spatial = "HW"[2 - len(case.kernel) :]
+    lhs, rhs = f"N{spatial}C", f"{spatial}IO"
     window = [d * (k - 1) + 1 for k, d in zip(case.kernel, case.dilation)]
     if case.transpose:
         def conv(x, w):
@@ -110,7 +130,7 @@ def raw_apply(case: Case) -> Callable:
                                       dimension_numbers=(lhs, rhs, lhs))
     else:
         def conv(x, w):
-            pads = lax.padtype_to_pads(x.shape[1:3], window, case.strides, "SAME")
+            pads = lax.padtype_to_pads(x.shape[1:-1], window, case.strides, "SAME")
             return lax.conv_general_dilated(x, w, case.strides, pads, rhs_dilation=case.dilation,
                                             dimension_numbers=(lhs, rhs, lhs))
     return lambda p, x: conv(x, p["w"]) + p["b"]
@@ -135,17 +155,21 @@ def torch_bench(case: Case) -> Callable[[tuple], Bench]:
 
         torch.set_num_threads(THREADS)
         x, params = data
-        # channels first: input [N, C, H, W]; weights [out, in, kh, kw] (a transposed
-        # convolution's [in, out, kh, kw], flipped)
-        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_()
-        w = params["w"].transpose(3, 2, 0, 1)
+        n = len(case.kernel)
+        spatial = tuple(range(1, n + 1))
+        # channels first: input [N, C, *spatial]; weights [out, in, *kernel] (a transposed
+        # convolution's [in, out, *kernel], flipped)
+        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, n + 1, *spatial))).requires_grad_()
+        w = params["w"].transpose(n + 1, n, *range(n))
         if case.transpose:
-            w = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+            w = np.flip(w.swapaxes(0, 1), tuple(range(2, n + 2)))
+        conv = getattr(functional, f"conv{n}d")
+        conv_transpose = getattr(functional, f"conv_transpose{n}d")
         wt = torch.from_numpy(np.ascontiguousarray(w)).requires_grad_()
         bt = torch.from_numpy(np.array(params["b"])).requires_grad_()
 
         window = [d * (k - 1) + 1 for k, d in zip(case.kernel, case.dilation)]
-        pads = lax.padtype_to_pads(x.shape[1:3], window, case.strides, "SAME")
+        pads = lax.padtype_to_pads(x.shape[1:-1], window, case.strides, "SAME")
         # PyTorch's transposed convolution pads the stride-dilated input by k - 1 on both
         # sides, lax's "SAME" by (low, high) <= k - 1: the difference is cropped off the output
         crops = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in
@@ -153,14 +177,13 @@ def torch_bench(case: Case) -> Callable[[tuple], Bench]:
 
         def apply(v):
             if case.transpose:
-                y = functional.conv_transpose2d(v, wt, bt, case.strides, dilation=case.dilation)
-                (top, bottom), (left, right) = crops
-                return y[:, :, top : y.shape[2] - bottom, left : y.shape[3] - right]
+                y = conv_transpose(v, wt, bt, case.strides, dilation=case.dilation)
+                return y[(slice(None), slice(None), *(slice(lo, y.shape[2 + i] - hi) for i, (lo, hi) in enumerate(crops)))]
             if all(lo == hi for lo, hi in pads):
-                return functional.conv2d(v, wt, bt, case.strides, [lo for lo, _ in pads], case.dilation)
+                return conv(v, wt, bt, case.strides, [lo for lo, _ in pads], case.dilation)
             # "SAME" at a stride puts the odd pad at the end; PyTorch's pads both sides alike
             v = functional.pad(v, [side for lo_hi in reversed(pads) for side in lo_hi])
-            return functional.conv2d(v, wt, bt, case.strides, 0, case.dilation)
+            return conv(v, wt, bt, case.strides, 0, case.dilation)
 
         def step(state, batch):
             for t in (batch, wt, bt):

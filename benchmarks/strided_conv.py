@@ -11,8 +11,8 @@ models:
 
 Variants:
 
-- ``fnn``: the model as shipped; every convolution takes fnn's gradient rule on CPU
-  (``fnn.autodiff.conv`` and ``conv_transpose``), the strided ones included;
+- ``fnn``: the model as shipped; on CPU a convolution takes fnn's rule where a part of it
+  applies (``fnn.autodiff.conv`` and ``conv_transpose``), the strided ones included;
 - ``fnn, XLA's strided convolution``: the same model with XLA's convolution and JAX's
   gradient of it for every strided convolution and transposed convolution, as fnn had
   it before its rule covered strides (the stride-1 ones keep the rule);

@@ -28,10 +28,9 @@ input (``g @ w^T``) and of the input projection's bias come from the same array,
 product and one sum after the loop.
 
 Inside it and on CPU, ``conv`` (the convolution of an ``fnn.Conv`` with one group, at
-any stride and dilation) has fnn's rule as well (see ``conv``). XLA's CPU convolutions
-are slow for few channels and for strides, and the LeNet step in ``benchmarks/`` runs
-1.69x faster with the rules, the spoken-commands step (its first convolution has stride
-2) 1.33-1.48x faster than with XLA's strided convolution. ``conv_transpose`` (an
+any stride and dilation) has fnn's rule as well where one of its parts applies: the
+forward pass of one input channel, and the input gradient of few input channels (see
+``conv``). XLA's CPU convolutions are slow for few channels. ``conv_transpose`` (an
 ``fnn.ConvTranspose`` with a stride) takes the gradients of the strided convolution whose
 input gradient it is (see ``conv_transpose``). On GPU and TPU both are XLA's.
 
@@ -157,34 +156,29 @@ def conv(
     ``w: [*kernel, in, out]``, ``padding`` one (low, high) pair per spatial axis,
     ``strides`` and the kernel's ``dilation`` one int per spatial axis (default 1).
 
-    Inside ``reverse_mode_only()`` on CPU it has fnn's rule, measured on XLA's CPU backend
-    (one-off profiles of the LeNet step in ``benchmarks/``, and of the spoken-commands
-    model's strided first convolution):
+    Inside ``reverse_mode_only()`` on CPU, where one of its two parts applies, it has fnn's
+    rule; each part is used only at the sizes where it was measured faster than XLA's
+    (``benchmarks/conv_layers.py``, and the layers of the suite's and the experiments'
+    models, on 2-core CPUs; the weight gradient is fnn's only at stride and dilation 1,
+    see ``_weight_grad``):
 
-    - one input channel: the forward pass is the sum over kernel offsets of a shifted
-      (and strided) window of the input times that offset's weights. Each term is an
-      elementwise product, and XLA fuses the sum into one loop (5x faster than its
-      convolution with one input channel at stride 1, 4x at stride 2), computed once for
-      all its consumers (``_computed_once``). The weight gradient is one product of the
-      input's rows with ``g`` and a constant selection of its diagonals (2x faster).
-    - up to 8 input channels, or any input channels with a stride above 1: the input
-      gradient is one product ``g @ w^T`` for every offset at once, each offset's slice
-      then added back at its shift, the sum computed once (3-8x faster than XLA's with one
-      input channel, 2x with LeNet's six; at stride 2, where XLA's input gradient is a
-      convolution of the stride-dilated ``g``, 2.5x with 16 channels; at stride 1 and 16
-      channels or more XLA's is faster, and is used).
-    - more than one input channel: the weight gradient is one ``window^T @ g`` product
-      per kernel offset, summed over batch and positions, in a loop over the offsets (3x
-      faster than XLA's for LeNet's second convolution). The forward pass is XLA's.
+    - one input channel and at most 25 kernel offsets (a 5x5 kernel): the forward pass is
+      the sum over kernel offsets of a shifted (and strided) window of the input times
+      that offset's weights. Each term is an elementwise product, and XLA fuses the sum
+      into one loop, computed once for all its consumers (``_computed_once``). XLA's CPU
+      convolution with one input channel is slow: a 128 x 128 image to 16 channels took
+      0.65x XLA's time.
+    - up to 8 input channels and at least as many ``offsets x in`` as output channels
+      (with a stride, at most ``4 x stride^2`` offsets): the input gradient is one product
+      ``g @ w^T`` for every offset at once, each offset's slice then added back at its
+      shift, the sum computed once. XLA's input gradient is then a convolution with few
+      output channels: LeNet's first convolution's step took 0.27x XLA's time, its
+      second 0.89x. With more output channels than ``offsets x in``, or a large kernel
+      at a stride (whose ``[batch, *out, offsets, in]`` product outgrows the input
+      ``offsets / stride^2`` times), XLA's was faster.
 
-    At the sizes of a ResNet's layers (``benchmarks/conv_layers.py``: 56 x 56 x 64 and
-    28 x 28 x 128 inputs, batch 16) a layer's gradient call is level with XLA's at stride 1
-    and 1.1-3x faster with a stride. With a stride the input gradient's product for every
-    offset, ``[batch, *out, offsets, in]``, is 9/4 of the input's size for a 3x3 kernel at
-    stride 2: those calls plan 1.65x the memory of XLA's.
-
-    Sums over offsets run in float32 for lower-precision inputs. Elsewhere (outside the
-    context, or on GPU and TPU) it is ``lax.conv_general_dilated``.
+    Sums over offsets run in float32 for lower-precision inputs. Elsewhere (where neither
+    part applies, outside the context, or on GPU and TPU) it is ``lax.conv_general_dilated``.
     """
     n = x.ndim - 2
     padding = tuple(map(tuple, padding))
@@ -192,7 +186,8 @@ def conv(
     dilation = tuple(dilation or (1,) * n)
     shape = _Shape(padding, strides, dilation)
     # no examples or no output positions: XLA's convolution gives the empty shape
-    if reverse_only() and jax.default_backend() == "cpu" and min(x.shape[0], *shape.out(x, w)) > 0:
+    if (reverse_only() and jax.default_backend() == "cpu" and min(x.shape[0], *shape.out(x, w)) > 0
+            and (_shifted_sum(w) or _col2im_wins(shape, w))):
         return _conv_reverse(shape, x, w)
     return _xla_conv(shape, x, w)
 
@@ -240,8 +235,18 @@ def _conv_reverse(shape, x, w):
     return _conv_forward(shape, x, w)[0]
 
 
+# The most kernel offsets the one-channel forward pass sums (a 5x5 kernel); past them, XLA's
+# (a 7x7 kernel at stride 2 over 128 x 128 images was 1.2x slower).
+_SHIFTED_SUM_OFFSETS = 25
+
+
+def _shifted_sum(w) -> bool:
+    """Whether the forward pass is the one-channel sum of shifted windows."""
+    return w.shape[-2] == 1 and math.prod(w.shape[:-2]) <= _SHIFTED_SUM_OFFSETS
+
+
 def _conv_forward(shape, x, w):
-    if x.shape[-1] != 1:
+    if not _shifted_sum(w):
         return _xla_conv(shape, x, w), (x, w)
     xp = _pad(x, shape.padding)
     acc = _accumulator(x.dtype)
@@ -272,23 +277,56 @@ def _accumulator(dtype) -> jnp.dtype:
     return dtype if jnp.finfo(dtype).bits > 32 else jnp.dtype(jnp.float32)
 
 
-# Up to this many input channels (at stride 1) the input gradient is ``_col2im``; past
-# it, XLA's.
+# Up to this many input channels the input gradient may be ``_col2im``; past them, XLA's.
 _COL2IM_CHANNELS = 8
+
+
+def _col2im_wins(shape, w) -> bool:
+    """Whether the input gradient is ``_col2im`` (see ``conv``): few input channels, no more
+    output channels than ``offsets x in``, and with a stride at most ``4 x stride^2``
+    offsets."""
+    offsets, (cin, cout) = math.prod(w.shape[:-2]), w.shape[-2:]
+    strided = math.prod(shape.strides)
+    return cin <= _COL2IM_CHANNELS and offsets * cin >= cout and (strided == 1 or offsets <= 4 * strided)
 
 
 def _conv_backward(shape, residuals, g):
     x, w = residuals
-    kernel, cin = w.shape[:-2], w.shape[-2]
-    if cin <= _COL2IM_CHANNELS or set(shape.strides) != {1}:
+    if _col2im_wins(shape, w):
         dx = _col2im(shape, x, w, g)
     else:
         dx = jax.vjp(lambda x: _xla_conv(shape, x, w), x)[1](g)[0]
-    if cin == 1:
+    return dx, _weight_grad(shape, x, g, w)
+
+
+# The one-channel weight gradient's product covers every pair of an input position and an
+# output position along the last axis: up to this many times the work of the pairs it keeps.
+_ROWS_WASTE = 8
+
+
+def _weight_grad(shape, x, g, w):
+    """The weight gradient. At stride and dilation 1, where ``_col2im`` is the input
+    gradient: ``_weight_grad_by_offset`` for more than one input channel, and
+    ``_weight_grad_one_channel`` for one with a last axis at most ``_ROWS_WASTE`` kernels
+    long. Elsewhere XLA's. fnn's two were up to 1,000x slower than XLA's on long
+    one-channel sequences (the product grows with the square of the last axis's length)
+    and 1.2-1.7x slower with a stride, a dilation, one example, bfloat16 or many
+    channels; on LeNet's step XLA's was as fast, but in its ``steps_per_call=10`` loop
+    3.8x slower."""
+    kernel, plain = w.shape[:-2], set(shape.strides) == set(shape.dilation) == {1}
+    padded = x.shape[-2] + sum(shape.padding[-1])
+    if plain and _col2im_wins(shape, w) and x.shape[-1] > 1:
+        dw = _weight_grad_by_offset(shape, x, g, kernel)
+    elif plain and _col2im_wins(shape, w) and padded <= _ROWS_WASTE * kernel[-1]:
         dw = _weight_grad_one_channel(shape, x, g, kernel)
     else:
-        dw = _weight_grad_by_offset(shape, x, g, kernel)
-    return dx, dw.reshape(w.shape).astype(w.dtype)
+        return _xla_weight_grad(shape, x, g, w)
+    return dw.reshape(w.shape).astype(w.dtype)
+
+
+def _xla_weight_grad(shape, x, g, w):
+    """XLA's weight gradient of the convolution ``shape`` of ``x``, at its cotangent ``g``."""
+    return jax.vjp(lambda w: _xla_conv(shape, x, w), w)[1](g)[0]
 
 
 def _weight_grad_one_channel(shape, x, g, kernel):
@@ -395,18 +433,16 @@ def conv_transpose(
     padding is what is left of the dilated kernel's extent: ``d * (k - 1) - low`` and
     ``d * (k - 1) - high``. Inside ``reverse_mode_only()`` on CPU, with a stride above 1
     and neither of those negative, it has a rule built on ``conv``'s: the forward pass is
-    XLA's; the input gradient is that strided convolution of ``g``, and the weight
-    gradient the rule's weight gradient of it (one ``g``-window product per offset, or
-    the rows and a selection of diagonals for one output channel). XLA's CPU backend
-    computes both gradients as convolutions of dilated arrays: in one-off
-    microbenchmarks (forward and both gradients, stride 2) the rule was 1.2-10x faster,
-    e.g. 17.9 ms against 173.3 ms for 32 x 16 x 16 x 64 -> 32 channels (3x3); at stride
-    1, a plain convolution, the two were level, and XLA's is used. (The forward pass as
-    the input gradient of ``conv``'s rule, one product for every offset with its slices
-    added back, planned 14.6 MiB more for the benchmark segmenter's step and was slower
-    there.) At a ResNet decoder's size (``benchmarks/conv_layers.py``: 16 x 28 x 28 x 64 ->
-    32 channels, 3x3, stride 2) the forward pass and both gradients took 29-42 ms against
-    XLA's 747-811 ms. Elsewhere it is ``lax.conv_transpose``.
+    XLA's; the input gradient is that strided convolution of ``g`` (with ``conv``'s
+    one-channel forward pass where it applies), and the weight gradient XLA's weight
+    gradient of it. XLA's CPU backend computes both gradients of its transposed
+    convolution as convolutions of dilated arrays: at stride 2 the rule's step took
+    0.14-0.62x the time of JAX's (``benchmarks/conv_layers.py``, a 1-D layer to one
+    channel and 2-D ones to 1-32 channels); at stride 1, a plain convolution, the two were
+    level, and XLA's is used. (The forward pass as the input gradient of ``conv``'s rule,
+    one product for every offset with its slices added back, planned 14.6 MiB more for
+    the benchmark segmenter's step and was slower there.) Elsewhere it is
+    ``lax.conv_transpose``.
     """
     shape = _Shape(_mirror(padding, w, dilation), tuple(strides), tuple(dilation))
     size = _transposed_size(shape, x, w)
@@ -459,13 +495,9 @@ def _conv_transpose_forward(shape, x, w):
 def _conv_transpose_backward(shape, residuals, g):
     x, w = residuals
     adjoint = _adjoint_kernel(w)
-    dx = _conv_forward(shape, g.astype(x.dtype), adjoint)[0]
-    kernel = w.shape[:-2]
-    if g.shape[-1] == 1:
-        dw = _weight_grad_one_channel(shape, g, x, kernel)
-    else:
-        dw = _weight_grad_by_offset(shape, g, x, kernel)
-    return dx, _adjoint_kernel(dw.reshape(adjoint.shape)).astype(w.dtype)
+    g = g.astype(x.dtype)
+    dx = _conv_forward(shape, g, adjoint)[0]
+    return dx, _adjoint_kernel(_xla_weight_grad(shape, g, x, adjoint)).astype(w.dtype)
 
 
 _conv_transpose_reverse.defvjp(_conv_transpose_forward, _conv_transpose_backward)

@@ -1,5 +1,6 @@
 """fnn.autodiff: the layers' weight product and its reverse-mode weight gradient."""
 
+import math
 import re
 
 import jax
@@ -164,13 +165,17 @@ CONV_CASES = [  # x shape, kernel, padding as Conv takes it, out channels, strid
     ((3, 10, 3), (4,), ((1, 2),), 5, 1, 1),  # 1-D, asymmetric padding
     ((2, 5, 6, 4, 1), (3, 3, 2), 1, 3, 1, 1),  # 3-D, one input channel
     ((2, 7, 8, 4), (2, 3), "SAME", 5, 1, 1),  # even kernel: more padding after than before
-    ((2, 6, 7, 12), (3, 3), "SAME", 4, 1, 1),  # more than 8 input channels: XLA's input gradient
+    ((2, 6, 7, 12), (3, 3), "SAME", 4, 1, 1),  # more than 8 input channels: no rule, XLA's
     ((2, 13, 10, 1), (3, 3), "SAME", 4, 2, 1),  # one channel, stride 2, odd size: a row left out
     ((2, 11, 9, 1), (3, 2), "VALID", 3, (3, 2), 1),  # one channel, a stride per axis
     ((2, 12, 12, 1), (3, 3), "SAME", 4, 1, 2),  # one channel, dilated kernel
     ((2, 9, 10, 3), (3, 3), ((2, 0), (1, 1)), 5, 2, 1),  # few channels, stride 2
-    ((2, 10, 10, 12), (3, 3), "SAME", 4, 2, 1),  # more than 8 channels, stride 2: col2im
+    ((2, 10, 10, 12), (3, 3), "SAME", 4, 2, 1),  # more than 8 channels, stride 2: XLA's
     ((2, 12, 12, 12), (3, 3), "VALID", 4, 1, 2),  # more than 8 channels, dilated: XLA's
+    ((2, 12, 12, 1), (3, 3), "SAME", 16, 1, 1),  # one channel to more than 9: the shifted sum, XLA's dx
+    ((2, 15, 15, 1), (7, 7), "SAME", 4, 1, 1),  # one channel, 49 offsets: col2im, XLA's forward
+    ((2, 15, 15, 3), (7, 7), "SAME", 4, 2, 1),  # 49 offsets at stride 2: XLA's
+    ((2, 9, 9, 3), (3, 3), "SAME", 32, 1, 1),  # more out channels than offsets x in: XLA's
     ((3, 17, 2), (4,), "SAME", 3, 3, 2),  # 1-D, stride and dilation
     ((2, 7, 7, 6, 1), (2, 3, 3), 1, 2, 2, (1, 2, 1)),  # 3-D, strided and dilated
 ]
@@ -211,9 +216,13 @@ def test_conv_values_and_gradients_match_xla(x_shape, kernel, padding, out, stri
     )
     loss = _conv_loss(pads, strides, dilation)
     plain = _jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
+    # the rule where one of its parts applies (see conv's docstring)
+    rule = x_shape[-1] == 1 and math.prod(kernel) <= 25 or (
+        x_shape[-1] <= 8 and math.prod(kernel) * x_shape[-1] >= out
+        and (math.prod(strides) == 1 or math.prod(kernel) <= 4 * math.prod(strides)))
     with fnn.reverse_mode_only():
         y = autodiff.conv(x, w, pads, strides, dilation)
-        assert _custom_vjp_calls(loss, x, w) == 1
+        assert _custom_vjp_calls(loss, x, w) == rule
         value, grads = _jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
     assert y.shape == want_y.shape
     np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
@@ -376,6 +385,34 @@ def test_one_channel_conv_rule_does_not_keep_every_unrolled_steps_rows(monkeypat
     monkeypatch.setattr(autodiff, "_after", lambda x, g: x)
     rows = batch * 16 * 5 * 20 * 4  # one step's stacked rows, float32
     assert temporaries() >= waits + (k - 2) * rows
+
+
+@pytest.mark.parametrize("layer, x_shape", [
+    (fnn.Conv(16, (9,)), (8, 1000, 1)),  # one channel over a long sequence (raw audio)
+    (fnn.Conv(32, (3, 3)), (4, 64, 64, 1)),  # one channel, more out channels than offsets
+    (fnn.Conv(16, (7, 7), strides=2), (2, 64, 64, 3)),  # an image stem: 49 offsets at stride 2
+    (fnn.Conv(32, (3, 3), strides=2), (4, 32, 32, 64)),  # many channels at a stride
+    (fnn.ConvTranspose(1, (4,), strides=2), (4, 250, 32)),  # to one channel over a long sequence
+], ids=["1d-one-channel", "2d-one-channel", "stem", "strided", "transpose-to-one"])
+def test_conv_rule_plans_no_more_work_or_memory_than_xlas(layer, x_shape):
+    """The rule's step, against JAX's rules, by XLA's own count of the compiled step's
+    work and its plan of temporaries. (The weight gradient of one input channel as one
+    product of the input's rows was quadratic in the last axis's length: 74x the work and
+    42x the memory on the 1-D case here.)"""
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    params, _ = layer.init(jax.random.key(1), x)
+
+    def plan(rules):
+        with fnn.reverse_mode_only(rules):
+            step = jax.jit(jax.grad(lambda p, x: jnp.sum(layer(p, x) ** 2), argnums=(0, 1)))
+            compiled = step.lower(params, x).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return cost["flops"], compiled.memory_analysis().temp_size_in_bytes
+
+    (flops, temp), (xla_flops, xla_temp) = plan(True), plan(False)
+    assert flops <= 1.25 * xla_flops
+    assert temp <= 1.5 * xla_temp + 2**20
 
 
 def test_shifted_sums_are_computed_once_in_a_training_step(monkeypatch):
