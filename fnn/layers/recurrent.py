@@ -26,6 +26,7 @@ from jax import lax
 
 from fnn import initializers
 from fnn.autodiff import matmul, reverse_only
+from fnn.autodiff import weight_grad as step_weight_grad
 from fnn.core import Layer, LayerError, ShapeError, init_child, path_str, promoted, shape_str, to_rank
 from fnn.layers._common import compute_dtype, float_dtype, positive_int, require_float, require_rank
 from fnn.layers.sequence import along, join_mask, split_mask, zero_padding
@@ -343,7 +344,10 @@ class Recurrent(Layer):
     for the hidden state's; each weight gradient, and the gradient of the input, is one
     product over all steps after that loop. The forward loop keeps the carry and one
     pre-activation per step (two for a GRU; an LSTM's gates after their activations and
-    ``tanh(c')`` instead), and ``remat`` the carry alone.
+    ``tanh(c')`` instead). With ``remat`` it keeps the carry alone, and the backward loop
+    makes the step's activations again and takes the weight and input products at each
+    step, so that it keeps no ``[time, batch, gates * hidden]`` cotangent either: slower,
+    in the memory of JAX's own checkpointed scan.
 
     Example:
         >>> import jax, jax.numpy as jnp, fnn
@@ -564,7 +568,8 @@ def _scan_by_hand(cell, reverse, unroll, remat, params, carry, xs, mask):
     projection's bias gradient and the input's gradient are each one product (or sum) over
     all steps after the loop, not one small one per step inside it. The forward loop keeps
     only each step's carry and ``_residuals`` (``remat``: the carry alone; the backward loop
-    then makes the rest again)."""
+    then makes the rest again, and takes the products at each step, adding the weight
+    gradients up in its carry, so that it keeps no cotangent per step either)."""
     ys, carry, _ = _scan(cell, reverse, unroll, remat, params, carry, xs, mask)
     return ys, carry
 
@@ -584,8 +589,20 @@ def _scan_by_hand_backward(cell, reverse, unroll, remat, residuals, cotangents):
         projected, hidden = parts if len(parts) == 2 else (parts[0], 0)
         return _masked_step(carry, *cell.activate(p, carry, projected, hidden), m_t)
 
+    def weight_grad(rows, g, like):
+        # over time (when there) and batch in place: time-major, so merging the two axes
+        # would interleave a batch split among devices
+        lead = tuple(range(g.ndim - 1))
+        return lax.dot_general(rows.astype(g.dtype), g, ((lead, lead), ((), ()))).astype(like.dtype)
+
+    w_in, b_in, w_hidden = params["input"]["w"], params["input"]["b"], params["hidden"]["w"]
+
+    def input_grad(g_in):
+        # Cell.project's input gradient (x and w cast to the compute dtype, g_in's)
+        return jnp.matmul(g_in, w_in.astype(g_in.dtype).T).astype(xs.dtype)
+
     def step(grads, inputs):
-        d_carry, d_rest = grads
+        d_carry, d_rest, summed = grads
         carry, kept, x_t, m_t, d_y = inputs
         if kept is None:  # remat: the step's residuals again
             kept = _residuals(cell, params, carry, *_pre_activation(cell, params, carry, x_t))
@@ -599,29 +616,30 @@ def _scan_by_hand_backward(cell, reverse, unroll, remat, residuals, cotangents):
         (d_h,) = to_carry(jnp.matmul(d_parts[-1], u_t))
         d_carry = jax.tree.map(jnp.add, d_carry, d_h)
         d_rest = jax.tree.map(lambda total, d: total + d.astype(total.dtype), d_rest, d_step_rest)
-        return (d_carry, d_rest), d_parts
+        if summed is None:
+            return (d_carry, d_rest, None), d_parts
+        # remat: the step's products now, so that no [time, ...] cotangent is kept
+        g_in, g_hidden = d_parts[0], d_parts[-1]
+        summed = jax.tree.map(lambda total, d: total + d.astype(total.dtype), summed, (
+            step_weight_grad(x_t, g_in), g_in.sum(0), step_weight_grad(cell.hidden_input(carry), g_hidden)))
+        return (d_carry, d_rest, summed), input_grad(g_in)
 
     # U^T copied once before the loop (the barrier keeps XLA from folding the transpose
     # into each step's product): 1.04-1.07x the LSTM step in one-off A/Bs
-    u_t = lax.optimization_barrier(params["hidden"]["w"].astype(d_ys.dtype).T)
+    u_t = lax.optimization_barrier(w_hidden.astype(d_ys.dtype).T)
     zeros = jax.tree.map(jnp.zeros_like, rest)
+    summed = jax.tree.map(jnp.zeros_like, (w_in, b_in, w_hidden)) if remat else None
     inputs = (carries, kept, xs, mask, d_ys)
-    (d_carry, d_rest), d_parts = lax.scan(step, (d_carry, zeros), inputs, reverse=not reverse, unroll=unroll)
-    g_in, g_hidden = d_parts[0], d_parts[-1]
-    h_in = cell.hidden_input(carries)
-
-    def weight_grad(rows, g, like):
-        # over time and batch in place: time-major, so merging the two axes would
-        # interleave a batch split among devices
-        return lax.dot_general(rows.astype(g.dtype), g, (((0, 1), (0, 1)), ((), ()))).astype(like.dtype)
-
-    w_in, b_in = params["input"]["w"], params["input"]["b"]
-    d_params = {
-        "input": {"w": weight_grad(xs, g_in, w_in), "b": g_in.sum((0, 1)).astype(b_in.dtype)},
-        "hidden": {"w": weight_grad(h_in, g_hidden, params["hidden"]["w"]), **d_rest},
-    }
-    # Cell.project's input gradient (x and w cast to the compute dtype, g_in's)
-    d_xs = jnp.matmul(g_in, w_in.astype(g_in.dtype).T).astype(xs.dtype)
+    (d_carry, d_rest, summed), out = lax.scan(
+        step, (d_carry, zeros, summed), inputs, reverse=not reverse, unroll=unroll)
+    if remat:
+        (d_w_in, d_b_in, d_w_hidden), d_xs = summed, out
+    else:
+        g_in, g_hidden = out[0], out[-1]
+        d_w_in, d_b_in = weight_grad(xs, g_in, w_in), g_in.sum((0, 1)).astype(b_in.dtype)
+        d_w_hidden = weight_grad(cell.hidden_input(carries), g_hidden, w_hidden)
+        d_xs = input_grad(g_in)
+    d_params = {"input": {"w": d_w_in, "b": d_b_in}, "hidden": {"w": d_w_hidden, **d_rest}}
     return d_params, d_carry, d_xs, None
 
 

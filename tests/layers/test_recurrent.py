@@ -151,7 +151,7 @@ def test_remat_and_unroll_change_nothing_but_speed(rnn):
 
 # In a training step (fnn.reverse_mode_only) a built-in cell's scan has a hand-written
 # backward loop, and takes each weight gradient and its input's gradient as one product
-# over all steps, after that loop.
+# over all steps, after that loop (with remat, at each step inside it).
 BY_HAND = [
     fnn.Recurrent(fnn.LSTM(H)),
     fnn.Recurrent(fnn.GRU(H), reverse=True),
@@ -190,8 +190,10 @@ def test_hand_written_gradients_equal_the_plain_ones(layer, masked):
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # per direction, outside the loop: the two weight gradients and the input's gradient
+    # (with remat inside it, at each step: no cotangent per step is kept for them)
     directions = 2 if isinstance(layer, fnn.Bidirectional) else 1
-    assert sum(e.primitive.name == "dot_general" for e in jaxpr.jaxpr.eqns) == 3 * directions
+    after = 0 if getattr(layer, "remat", False) else 3 * directions
+    assert sum(e.primitive.name == "dot_general" for e in jaxpr.jaxpr.eqns) == after
 
 
 @pytest.mark.parametrize("cell", [fnn.LSTM(H), fnn.GRU(H), fnn.SimpleRNN(H)], ids=["lstm", "gru", "rnn"])
@@ -265,10 +267,10 @@ def test_hand_written_gradients_order_two_and_a_custom_cell_is_left_alone():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def _planned_bytes(rnn, x):
+def _planned_bytes(rnn, x, rules=True):
     params, _ = rnn.init(KEY, x)
     loss = lambda p: jnp.sum(jnp.tanh(rnn(p, x)) ** 2)  # noqa: E731
-    with fnn.reverse_mode_only():
+    with fnn.reverse_mode_only(rules):
         return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
 
@@ -329,6 +331,17 @@ def test_remat_keeps_only_the_carry(cell):
     makes the pre-activation again: the compiled gradient plans less memory."""
     x = sequence(4, 32, 8)
     assert _planned_bytes(fnn.Recurrent(cell, remat=True), x) < _planned_bytes(fnn.Recurrent(cell), x)
+
+
+@pytest.mark.parametrize("cell", [fnn.LSTM(64), fnn.GRU(64), fnn.SimpleRNN(64)], ids=["lstm", "gru", "rnn"])
+def test_remat_plans_no_more_than_jaxs_checkpointed_scan(cell):
+    """With ``remat`` the hand-written backward loop takes its products at each step, as
+    JAX's gradient of the checkpointed scan does, and keeps no cotangent per step for
+    products after the loop ([time, batch, gates * hidden]: 2.2x, 3.3x and 1.7x JAX's
+    plan here before)."""
+    x = sequence(8, 256, 16)
+    rnn = fnn.Recurrent(cell, remat=True)
+    assert _planned_bytes(rnn, x) <= 1.05 * _planned_bytes(rnn, x, rules=False)
 
 
 def test_jit_equals_eager():
