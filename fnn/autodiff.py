@@ -29,8 +29,9 @@ product and one sum after the loop.
 
 Inside it and on CPU, ``conv`` (the convolution of an ``fnn.Conv`` with one group, at
 any stride and dilation) has fnn's rule as well where one of its parts applies: the
-forward pass of one input channel, and the input gradient of few input channels (see
-``conv``). XLA's CPU convolutions are slow for few channels. ``conv_transpose`` (an
+forward pass of one input channel, and the input gradient of few input channels (with,
+at stride and dilation 1, the weight gradient); see ``conv``. XLA's CPU convolutions
+are slow for few channels. ``conv_transpose`` (an
 ``fnn.ConvTranspose`` with a stride) takes the gradients of the strided convolution whose
 input gradient it is (see ``conv_transpose``). On GPU and TPU both are XLA's.
 

@@ -590,10 +590,9 @@ def _scan_by_hand_backward(cell, reverse, unroll, remat, residuals, cotangents):
         return _masked_step(carry, *cell.activate(p, carry, projected, hidden), m_t)
 
     def weight_grad(rows, g, like):
-        # over time (when there) and batch in place: time-major, so merging the two axes
-        # would interleave a batch split among devices
-        lead = tuple(range(g.ndim - 1))
-        return lax.dot_general(rows.astype(g.dtype), g, ((lead, lead), ((), ()))).astype(like.dtype)
+        # over time and batch in place: time-major, so merging the two axes would
+        # interleave a batch split among devices
+        return lax.dot_general(rows.astype(g.dtype), g, (((0, 1), (0, 1)), ((), ()))).astype(like.dtype)
 
     w_in, b_in, w_hidden = params["input"]["w"], params["input"]["b"], params["hidden"]["w"]
 
