@@ -314,15 +314,14 @@ def _weight_grad(shape, x, g, w):
     and 1.2-1.7x slower with a stride, a dilation, one example, bfloat16 or many
     channels; on LeNet's step XLA's was as fast, but in its ``steps_per_call=10`` loop
     3.8x slower."""
-    kernel, plain = w.shape[:-2], set(shape.strides) == set(shape.dilation) == {1}
-    padded = x.shape[-2] + sum(shape.padding[-1])
-    if plain and _col2im_wins(shape, w) and x.shape[-1] > 1:
-        dw = _weight_grad_by_offset(shape, x, g, kernel)
-    elif plain and _col2im_wins(shape, w) and padded <= _ROWS_WASTE * kernel[-1]:
-        dw = _weight_grad_one_channel(shape, x, g, kernel)
-    else:
-        return _xla_weight_grad(shape, x, g, w)
-    return dw.reshape(w.shape).astype(w.dtype)
+    kernel = w.shape[:-2]
+    if set(shape.strides) == set(shape.dilation) == {1} and _col2im_wins(shape, w):
+        if x.shape[-1] > 1:
+            return _weight_grad_by_offset(shape, x, g, kernel).reshape(w.shape).astype(w.dtype)
+        padded = x.shape[-2] + sum(shape.padding[-1])
+        if padded <= _ROWS_WASTE * kernel[-1]:
+            return _weight_grad_one_channel(shape, x, g, kernel).reshape(w.shape).astype(w.dtype)
+    return _xla_weight_grad(shape, x, g, w)
 
 
 def _xla_weight_grad(shape, x, g, w):
