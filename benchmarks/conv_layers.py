@@ -103,8 +103,9 @@ def _loss(y: jax.Array) -> jax.Array:
     return 0.5 * jnp.mean(y**2)
 
 
-def _jax_bench(apply: Callable, data: tuple, context: Callable | None = None) -> Bench:
-    """``value_and_grad`` of ``_loss(apply(params, x))`` for the params and the input,
+def jax_bench(apply: Callable, data: tuple, context: Callable | None = None) -> Bench:
+    """``value_and_grad`` of ``_loss(apply(params, x))`` for the params and the input
+    (``data``: ``(x, params)``),
     compiled (inside ``context()``, when given) before the first call."""
     x, params = jax.device_put(data)
     grad = jax.jit(jax.value_and_grad(lambda p, v: _loss(apply(p, v)), argnums=(0, 1)))
@@ -137,13 +138,13 @@ def raw_apply(case: Case) -> Callable:
 
 
 def raw_bench(case: Case) -> Callable[[tuple], Bench]:
-    return lambda data: _jax_bench(raw_apply(case), data)
+    return lambda data: jax_bench(raw_apply(case), data)
 
 
 def fnn_bench(case: Case) -> Callable[[tuple], Bench]:
     layer = case.layer()
     # the layer's gradient as a training step takes it (see fnn.reverse_mode_only)
-    return lambda data: _jax_bench(lambda p, x: layer(p, x), data, fnn.reverse_mode_only)
+    return lambda data: jax_bench(lambda p, x: layer(p, x), data, fnn.reverse_mode_only)
 
 
 def torch_bench(case: Case) -> Callable[[tuple], Bench]:
@@ -205,11 +206,10 @@ def variants(case: Case) -> dict[str, Callable[[tuple], Bench]]:
     return found
 
 
-def run_case(name: str, rounds: int, calls: int) -> list[str]:
-    """The markdown rows of one case."""
-    case = CASES[name]
+def run_case(name: str, case, rounds: int, calls: int, make_variants: Callable = variants) -> list[str]:
+    """The markdown rows of one case (its ``data()``, timed as ``make_variants(case)``)."""
     data = case.data()
-    measured = time_variants(variants(case), data, rounds, calls)
+    measured = time_variants(make_variants(case), data, rounds, calls)
     reference = measured["raw jax"]
     rows = []
     for variant, v in measured.items():
@@ -220,9 +220,12 @@ def run_case(name: str, rounds: int, calls: int) -> list[str]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+def main(argv: list[str] | None = None, cases: dict | None = None, make_variants: Callable = variants,
+         doc: str = __doc__) -> None:
+    """The command line of this module, and of another one's ``cases`` and ``make_variants``."""
+    cases = CASES if cases is None else cases
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", choices=list(cases), default=list(cases))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=3, help="calls per timed round")
     args = parser.parse_args(argv)
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| case | variant | ms per call | vs raw jax (speed) | MiB |")
     print("| --- | --- | --- | --- | --- |", flush=True)
     for name in args.cases:
-        for row in run_case(name, args.rounds, args.calls):
+        for row in run_case(name, cases[name], args.rounds, args.calls, make_variants):
             print(row, flush=True)
 
 

@@ -320,6 +320,50 @@ def test_conv_layers_prints_a_row_per_case_and_variant(monkeypatch, capsys):
         conv_layers.main(["--rounds", "0"])
 
 
+@pytest.mark.parametrize("name, rule", [("suite", True), ("few-keys", False), ("keys-128-d-64", True)])
+def test_attention_layers_variants_agree_with_raw_jax(name, rule):
+    """``benchmarks.attention_layers`` at a smaller size (fewer queries, a smaller batch,
+    the same keys per head dimension): fnn's attention, taking the rule only with twice as
+    many keys as the head dimension, and the rule called alone give raw JAX's loss and
+    gradients, and PyTorch's attention the same loss."""
+    import dataclasses
+
+    import numpy as np
+
+    import fnn
+    from benchmarks import attention_layers
+
+    case = attention_layers.CASES[name]
+    case = dataclasses.replace(case, batch=2, tq=min(case.tq, case.tk))
+    data = case.data()
+    outputs = {}
+    for variant, make in attention_layers.variants(case).items():
+        bench = make(data)
+        outputs[variant] = bench.step(bench.state, bench.batch)[1]
+    loss, grads = outputs["raw jax"]
+    for variant in ("fnn", "fnn's rule"):
+        np.testing.assert_allclose(outputs[variant][0], loss, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(outputs[variant][1]), jax.tree.leaves(grads)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    q, (k, v) = data
+    with fnn.reverse_mode_only():  # as the fnn variant is traced
+        jaxpr = jax.make_jaxpr(lambda q: fnn.dot_product_attention(q, k, v, causal=case.causal))(q)
+    assert ("custom_vjp_call" in str(jaxpr)) == rule
+    if "pytorch (eager)" in outputs:
+        np.testing.assert_allclose(outputs["pytorch (eager)"][0].item(), loss, rtol=1e-5)
+
+
+def test_attention_layers_prints_a_row_per_case_and_variant(capsys):
+    from benchmarks import attention_layers
+
+    attention_layers.main(["--cases", "few-keys", "--rounds", "1", "--calls", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| few-keys |")]
+    assert [row.split(" | ")[1] for row in rows] == list(attention_layers.variants(attention_layers.CASES["few-keys"]))
+    assert rows[0].split(" | ")[3] == "1.00"
+    with pytest.raises(SystemExit):
+        attention_layers.main(["--cases", "nothing"])
+
+
 def test_input_pipeline_measures_the_wait_and_the_cost_against_one_batch(monkeypatch, capsys):
     import fnn
     from benchmarks import input_pipeline
