@@ -56,6 +56,32 @@ def test_sigmoid_binary_cross_entropy_and_mse():
     np.testing.assert_allclose(fnn.losses.mean_squared_error(LOGITS, 2 * LOGITS), (LOGITS**2).mean(), rtol=1e-6)
 
 
+def test_sigmoid_binary_cross_entropy_equals_optax_with_no_more_work():
+    """Values and gradients of optax's (soft labels too, large logits of either sign), from
+    a compiled gradient with no more work or temporaries than ``softplus(z) - z y``'s
+    (optax's two log_sigmoids took 2.4x the work and 1.9x the time)."""
+    z = jnp.asarray(rng.normal(size=(64, 50)) * 30, jnp.float32)
+    t = jnp.asarray(rng.uniform(size=(64, 50)), jnp.float32).at[:, :10].set(1.0).at[:, 10:20].set(0.0)
+
+    def optax_loss(z, t):
+        return optax.losses.sigmoid_binary_cross_entropy(z, t).mean()
+
+    got = jax.value_and_grad(fnn.losses.sigmoid_binary_cross_entropy)(z, t)
+    want = jax.value_and_grad(optax_loss)(z, t)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-9)
+
+    def plan(loss):
+        compiled = jax.jit(jax.grad(loss)).lower(z, t).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return cost["flops"], compiled.memory_analysis().temp_size_in_bytes
+
+    flops, temp = plan(fnn.losses.sigmoid_binary_cross_entropy)
+    plain_flops, plain_temp = plan(lambda z, t: jnp.mean(jax.nn.softplus(z) - z * t))
+    assert flops <= 1.05 * plain_flops and temp <= plain_temp
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
