@@ -56,6 +56,26 @@ def test_sigmoid_binary_cross_entropy_and_mse():
     np.testing.assert_allclose(fnn.losses.mean_squared_error(LOGITS, 2 * LOGITS), (LOGITS**2).mean(), rtol=1e-6)
 
 
+def test_cross_entropy_of_distributions_keeps_no_log_probabilities():
+    """Smoothed labels: optax's values and gradients, from a compiled step whose
+    temporaries are a fraction of the logits (``y * where(y != 0, log_softmax(z), 0)`` kept
+    the log-probabilities and more: twice the logits here, and 1.3-1.4x the time at 1000
+    classes)."""
+    z = jnp.asarray(rng.normal(size=(8, 64, 1000)), jnp.float32)
+    y = jax.nn.one_hot(rng.integers(0, 1000, (8, 64)), 1000) * 0.9 + 0.1 / 1000
+
+    def optax_loss(z, y):
+        return optax.losses.softmax_cross_entropy(z, y).mean()
+
+    got = jax.value_and_grad(fnn.losses.softmax_cross_entropy)(z, y)
+    want = jax.value_and_grad(optax_loss)(z, y)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-10)
+
+    step = jax.jit(jax.value_and_grad(fnn.losses.softmax_cross_entropy)).lower(z, y).compile()
+    assert step.memory_analysis().temp_size_in_bytes < z.nbytes / 4
+
+
 def test_sigmoid_binary_cross_entropy_equals_optax_with_no_more_work():
     """Values and gradients of optax's (soft labels too, large logits of either sign), from
     a compiled gradient with no more work or temporaries than ``softplus(z) - z y``'s
