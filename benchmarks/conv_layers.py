@@ -186,17 +186,24 @@ def torch_bench(case: Case) -> Callable[[tuple], Bench]:
             v = functional.pad(v, [side for lo_hi in reversed(pads) for side in lo_hi])
             return conv(v, wt, bt, case.strides, 0, case.dilation)
 
-        def step(state, batch):
-            for t in (batch, wt, bt):
-                t.grad = None
-            y = apply(batch)
-            loss = 0.5 * (y**2).mean()
-            loss.backward()
-            return state, (loss, y.shape)
-
-        return Bench(step, None, xt, wt.numel() + bt.numel(), lambda out: out[0].item())
+        return torch_grad_bench(apply, xt, (wt, bt))
 
     return make
+
+
+def torch_grad_bench(apply: Callable, x, params: tuple) -> Bench:
+    """PyTorch's eager call of the loss ``mean(apply(x) ** 2) / 2`` and its gradients with
+    respect to the input tensor ``x`` and the parameter tensors ``params``."""
+
+    def step(state, batch):
+        for t in (batch, *params):
+            t.grad = None
+        y = apply(batch)
+        loss = 0.5 * (y**2).mean()
+        loss.backward()
+        return state, (loss, y.shape)
+
+    return Bench(step, None, x, sum(t.numel() for t in params), lambda out: out[0].item())
 
 
 def variants(case: Case) -> dict[str, Callable[[tuple], Bench]]:
