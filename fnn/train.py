@@ -580,6 +580,11 @@ def per_example_grads(
     a small LSTM 5.7 against 12.1 ms), and the result cannot be differentiated again in
     forward mode (``jax.jvp``, ``jax.jacfwd``).
 
+    Called outside ``jax.jit``, it is compiled once per model, loss, ``train`` and input
+    shapes, as a train step is (so the loss is traced once: a loss that reads a value
+    changed later sees the value it was traced with); a model or loss that cannot be hashed
+    is run op by op instead. Inside a jitted function it is part of that function's program.
+
     Example:
         >>> import jax, jax.numpy as jnp, fnn
         >>> model = fnn.Dense(1)
@@ -605,11 +610,34 @@ def per_example_grads(
             + ", ".join(f"{name}: {size}" for name, size in sizes.items())
         )
     keys = None if key is None else jax.random.split(key, next(iter(sizes.values())))
+    with reverse_mode_only():
+        if _hashable(model) and _hashable(loss):
+            return _compiled_per_example_grads(model, loss, train, params, model_state, x, y, keys)
+        return _per_example_grads(model, loss, train, params, model_state, x, y, keys)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _per_example_grads(model, loss, train, params, model_state, x, y, keys):
+    """``per_example_grads``' computation, once its arguments are checked; called inside
+    ``reverse_mode_only``."""
     objective = _objective(model, loss, train=train)
 
     def example_loss(p, x, y, k):
         return objective(p, model_state, jax.tree.map(lambda a: a[None], (x, y)), k)[0]
 
-    with reverse_mode_only():
-        per_example = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0, None if key is None else 0))
-        return per_example(params, x, y, keys)
+    per_example = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0, None if keys is None else 0))
+    return per_example(params, x, y, keys)
+
+
+# Compiled once per model, loss, mode and input shapes: called outside a jit, the vmapped
+# gradient would otherwise run op by op (a 64-256-256-10 MLP's 128 examples: 117 ms a call
+# against 25 ms compiled, on a 2-core CPU). Inside a jit it is traced into the caller's
+# program. Only ever called inside reverse_mode_only, so every trace it caches has fnn's rules.
+_compiled_per_example_grads = jax.jit(_per_example_grads, static_argnums=(0, 1, 2))

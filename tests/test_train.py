@@ -193,14 +193,16 @@ def test_per_example_grads_equal_a_loop_over_single_examples(name):
     with fnn.reverse_mode_only():
         with_rules = primitives(by_hand)
     assert with_rules != primitives(by_hand)  # the model takes fnn's rules inside the context
-    assert primitives(lambda p: fnn.per_example_grads(model, loss, p, state, (x, y))) == with_rules
+    # per_example_grads compiles the same computation: the same primitives, in a jit of their own
+    compiled = with_rules + collections.Counter(jit=1)
+    assert primitives(lambda p: fnn.per_example_grads(model, loss, p, state, (x, y))) == compiled
     grads = fnn.per_example_grads(model, loss, params, state, (x, y))
+    grad = jax.jit(jax.grad(lambda p, x, y: loss(model(p, x), y)))  # one program for every example
     for i in range(len(x)):
-        xi, yi = x[i : i + 1], y[i : i + 1]
-        single = jax.grad(lambda p, xi=xi, yi=yi: loss(model(p, xi), yi))(params)
+        single = grad(params, x[i : i + 1], y[i : i + 1])
         per_example = jax.tree.map(lambda g, i=i: g[i], grads)
         jax.tree.map(lambda g, s: np.testing.assert_allclose(g, s, rtol=1e-4, atol=1e-6), per_example, single)
-    mean = jax.grad(lambda p: loss(model(p, x), y))(params)
+    mean = grad(params, x, y)
     jax.tree.map(lambda g, m: np.testing.assert_allclose(g.mean(0), m, rtol=1e-4, atol=1e-6), grads, mean)
 
 
@@ -236,6 +238,37 @@ def test_per_example_grads_take_pytree_batches_a_key_per_example_and_refuse_batc
     running = jax.grad(lambda p: loss(normed.apply(p, state, x[:1])[0], labels[:1]))(params)
     jax.tree.map(lambda g, s: np.testing.assert_allclose(g[0], s, rtol=1e-5), grads, running)
     assert float(jnp.abs(grads["dense_0"]["w"]).max()) > 0
+
+
+def test_per_example_grads_compile_once_and_run_an_unhashable_model_op_by_op():
+    import dataclasses
+
+    from fnn.train import _compiled_per_example_grads
+
+    loss = fnn.losses.softmax_cross_entropy
+    model = fnn.serial(fnn.Dense(8), fnn.relu, fnn.Dense(3))
+    x, y = np.ones((6, 4), np.float32), np.arange(6, dtype=np.int32) % 3
+    params, state = model.init(KEY, x)
+    before = _compiled_per_example_grads._cache_size()
+    first = fnn.per_example_grads(model, loss, params, state, (x, y))
+    again = fnn.per_example_grads(fnn.serial(fnn.Dense(8), fnn.relu, fnn.Dense(3)), loss, params, state, (x + 1, y))
+    assert _compiled_per_example_grads._cache_size() == before + 1  # an equal model, the same shapes: no new compile
+    assert not np.allclose(first["dense_0"]["w"], again["dense_0"]["w"])  # the new input, not a stale one
+
+    @dataclasses.dataclass(frozen=True)
+    class Scaled(fnn.Layer):
+        factors: list  # unhashable
+
+        def forward(self, params, x, *, key=None, train=False):
+            return x * self.factors[0]
+
+    scaled = fnn.serial(model, Scaled([2.0]))
+    op_by_op = fnn.per_example_grads(scaled, loss, {"serial_0": params}, {}, (x, y))
+    assert _compiled_per_example_grads._cache_size() == before + 1
+    compiled = fnn.per_example_grads(fnn.serial(model, lambda z: z * 2.0), loss, {"serial_0": params}, {}, (x, y))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), op_by_op, compiled)
+    with pytest.raises(ValueError, match="one leading batch axis"):
+        fnn.per_example_grads(scaled, loss, {"serial_0": params}, {}, (x, y[:2]))
 
 
 def test_evaluate_weights_batches_whose_inputs_are_masked_pairs():
