@@ -72,7 +72,7 @@ def test_gradients_check_against_finite_differences(layer, shape):
         y, _ = layer.apply(p, state, v, train=True, key=jax.random.key(3))
         return y
 
-    check_grads(f, (params, x), order=1, modes=["fwd", "rev"], atol=5e-2, rtol=5e-2, eps=1e-3)
+    check_grads(jax.jit(f), (params, x), order=1, modes=["fwd", "rev"], atol=5e-2, rtol=5e-2, eps=1e-3)
 
 
 @pytest.mark.parametrize("layer", [fnn.Dense(3), fnn.Conv(2, (3,)), fnn.LayerNorm(), fnn.Recurrent(fnn.GRU(2))])
@@ -80,7 +80,7 @@ def test_second_order_gradients(layer):
     shape = (2, 4, 3)
     x = example(shape)
     params, _ = layer.init(KEY, x)
-    check_grads(lambda p, v: layer(p, v), (params, x), order=2, modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-3)
+    check_grads(jax.jit(lambda p, v: layer(p, v)), (params, x), order=2, modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-3)
 
 
 class JitEqualsEager(chex.TestCase):

@@ -218,7 +218,7 @@ def test_gradients_second_order_float64(layer, shape):
     """Inputs without ties, 0.05 apart, so finite differences never switch the maximum."""
     with jax.enable_x64(True):
         x = distinct(shape, dtype=jnp.float64)
-        check_grads(lambda v: layer({}, v), (x,), order=2, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6,
+        check_grads(jax.jit(lambda v: layer({}, v)), (x,), order=2, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6,
                     eps=1e-4)
 
 
@@ -274,7 +274,7 @@ def test_tiled_max_pool_gradient_goes_to_the_first_of_equal_maxima():
 def test_tiled_pool_gradients_second_order_float64(layer):
     with jax.enable_x64(True):
         x = distinct((1, 4, 5, 2), dtype=jnp.float64)
-        check_grads(lambda v: layer({}, v), (x,), order=2, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6,
+        check_grads(jax.jit(lambda v: layer({}, v)), (x,), order=2, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6,
                     eps=1e-4)
 
 

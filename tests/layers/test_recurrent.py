@@ -134,7 +134,7 @@ def test_check_grads_order_two():
     rnn = fnn.Recurrent(fnn.GRU(3))
     x = sequence(2, 3, 2)
     params, _ = rnn.init(KEY, x)
-    check_grads(lambda p, v: rnn(p, v), (params, x), order=2, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-3)
+    check_grads(jax.jit(lambda p, v: rnn(p, v)), (params, x), order=2, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-3)
 
 
 @pytest.mark.parametrize("rnn", [fnn.Recurrent(fnn.LSTM(H), remat=True), fnn.Recurrent(fnn.LSTM(H), unroll=3)])
@@ -253,7 +253,7 @@ def test_hand_written_gradients_order_two_and_a_custom_cell_is_left_alone():
     x = sequence(2, 3, 2)
     params, _ = rnn.init(KEY, x)
     with fnn.reverse_mode_only():
-        check_grads(lambda p, v: rnn(p, v), (params, x), order=2, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-3)
+        check_grads(jax.jit(lambda p, v: rnn(p, v)), (params, x), order=2, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-3)
 
     class Doubled(fnn.SimpleRNN):  # reads its own hidden product: the scan must not assume _hidden
         def recur(self, params, carry, projected):

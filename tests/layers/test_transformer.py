@@ -243,7 +243,7 @@ def test_attention_gradients_and_jit():
     mha = fnn.MultiHeadAttention(HEADS, causal=True)
     x = rand((1, 4, D))
     params, _ = mha.init(KEY, x)
-    check_grads(lambda p, v: mha(p, v), (params, x), order=2, modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-3)
+    check_grads(jax.jit(lambda p, v: mha(p, v)), (params, x), order=2, modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-3)
     model = lm(dropout=0.1)
     ids = jax.random.randint(KEY, (B, T), 0, 13)
     params, _ = model.init(KEY, ids)
