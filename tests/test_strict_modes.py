@@ -46,14 +46,17 @@ LAYERS = {
 
 
 def forward_and_grad(layer, x):
-    """The outputs and the gradient of their sum with respect to the params, as arrays."""
+    """The outputs and the gradient of their sum with respect to the params, as arrays,
+    computed by one program (traced afresh, under whatever setting is on: JAX keys its
+    compiled programs by these settings)."""
     params, state = layer.init(KEY, x)
 
     def total(p):
         y, _ = layer.apply(p, state, x, train=True)
         return sum(jnp.sum(v.astype(jnp.float32)) for v in jax.tree.leaves(y) if v.dtype != jnp.bool_)
 
-    return jax.tree.map(np.asarray, (layer.apply(params, state, x, train=True)[0], jax.grad(total)(params)))
+    both = jax.jit(lambda p: (layer.apply(p, state, x, train=True)[0], jax.grad(total)(p)))
+    return jax.tree.map(np.asarray, both(params))
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
