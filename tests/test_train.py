@@ -249,10 +249,11 @@ def test_per_example_grads_compile_once_and_run_an_unhashable_model_op_by_op():
     model = fnn.serial(fnn.Dense(8), fnn.relu, fnn.Dense(3))
     x, y = np.ones((6, 4), np.float32), np.arange(6, dtype=np.int32) % 3
     params, state = model.init(KEY, x)
-    before = _compiled_per_example_grads._cache_size()
     first = fnn.per_example_grads(model, loss, params, state, (x, y))
+    compiled_programs = _compiled_per_example_grads._cache_size()
+    assert compiled_programs >= 1
     again = fnn.per_example_grads(fnn.serial(fnn.Dense(8), fnn.relu, fnn.Dense(3)), loss, params, state, (x + 1, y))
-    assert _compiled_per_example_grads._cache_size() == before + 1  # an equal model, the same shapes: no new compile
+    assert _compiled_per_example_grads._cache_size() == compiled_programs  # an equal model, the same shapes
     assert not np.allclose(first["dense_0"]["w"], again["dense_0"]["w"])  # the new input, not a stale one
 
     @dataclasses.dataclass(frozen=True)
@@ -264,7 +265,7 @@ def test_per_example_grads_compile_once_and_run_an_unhashable_model_op_by_op():
 
     scaled = fnn.serial(model, Scaled([2.0]))
     op_by_op = fnn.per_example_grads(scaled, loss, {"serial_0": params}, {}, (x, y))
-    assert _compiled_per_example_grads._cache_size() == before + 1
+    assert _compiled_per_example_grads._cache_size() == compiled_programs  # not compiled
     compiled = fnn.per_example_grads(fnn.serial(model, lambda z: z * 2.0), loss, {"serial_0": params}, {}, (x, y))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), op_by_op, compiled)
     with pytest.raises(ValueError, match="one leading batch axis"):
