@@ -84,6 +84,13 @@ def test_variant_rows_run_only_when_named(monkeypatch):
     assert seen[1] == ["raw jax", "fnn (jax rules)"]
 
 
+@pytest.mark.parametrize("option", ["--rounds", "--first-rounds"])
+def test_the_suite_refuses_fewer_than_one_round(option, capsys):
+    with pytest.raises(SystemExit):
+        suite.main(["--models", "mlp-small", "--no-torch", option, "0"])
+    assert f"{option} must be at least 1" in capsys.readouterr().err
+
+
 @pytest.fixture
 def without_haiku(monkeypatch):
     """``benchmarks.frameworks`` and the suite as on a machine without Haiku installed."""
